@@ -1,0 +1,43 @@
+"""relay: Wildix events in, verified and stored, fanned out to connectors.
+
+Everything a plugin author needs is importable from here; first-party connectors use nothing else.
+"""
+
+from relay.connector import Connector, ConnectorConfig, ConnectorContext, DeliveryContext
+from relay.errors import (
+    AuthError,
+    DeliveryError,
+    PauseConnector,
+    PermanentError,
+    RetryableError,
+    parse_retry_after,
+    raise_for_response,
+)
+from relay.hookspecs import hookimpl
+from relay.templates import TemplateError, compile_template, render
+from relay.wildix import Call, Event, Leg, Party, Presence, Recording, Sms
+
+__all__ = [
+    "AuthError",
+    "Call",
+    "Connector",
+    "ConnectorConfig",
+    "ConnectorContext",
+    "DeliveryContext",
+    "DeliveryError",
+    "Event",
+    "Leg",
+    "Party",
+    "PauseConnector",
+    "PermanentError",
+    "Presence",
+    "Recording",
+    "RetryableError",
+    "Sms",
+    "TemplateError",
+    "compile_template",
+    "hookimpl",
+    "parse_retry_after",
+    "raise_for_response",
+    "render",
+]

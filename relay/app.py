@@ -1,0 +1,100 @@
+"""Litestar app factory and lifespan: database, HTTP client, connectors, dispatcher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from litestar import Litestar, Response, get
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+
+from relay import db
+from relay.config import Settings
+from relay.dispatch import Connectors, Dispatcher
+from relay.ingest import Ingest
+from relay.sources.webhook import webhook, webhook_any
+from relay.store import Store
+
+log = logging.getLogger("relay.app")
+
+
+@get("/healthz", sync_to_thread=False)
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@get("/readyz")
+async def readyz(state: State) -> Response[dict[str, Any]]:
+    """The database answers and its schema is the one this code needs."""
+    store: Store = state.store
+    try:
+        current = await db.current_revision(store.engine)
+    except Exception as exc:
+        return Response({"status": "unavailable", "database": str(exc)[:200]}, status_code=503)
+    head = db.head_revision()
+    ok = current == head
+    body = {
+        "status": "ok" if ok else "unavailable",
+        "database": "ok",
+        "schema": current,
+        "schema_head": head,
+    }
+    return Response(body, status_code=200 if ok else 503)
+
+
+def http_client() -> httpx.AsyncClient:
+    """One pooled client per process, shared by every connector (keep-alive matters)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(15.0, connect=5.0),
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        headers={"user-agent": "relay/0.1 (+wildix events)"},
+    )
+
+
+def create_app(
+    settings: Settings, *, dispatch: bool = True, auto_migrate: bool | None = None
+) -> Litestar:
+    if auto_migrate is None:
+        auto_migrate = db.is_sqlite(settings.database.url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        engine = db.create_engine(
+            settings.database.url,
+            pool_size=settings.database.pool_size,
+            echo=settings.database.echo,
+        )
+        await db.ensure_schema(engine, auto_migrate=auto_migrate)
+        store = Store(engine)
+        http = http_client()
+        connectors = Connectors(settings, store, http)
+        await connectors.start()
+        dispatcher = Dispatcher(connectors) if dispatch else None
+        app.state.store = store
+        app.state.ingest = Ingest(settings, store, dispatcher.wake if dispatcher else None)
+        app.state.dispatcher = dispatcher
+        task = asyncio.create_task(dispatcher.run()) if dispatcher else None
+        try:
+            yield
+        finally:
+            if dispatcher and task:
+                await dispatcher.stop()
+                await task
+            await connectors.close()
+            await http.aclose()
+            await engine.dispose()
+
+    return Litestar(
+        route_handlers=[webhook, webhook_any, healthz, readyz],
+        lifespan=[lifespan],
+        request_max_body_size=settings.server.max_body_size,
+        openapi_config=OpenAPIConfig(title="relay", version="0.1.0"),
+        logging_config=None,  # relay.logs configures logging; Litestar must not replace it
+        debug=False,
+    )

@@ -1,0 +1,305 @@
+"""The ``relay`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+import msgspec
+from sqlalchemy.engine import make_url
+
+from relay import db, logs
+from relay.config import ConfigError, Settings, load_config, mask
+from relay.plugins import PluginError, collect_connectors, describe, plugin_manager
+from relay.signing import HEADER, sign
+
+
+def _fail(message: str) -> None:
+    click.secho(message, fg="red", err=True)
+    sys.exit(1)
+
+
+def _settings(ctx: click.Context) -> Settings:
+    try:
+        return load_config(ctx.obj["config"])
+    except (ConfigError, PluginError) as exc:
+        _fail(f"config error: {exc}")
+        raise  # unreachable; keeps type checkers calm
+
+
+def safe_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+class _Group(click.Group):
+    """Lets plugins add commands through the ``register_commands`` hook."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        try:
+            plugin_manager().hook.register_commands(cli=self)
+        except PluginError as exc:
+            click.secho(f"warning: {exc}", fg="yellow", err=True)
+
+
+@click.group(cls=_Group)
+@click.option(
+    "--config",
+    "config",
+    envvar="RELAY_CONFIG",
+    default="config.yaml",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Configuration file (or RELAY_CONFIG).",
+)
+@click.pass_context
+def main(ctx: click.Context, config: str) -> None:
+    """Wildix events in — verified, stored, delivered to CRMs, Slack, email and HTTP."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+
+
+@main.command()
+@click.option("--host", help="Bind address (default: server.host).")
+@click.option("--port", type=int, help="Port (default: server.port).")
+@click.option("--no-dispatch", is_flag=True, help="Ingest only; run `relay worker` elsewhere.")
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None, no_dispatch: bool) -> None:
+    """Run the HTTP ingest (and, by default, the dispatcher) in this process."""
+    import uvicorn
+
+    from relay.app import create_app
+
+    settings = _settings(ctx)
+    logs.configure(settings.logging.level, settings.logging.format)
+    if not db.is_sqlite(settings.database.url):
+        asyncio.run(_require_schema(settings))
+    app = create_app(settings, dispatch=not no_dispatch)
+    uvicorn.run(
+        app,
+        host=host or settings.server.host,
+        port=port or settings.server.port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=bool(settings.server.trusted_proxies),
+        forwarded_allow_ips=",".join(settings.server.trusted_proxies) or None,
+        timeout_graceful_shutdown=int(settings.dispatch.shutdown_grace) + 5,
+    )
+
+
+async def _require_schema(settings: Settings) -> None:
+    engine = db.create_engine(settings.database.url)
+    try:
+        await db.ensure_schema(engine, auto_migrate=False)
+    except db.SchemaOutOfDate as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        _fail(f"cannot reach the database {safe_url(settings.database.url)}: {exc}")
+    finally:
+        await engine.dispose()
+
+
+@main.command()
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run the dispatcher alone (scale-out: many workers on one PostgreSQL)."""
+    settings = _settings(ctx)
+    logs.configure(settings.logging.level, settings.logging.format)
+    asyncio.run(_worker(settings))
+
+
+async def _worker(settings: Settings) -> None:
+    from relay.app import http_client
+    from relay.dispatch import Connectors, Dispatcher
+    from relay.store import Store
+
+    engine = db.create_engine(settings.database.url, pool_size=settings.database.pool_size)
+    try:
+        await db.ensure_schema(engine, auto_migrate=db.is_sqlite(settings.database.url))
+    except db.SchemaOutOfDate as exc:
+        _fail(str(exc))
+    store = Store(engine)
+    async with http_client() as http:
+        connectors = Connectors(settings, store, http)
+        await connectors.start()
+        dispatcher = Dispatcher(connectors)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        task = asyncio.create_task(dispatcher.run())
+        await stop.wait()
+        await dispatcher.stop()
+        await task
+        await connectors.close()
+    await engine.dispose()
+
+
+@main.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Bring the database schema to the version this code needs."""
+    settings = _settings(ctx)
+
+    async def run() -> tuple[str | None, str | None]:
+        engine = db.create_engine(settings.database.url)
+        try:
+            before = await db.current_revision(engine)
+            await db.migrate(engine)
+            return before, await db.current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    before, after = asyncio.run(run())
+    url = safe_url(settings.database.url)
+    if before == after:
+        click.echo(f"{url}: already at {after}")
+    else:
+        click.echo(f"{url}: migrated {before or 'empty'} → {after}")
+
+
+@main.command("check-config")
+@click.option("--online", is_flag=True, help="Also ask every connector to verify its credentials.")
+@click.pass_context
+def check_config(ctx: click.Context, online: bool) -> None:
+    """Validate the configuration and print it with secrets masked."""
+    settings = _settings(ctx)
+    click.echo(f"{settings.source}: OK")
+    click.echo(f"database: {safe_url(settings.database.url)}")
+    click.echo(f"server: {settings.server.host}:{settings.server.port}")
+    click.echo(f"admin api: {'on' if settings.admin.token else 'off'}")
+    click.echo("connectors:")
+    for name, inst in settings.connectors.items():
+        options = mask(msgspec.to_builtins(inst.options))
+        click.echo(f"  {name} ({inst.type}) {msgspec.json.encode(options).decode()}")
+        p = inst.policy
+        click.echo(
+            f"    delivery: max_attempts={p.max_attempts} timeout={p.timeout:g}s "
+            f"concurrency={p.concurrency}"
+        )
+    click.echo("integrations:")
+    for iid, integ in settings.integrations.items():
+        secret = "secret set" if integ.secret or integ.sqs else "no secret"
+        click.echo(f"  {iid} {integ.name or ''} [{integ.transport}, {secret}]".replace("  [", " ["))
+        if integ.sqs:
+            click.echo(f"    queue: {integ.sqs.queue_url}")
+        for route in integ.routes:
+            where = f" where {msgspec.json.encode(route.where).decode()}" if route.where else ""
+            click.echo(f"    → {route.connector}: {', '.join(route.events)}{where}")
+    if online:
+        failures = asyncio.run(_online_checks(settings))
+        if failures:
+            sys.exit(1)
+
+
+async def _online_checks(settings: Settings) -> int:
+    from relay.app import http_client
+    from relay.dispatch import Connectors
+    from relay.store import Store
+
+    engine = db.create_engine(settings.database.url)
+    failures = 0
+    async with http_client() as http:
+        connectors = Connectors(settings, Store(engine), http)
+        for name, connector in connectors.instances.items():
+            try:
+                await connector.check(connectors.context(name))
+                click.echo(f"  check {name}: ok")
+            except Exception as exc:
+                failures += 1
+                click.secho(f"  check {name}: FAILED {exc}", fg="red")
+    await engine.dispose()
+    return failures
+
+
+@main.command("plugins")
+@click.pass_context
+def plugins_cmd(ctx: click.Context) -> None:
+    """List loaded plugins, their hooks and the connector types they provide."""
+    settings = _settings(ctx)
+    pm = plugin_manager(settings.plugins.dirs)
+    for name, hooks in describe(pm):
+        click.echo(f"{name}: {', '.join(hooks)}")
+    click.echo("connector types:")
+    for ctype, cls in sorted(collect_connectors(pm).items()):
+        click.echo(f"  {ctype}: {cls.__module__}.{cls.__qualname__}")
+
+
+def fixture_names() -> list[str]:
+    return sorted(
+        p.name.removesuffix(".json") for p in _fixtures().iterdir() if p.name.endswith(".json")
+    )
+
+
+def _fixtures() -> Any:
+    return resources.files("relay") / "fixtures"
+
+
+def sample_body(integration_id: str, *, fixture: str, file: str | None, exact: bool) -> bytes:
+    """A fixture (or file) addressed to this integration; re-stamped so it is a new event."""
+    raw = Path(file).read_bytes() if file else (_fixtures() / f"{fixture}.json").read_bytes()
+    if exact:
+        return raw
+    body = msgspec.json.decode(raw)
+    body["integrationId"] = integration_id
+    body["time"] = int(time.time() * 1000)
+    return msgspec.json.encode(body)
+
+
+@main.command("send-test")
+@click.argument("integration_id")
+@click.option(
+    "--fixture", default="call_completed", show_default=True, help="Built-in sample event."
+)
+@click.option(
+    "--file", type=click.Path(exists=True, dir_okay=False), help="Send this body instead."
+)
+@click.option("--url", help="Webhook URL (default: this config's server).")
+@click.option("--exact", is_flag=True, help="Send the bytes unchanged (no re-stamping).")
+@click.option("--list", "list_", is_flag=True, help="List the built-in fixtures.")
+@click.pass_context
+def send_test(
+    ctx: click.Context,
+    integration_id: str,
+    fixture: str,
+    file: str | None,
+    url: str | None,
+    exact: bool,
+    list_: bool,
+) -> None:
+    """Sign a sample event like Wildix does and POST it to a running relay."""
+    if list_:
+        click.echo("\n".join(fixture_names()))
+        return
+    settings = _settings(ctx)
+    integ = settings.integrations.get(integration_id)
+    if integ is None:
+        _fail(f"no integration {integration_id!r} in {settings.source}")
+        return
+    if not integ.secret:
+        _fail(f"integration {integration_id} has no webhook secret")
+        return
+    if not file and fixture not in fixture_names():
+        _fail(f"unknown fixture {fixture!r}; try --list")
+    body = sample_body(integration_id, fixture=fixture, file=file, exact=exact)
+    if url is None:
+        host = (
+            settings.server.host if settings.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        )
+        url = f"http://{host}:{settings.server.port}/webhooks/{integration_id}"
+    headers = {HEADER: sign(body, integ.secret), "content-type": "application/json"}
+    try:
+        response = httpx.post(url, content=body, headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        _fail(f"could not reach {url}: {exc}")
+        return
+    click.echo(f"POST {url} → {response.status_code} {response.text}")
+    if response.status_code != 200:
+        sys.exit(1)

@@ -1,0 +1,368 @@
+"""YAML configuration → typed, validated settings.
+
+Errors always name the key path (``$.connectors.crm.tokn``) because the person reading them is
+an admin editing a YAML file, not a Python developer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+import yaml
+
+from relay.routing import WhereError, check_where
+
+if TYPE_CHECKING:
+    from relay.connector import Connector
+
+DEFAULT_PATH = "config.yaml"
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SECRET_NAME = re.compile(
+    r"token|secret|password|passwd|api_?key|private|credential|webhook_url|authorization",
+    re.I,
+)
+
+
+class ConfigError(Exception):
+    """A configuration problem, located by its key path."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+class _Strict(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class Duration(float):
+    """Seconds, written in YAML as ``5s``, ``2m``, ``1h``, ``250ms`` or a number."""
+
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """``"2m"`` → 120.0; a bare number is seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 5s, 2m, 1h, 1d)")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def _dec_hook(tp: type, value: Any) -> Any:
+    if tp is Duration:
+        return Duration(parse_duration(value))
+    raise NotImplementedError
+
+
+class DatabaseConfig(_Strict):
+    url: str = "sqlite+aiosqlite:///./relay.db"
+    pool_size: int = 10
+    echo: bool = False
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_size: int = 1024 * 1024
+    trusted_proxies: list[str] = []
+
+
+class AdminConfig(_Strict):
+    token: str = ""
+
+
+class DeliveryPolicy(_Strict):
+    max_attempts: int = 10
+    schedule: list[Duration] = msgspec.field(
+        default_factory=lambda: [
+            Duration(s) for s in (5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800)
+        ]
+    )
+    timeout: Duration = Duration(15)
+    concurrency: int = 8
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if not self.schedule:
+            raise ValueError("schedule must list at least one delay")
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+
+
+class DispatchConfig(_Strict):
+    poll_interval: Duration = Duration(1)
+    # A claim lasts the delivery timeout plus this margin; a crashed worker's claims are taken
+    # over once it has passed.
+    lease: Duration = Duration(30)
+    shutdown_grace: Duration = Duration(10)
+
+
+class PluginsConfig(_Strict):
+    dirs: list[str] = []
+
+
+class LoggingConfig(_Strict):
+    level: str = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class Route(_Strict):
+    connector: str
+    events: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    where: dict[str, Any] | None = None
+
+
+class SqsConfig(_Strict):
+    queue_url: str
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    signing_secret: str | None = None
+    endpoint_url: str | None = None
+    wait_time: int = 20
+    visibility_timeout: int = 60
+    max_messages: int = 10
+    on_invalid: Literal["delete", "keep"] = "delete"
+
+
+class Integration(_Strict):
+    name: str | None = None
+    transport: Literal["webhook", "sqs"] = "webhook"
+    secret: str | None = None
+    sqs: SqsConfig | None = None
+    routes: list[Route] = []
+
+
+class ConnectorInstance(msgspec.Struct, kw_only=True):
+    """A named connector block: its type, delivery policy and the type's own validated Config."""
+
+    name: str
+    type: str
+    cls: Any
+    policy: DeliveryPolicy
+    options: Any
+    raw: dict[str, Any]
+
+
+class _Top(_Strict):
+    database: DatabaseConfig = DatabaseConfig()
+    server: ServerConfig = ServerConfig()
+    admin: AdminConfig = AdminConfig()
+    delivery: DeliveryPolicy = DeliveryPolicy()
+    dispatch: DispatchConfig = DispatchConfig()
+    plugins: PluginsConfig = PluginsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    connectors: dict[str, dict[str, Any]] = {}
+    integrations: dict[str, dict[str, Any]] = {}
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    database: DatabaseConfig
+    server: ServerConfig
+    admin: AdminConfig
+    delivery: DeliveryPolicy
+    dispatch: DispatchConfig
+    plugins: PluginsConfig
+    logging: LoggingConfig
+    connectors: dict[str, ConnectorInstance]
+    integrations: dict[str, Integration]
+    source: str = "<memory>"
+
+
+def interpolate(value: Any, env: Mapping[str, str], path: str = "$") -> Any:
+    """Replace ``${NAME}`` / ``${NAME:-default}`` in every string; a missing NAME is an error."""
+    if isinstance(value, str):
+
+        def repl(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(path, f"environment variable {name} is not set")
+
+        return _VAR.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: interpolate(v, env, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+_UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`(?: - at `([^`]*)`)?$")
+_AT = re.compile(r"^(.*) - at `([^`]*)`$")
+
+
+def _convert(data: Any, tp: type, path: str) -> Any:
+    """msgspec.convert with errors rewritten to carry the full key path."""
+    try:
+        return msgspec.convert(data, tp, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        msg = str(exc)
+        if m := _UNKNOWN.match(msg):
+            where = path + (m.group(2) or "$")[1:]
+            raise ConfigError(f"{where}.{m.group(1)}", "unknown key") from None
+        if m := _AT.match(msg):
+            raise ConfigError(path + m.group(2)[1:], m.group(1)) from None
+        raise ConfigError(path, msg) from None
+
+
+def parse_config(
+    text: str,
+    *,
+    connector_types: Mapping[str, type[Connector]],
+    env: Mapping[str, str] | None = None,
+    source: str = "<memory>",
+) -> Settings:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("$", f"not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("$", "the top level must be a mapping")
+    data = interpolate(data, os.environ if env is None else env)
+    top: _Top = _convert(data, _Top, "$")
+
+    connectors: dict[str, ConnectorInstance] = {}
+    for name, block in top.connectors.items():
+        connectors[name] = _connector(name, block, top.delivery, connector_types)
+
+    integrations: dict[str, Integration] = {}
+    for iid, block in top.integrations.items():
+        path = f"$.integrations.{iid}"
+        integ: Integration = _convert(block or {}, Integration, path)
+        _check_integration(iid, integ, connectors, path)
+        integrations[iid] = integ
+
+    return Settings(
+        database=top.database,
+        server=top.server,
+        admin=top.admin,
+        delivery=top.delivery,
+        dispatch=top.dispatch,
+        plugins=top.plugins,
+        logging=top.logging,
+        connectors=connectors,
+        integrations=integrations,
+        source=source,
+    )
+
+
+def _connector(
+    name: str,
+    block: Any,
+    defaults: DeliveryPolicy,
+    types: Mapping[str, type[Connector]],
+) -> ConnectorInstance:
+    path = f"$.connectors.{name}"
+    if not isinstance(block, dict):
+        raise ConfigError(path, "must be a mapping with at least `type`")
+    block = dict(block)
+    ctype = block.pop("type", None)
+    if not ctype:
+        raise ConfigError(f"{path}.type", "missing connector type")
+    cls = types.get(ctype)
+    if cls is None:
+        known = ", ".join(sorted(types)) or "none loaded"
+        raise ConfigError(f"{path}.type", f"unknown connector type {ctype!r} (known: {known})")
+    policy_block = block.pop("delivery", None) or {}
+    merged = msgspec.structs.asdict(defaults) | policy_block
+    policy = _convert(merged, DeliveryPolicy, f"{path}.delivery")
+    options = _convert(block, cls.Config, path)
+    return ConnectorInstance(
+        name=name, type=ctype, cls=cls, policy=policy, options=options, raw=block
+    )
+
+
+def _check_integration(
+    iid: str, integ: Integration, connectors: Mapping[str, ConnectorInstance], path: str
+) -> None:
+    if integ.transport == "webhook" and not integ.secret:
+        raise ConfigError(f"{path}.secret", "a webhook integration needs its Wildix secret")
+    if integ.transport == "sqs" and integ.sqs is None:
+        raise ConfigError(f"{path}.sqs", "an sqs integration needs an `sqs` block")
+    for i, route in enumerate(integ.routes):
+        rpath = f"{path}.routes[{i}]"
+        if route.connector not in connectors:
+            raise ConfigError(f"{rpath}.connector", f"no connector named {route.connector!r}")
+        if not route.events:
+            raise ConfigError(f"{rpath}.events", "list at least one event type pattern")
+        try:
+            check_where(route.where)
+        except WhereError as exc:
+            raise ConfigError(f"{rpath}.where", str(exc)) from None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    connector_types: Mapping[str, type[Connector]] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Load the config file; the connector types come from the loaded plugins."""
+    env = os.environ if env is None else env
+    file = Path(path or env.get("RELAY_CONFIG") or DEFAULT_PATH)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("$", f"cannot read {file}: {exc.strerror}") from None
+    if connector_types is None:
+        from relay.plugins import connector_types as load_types
+
+        connector_types = load_types(_plugin_dirs(text, env))
+    return parse_config(text, connector_types=connector_types, env=env, source=str(file))
+
+
+def _plugin_dirs(text: str, env: Mapping[str, str]) -> list[str]:
+    """Plugin folders must be known before connector blocks can be validated."""
+    try:
+        data = yaml.safe_load(text) or {}
+        dirs = (data.get("plugins") or {}).get("dirs") or []
+        return [interpolate(d, env, "$.plugins.dirs") for d in dirs]
+    except (yaml.YAMLError, AttributeError):
+        return []
+
+
+def is_secret_key(key: str) -> bool:
+    return bool(_SECRET_NAME.search(key))
+
+
+def mask(value: Any, key: str = "") -> Any:
+    """A copy with every secret-looking value replaced, for printing."""
+    if isinstance(value, dict):
+        return {k: mask(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask(v, key) for v in value]
+    if key and is_secret_key(key) and value not in (None, ""):
+        return "*****"
+    if isinstance(value, str) and "://" in value:
+        return _mask_url(value)
+    return value
+
+
+def _mask_url(url: str) -> str:
+    """Query strings and passwords in URLs often carry tokens."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password:
+        netloc = netloc.replace(f":{parts.password}@", ":*****@")
+    query = "*****" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

@@ -1,0 +1,163 @@
+"""The connector contract and the context every connector receives.
+
+A connector is a class with a ``type`` name, a ``Config`` struct for its YAML block and an async
+``deliver(event, ctx)``. The context carries what every connector needs so none reinvents it:
+the shared HTTP client, a logger bound to the delivery, durable ``links`` and ``state``, a
+sandboxed template renderer and per-account rate limiters.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import httpx
+import msgspec
+from aiolimiter import AsyncLimiter
+
+from relay import templates
+from relay.errors import raise_for_response
+
+if TYPE_CHECKING:
+    from relay.store import Store
+    from relay.wildix import Event
+
+
+class ConnectorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base for a connector's YAML block; unknown keys are rejected with their path."""
+
+
+class Connector:
+    type: ClassVar[str]
+    Config: ClassVar[type[ConnectorConfig]] = ConnectorConfig
+
+    def __init__(self, name: str, config: Any) -> None:
+        self.name = name
+        self.config = config
+
+    async def start(self, ctx: ConnectorContext) -> None:
+        """Called once per process before the first delivery."""
+
+    async def close(self) -> None:
+        """Called once at shutdown."""
+
+    async def check(self, ctx: ConnectorContext) -> None:
+        """Verify credentials/reachability (``relay check-config --online``); raise to fail."""
+
+    async def deliver(self, event: Event, ctx: DeliveryContext) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement deliver()")
+
+
+class _Bound(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
+class Links:
+    """A durable map per connector, e.g. Wildix call id → CRM record id."""
+
+    def __init__(self, store: Store, connector: str) -> None:
+        self._store, self._connector = store, connector
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        value = await self._store.get_link(self._connector, key)
+        return default if value is None else value
+
+    async def set(self, key: str, value: Any) -> None:
+        await self._store.set_link(self._connector, key, value)
+
+    async def delete(self, key: str) -> None:
+        await self._store.delete_link(self._connector, key)
+
+
+class State:
+    """A connector's own durable state (an OAuth token and its expiry, a cursor...)."""
+
+    def __init__(self, store: Store, connector: str) -> None:
+        self._store, self._connector = store, connector
+
+    async def get(self) -> dict[str, Any]:
+        return await self._store.get_state(self._connector)
+
+    async def set(self, value: dict[str, Any]) -> None:
+        await self._store.set_state(self._connector, value)
+
+    async def update(self, **changes: Any) -> dict[str, Any]:
+        value = await self.get() | changes
+        await self.set(value)
+        return value
+
+
+class Limiters:
+    """Per-process token buckets keyed by connector and account/endpoint."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[tuple[str, str], AsyncLimiter] = {}
+
+    def get(self, connector: str, key: str, rate: float, period: float) -> AsyncLimiter:
+        bucket = self._buckets.get((connector, key))
+        if bucket is None:
+            bucket = self._buckets[(connector, key)] = AsyncLimiter(rate, period)
+        return bucket
+
+
+class ConnectorContext:
+    def __init__(
+        self,
+        *,
+        name: str,
+        http: httpx.AsyncClient,
+        store: Store,
+        limiters: Limiters,
+        log: logging.LoggerAdapter | None = None,  # type: ignore[type-arg]
+    ) -> None:
+        self.name = name
+        self.http = http
+        self.state = State(store, name)
+        self.links = Links(store, name)
+        self.log = log or _Bound(logging.getLogger(f"relay.connector.{name}"), {"connector": name})
+        self._limiters = limiters
+
+    def limiter(self, key: str, rate: float, period: float = 1.0) -> AsyncLimiter:
+        """``async with ctx.limiter("search", 5): ...`` — at most 5 per second, per account."""
+        return self._limiters.get(self.name, key, rate, period)
+
+    def render(self, source: str, /, *, html: bool = False, **context: Any) -> str:
+        return templates.render(source, html=html, **context)
+
+
+class DeliveryContext(ConnectorContext):
+    def __init__(
+        self,
+        *,
+        attempt: int,
+        delivery_id: int,
+        event_id: int,
+        integration_id: str,
+        integration_name: str | None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.attempt = attempt
+        self.delivery_id = delivery_id
+        self.event_id = event_id
+        self.integration_id = integration_id
+        self.integration_name = integration_name
+        self.status_code: int | None = None
+        self.log = _Bound(
+            self.log.logger,
+            {
+                "connector": self.name,
+                "delivery_id": delivery_id,
+                "event_id": event_id,
+                "integration": integration_id,
+                "attempt": attempt,
+            },
+        )
+
+    def check_response(self, response: httpx.Response, what: str = "") -> httpx.Response:
+        """Record the status for the attempt history, then apply the outcome contract."""
+        self.status_code = response.status_code
+        return raise_for_response(response, what)

@@ -1,0 +1,284 @@
+"""The delivery loop: claim due deliveries, run connectors, apply the retry policy.
+
+Each connector gets its own concurrency budget and claims only what it can run, so a slow CRM
+delays nothing but its own deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from datetime import datetime, timedelta
+
+import httpx
+
+from relay.config import DeliveryPolicy, Settings
+from relay.connector import Connector, ConnectorContext, DeliveryContext, Limiters
+from relay.errors import PauseConnector, PermanentError, RetryableError, excerpt
+from relay.store import Claim, Outcome, Store, utcnow
+from relay.wildix import InvalidEvent, parse
+
+log = logging.getLogger("relay.dispatch")
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def retry_delay(policy: DeliveryPolicy, attempt: int, retry_after: float | None) -> float:
+    """The schedule's delay for this attempt with jitter; the target's Retry-After wins if later."""
+    base = policy.schedule[min(attempt, len(policy.schedule)) - 1]
+    delay = base * random.uniform(1 - policy.jitter, 1 + policy.jitter)
+    return max(delay, retry_after or 0.0)
+
+
+class Connectors:
+    """The live connector instances of one process, with the facilities they share."""
+
+    def __init__(self, settings: Settings, store: Store, http: httpx.AsyncClient) -> None:
+        self.settings = settings
+        self.store = store
+        self.http = http
+        self.limiters = Limiters()
+        self.instances: dict[str, Connector] = {
+            name: inst.cls(name, inst.options) for name, inst in settings.connectors.items()
+        }
+        self.policies: dict[str, DeliveryPolicy] = {
+            name: inst.policy for name, inst in settings.connectors.items()
+        }
+
+    def context(self, name: str) -> ConnectorContext:
+        return ConnectorContext(name=name, http=self.http, store=self.store, limiters=self.limiters)
+
+    def delivery_context(self, claim: Claim) -> DeliveryContext:
+        integ = self.settings.integrations.get(claim.integration_id)
+        return DeliveryContext(
+            name=claim.connector,
+            http=self.http,
+            store=self.store,
+            limiters=self.limiters,
+            attempt=claim.attempt,
+            delivery_id=claim.delivery_id,
+            event_id=claim.event_id,
+            integration_id=claim.integration_id,
+            integration_name=integ.name if integ else None,
+        )
+
+    async def start(self) -> None:
+        for name, connector in self.instances.items():
+            try:
+                await connector.start(self.context(name))
+            except Exception:  # its deliveries will fail and retry; the others must still run
+                log.exception("connector failed to start", extra={"connector": name})
+
+    async def close(self) -> None:
+        for name, connector in self.instances.items():
+            try:
+                await connector.close()
+            except Exception:
+                log.exception("connector failed to close", extra={"connector": name})
+
+
+class Dispatcher:
+    def __init__(self, connectors: Connectors, *, worker: str | None = None) -> None:
+        self.connectors = connectors
+        self.store = connectors.store
+        self.settings = connectors.settings.dispatch
+        self.worker = worker or worker_id()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._inflight: dict[str, dict[int, asyncio.Task[None]]] = {
+            name: {} for name in connectors.instances
+        }
+
+    def wake(self) -> None:
+        """Something new may be due (an event was stored, a delivery finished)."""
+        self._wake.set()
+
+    @property
+    def inflight(self) -> int:
+        return sum(len(tasks) for tasks in self._inflight.values())
+
+    async def run(self) -> None:
+        log.info("dispatcher started", extra={"worker": self.worker})
+        failures = 0
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                busy = await self._claim_round()
+                failures = 0
+            except Exception as exc:  # the database is away: back off, keep the loop alive
+                failures += 1
+                log.error("claiming deliveries failed: %s", exc, extra={"worker": self.worker})
+                busy = False
+                await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+            if not busy and not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+
+    async def _claim_round(self) -> bool:
+        """Claim for every connector with spare capacity; True if it should go again at once."""
+        paused = await self.store.paused_connectors()
+        again = False
+        for name, policy in self.connectors.policies.items():
+            if name in paused or self._stopping:
+                continue
+            running = self._inflight[name]
+            free = policy.concurrency - len(running)
+            if free <= 0:
+                continue
+            lease = policy.timeout + self.settings.lease
+            claims = await self.store.claim(name, free, worker=self.worker, lease=lease)
+            for claim in claims:
+                task = asyncio.create_task(self._deliver(claim, policy))
+                running[claim.delivery_id] = task
+                task.add_done_callback(lambda _t, n=name, i=claim.delivery_id: self._done(n, i))
+            again = again or (len(claims) == free)
+        return again
+
+    def _done(self, name: str, delivery_id: int) -> None:
+        self._inflight[name].pop(delivery_id, None)
+        self._wake.set()
+
+    async def _deliver(self, claim: Claim, policy: DeliveryPolicy) -> None:
+        connector = self.connectors.instances[claim.connector]
+        ctx = self.connectors.delivery_context(claim)
+        started, t0 = utcnow(), time.perf_counter()
+        try:
+            event = parse(claim.raw)
+            async with asyncio.timeout(policy.timeout):
+                await connector.deliver(event, ctx)
+            kind, error, code, retry_after, pause = "succeeded", None, ctx.status_code, None, None
+        except PauseConnector as exc:
+            kind, error, code, retry_after, pause = (
+                "paused",
+                exc.message,
+                exc.status_code,
+                None,
+                exc.until,
+            )
+        except (PermanentError, InvalidEvent) as exc:
+            kind, error, code = "dead", str(exc), getattr(exc, "status_code", None)
+            retry_after, pause = None, None
+        except RetryableError as exc:
+            kind, error, code, retry_after, pause = (
+                "retry",
+                exc.message,
+                exc.status_code,
+                exc.retry_after,
+                None,
+            )
+        except TimeoutError:
+            kind, error, code = "retry", f"timed out after {policy.timeout:g}s", ctx.status_code
+            retry_after, pause = None, None
+        except httpx.TransportError as exc:
+            kind, error, code = "retry", f"{type(exc).__name__}: {exc}", None
+            retry_after, pause = None, None
+        except Exception as exc:
+            ctx.log.exception("connector raised %s", type(exc).__name__)
+            kind, error, code = "retry", f"{type(exc).__name__}: {exc}", ctx.status_code
+            retry_after, pause = None, None
+        outcome = self._outcome(claim, policy, kind, started, t0, error, code, retry_after, pause)
+        self._log(ctx, outcome)
+        await self._finish(claim, outcome)
+
+    @staticmethod
+    def _outcome(
+        claim: Claim,
+        policy: DeliveryPolicy,
+        kind: str,
+        started: datetime,
+        t0: float,
+        error: str | None,
+        code: int | None,
+        retry_after: float | None,
+        pause: datetime | None,
+    ) -> Outcome:
+        duration_ms = int((time.perf_counter() - t0) * 1000)
+        error = excerpt(error, 2000) if error else None
+        if kind == "retry" and claim.attempt >= policy.max_attempts:
+            kind, error = "dead", f"gave up after {claim.attempt} attempts: {error}"
+        if kind == "succeeded":
+            return Outcome("succeeded", kind, started, duration_ms, status_code=code)
+        if kind == "dead":
+            return Outcome("dead", kind, started, duration_ms, status_code=code, error=error)
+        if kind == "paused":
+            return Outcome(
+                "pending",
+                kind,
+                started,
+                duration_ms,
+                next_attempt_at=pause,
+                status_code=code,
+                error=error,
+                pause_until=pause,
+            )
+        delay = retry_delay(policy, claim.attempt, retry_after)
+        return Outcome(
+            "pending",
+            kind,
+            started,
+            duration_ms,
+            next_attempt_at=utcnow() + timedelta(seconds=delay),
+            status_code=code,
+            error=error,
+        )
+
+    @staticmethod
+    def _log(ctx: DeliveryContext, outcome: Outcome) -> None:
+        extra = {
+            "outcome": outcome.kind,
+            "status_code": outcome.status_code,
+            "duration_ms": outcome.duration_ms,
+        }
+        if outcome.kind == "succeeded":
+            ctx.log.info("delivered", extra=extra)
+        elif outcome.kind == "dead":
+            ctx.log.error("delivery dead: %s", outcome.error, extra=extra)
+        else:
+            ctx.log.warning(
+                "delivery %s until %s: %s",
+                outcome.kind,
+                outcome.next_attempt_at,
+                outcome.error,
+                extra=extra,
+            )
+
+    async def _finish(self, claim: Claim, outcome: Outcome) -> None:
+        for attempt in range(5):
+            try:
+                if not await self.store.finish(claim, outcome, worker=self.worker):
+                    log.warning(
+                        "lease lost before completion; another worker owns it now",
+                        extra={"delivery_id": claim.delivery_id},
+                    )
+                return
+            except Exception as exc:  # lease expiry will hand it out again if we never manage
+                log.error(
+                    "recording outcome failed (%s), retrying",
+                    exc,
+                    extra={"delivery_id": claim.delivery_id},
+                )
+                await asyncio.sleep(0.2 * 2**attempt)
+
+    async def stop(self) -> None:
+        """Stop claiming; in-flight deliveries get the grace period, then are released."""
+        self._stopping = True
+        self._wake.set()
+        tasks = {i: t for running in self._inflight.values() for i, t in running.items()}
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks.values(), timeout=self.settings.shutdown_grace)
+        if pending:
+            ids = [i for i, t in tasks.items() if t in pending]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            released = await self.store.release(ids, worker=self.worker)
+            log.warning("released %d unfinished deliveries at shutdown", released)

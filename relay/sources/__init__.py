@@ -1,0 +1,1 @@
+"""Where events come from: the HTTP webhook and the SQS consumer."""

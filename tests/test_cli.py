@@ -1,0 +1,161 @@
+"""The `relay` command as a user runs it: real processes, real ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import SECRET, postgres_database
+
+RELAY = [sys.executable, "-m", "relay"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(*args: str, config: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*RELAY, "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def demo_config(tmp_path: Path, db_url: str, port: int) -> dict:
+    return {
+        "database": {"url": db_url},
+        "server": {"host": "127.0.0.1", "port": port},
+        "connectors": {
+            "demo-log": {"type": "log"},
+            "demo-file": {"type": "file", "path": str(tmp_path / "events.jsonl")},
+        },
+        "integrations": {
+            "q7m2xk": {
+                "secret": SECRET,
+                "routes": [
+                    {"connector": "demo-log", "events": ["*"]},
+                    {"connector": "demo-file", "events": ["call:*"]},
+                ],
+            }
+        },
+    }
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Path, int, subprocess.Popen[str]]]:
+    port = free_port()
+    config = write(
+        tmp_path / "relay.yaml",
+        demo_config(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/relay.db", port),
+    )
+    proc = subprocess.Popen(
+        [*RELAY, "--config", str(config), "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise AssertionError(f"relay serve did not become ready:\n{proc.stdout.read()}")
+    yield config, port, proc
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_send_test_reaches_serve_the_store_and_the_connectors(
+    served: tuple[Path, int, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    config, port, proc = served
+    result = run("send-test", "q7m2xk", "--fixture", "call_completed_missed_inbound", config=config)
+    assert result.returncode == 0, result.stderr
+    assert f"POST http://127.0.0.1:{port}/webhooks/q7m2xk → 200" in result.stdout
+    assert '"status":"accepted"' in result.stdout
+
+    lines_file = tmp_path / "events.jsonl"
+    deadline = time.monotonic() + 15
+    while not (lines_file.exists() and lines_file.read_text().strip()):
+        assert time.monotonic() < deadline, "file connector wrote nothing"
+        time.sleep(0.1)
+    line = json.loads(lines_file.read_text().splitlines()[0])
+    assert line["type"] == "call:completed"
+    assert line["view"]["call"]["status"] == "missed"
+    assert line["view"]["call"]["remote_number"] == "+33142685300"
+
+    # a re-stamped sample is a new event each time; --exact sends the fixture bytes unchanged
+    again = run("send-test", "q7m2xk", "--exact", config=config)
+    assert again.returncode == 0 and '"status":"accepted"' in again.stdout
+    dup = run("send-test", "q7m2xk", "--exact", config=config)
+    assert dup.returncode == 0 and '"status":"duplicate"' in dup.stdout
+
+    proc.terminate()
+    output, _ = proc.communicate(timeout=20)
+    logged = [json.loads(x) for x in output.splitlines() if x.startswith("{")]
+    accepted = [x for x in logged if x.get("message") == "event accepted"]
+    assert len(accepted) == 2 and all(isinstance(x["event_id"], int) for x in accepted)
+    delivered = [x for x in logged if x.get("message") == "delivered"]
+    assert {x["connector"] for x in delivered} == {"demo-log", "demo-file"}
+    assert SECRET not in output
+
+
+def test_send_test_with_a_wrong_secret_is_refused(
+    served: tuple[Path, int, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    config, _port, _proc = served
+    data = yaml.safe_load(config.read_text())
+    data["integrations"]["q7m2xk"]["secret"] = "a-different-secret"
+    other = write(tmp_path / "other.yaml", data)
+    result = run("send-test", "q7m2xk", config=other)
+    assert result.returncode == 1
+    assert "→ 401" in result.stdout and "bad signature" in result.stdout
+
+
+def test_plugins_lists_the_builtin_connector_types(tmp_path: Path) -> None:
+    config = write(tmp_path / "relay.yaml", demo_config(tmp_path, "sqlite+aiosqlite:///x.db", 1))
+    result = run("plugins", config=config)
+    assert result.returncode == 0, result.stderr
+    for ctype in ("file: plugins.log", "log: plugins.log", "webhook: plugins.webhook"):
+        assert ctype in result.stdout
+
+
+async def test_postgres_serve_refuses_an_old_schema_until_migrate(tmp_path: Path) -> None:
+    if not os.environ.get("RELAY_TEST_DATABASE_URL"):
+        pytest.skip("set RELAY_TEST_DATABASE_URL to run against PostgreSQL")
+    async with postgres_database(migrate=False) as url:
+        config = write(tmp_path / "relay.yaml", demo_config(tmp_path, url, free_port()))
+        refused = run("serve", config=config)
+        assert refused.returncode == 1
+        assert "run `relay migrate` first" in refused.stderr
+        migrated = run("migrate", config=config)
+        assert migrated.returncode == 0, migrated.stderr
+        assert "migrated empty → 0001" in migrated.stdout
+        assert "postgres" in migrated.stdout
+        again = run("migrate", config=config)
+        assert "already at 0001" in again.stdout

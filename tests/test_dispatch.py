@@ -1,0 +1,195 @@
+"""Delivery semantics against a real loopback receiver: retries, Retry-After, dead letters,
+per-call ordering, lease recovery after a crash, and exactly-once across two workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import yaml
+
+from tests.conftest import config_dict, fixture, make_settings, run_relay
+from tests.fakes.receiver import Receiver
+
+
+def webhook_to(receiver: Receiver, **extra: object) -> dict[str, dict[str, object]]:
+    return {"out": {"type": "webhook", "url": receiver.url, **extra}}
+
+
+def call_body(call_id: str, name: str = "call_completed") -> bytes:
+    body = msgspec.json.decode(fixture(name))
+    body["id"] = body["data"]["id"] = call_id
+    return msgspec.json.encode(body)
+
+
+async def test_500_twice_then_200_is_three_attempts_and_one_delivery(db_url: str) -> None:
+    async with Receiver() as receiver:
+        receiver.respond(500, body="boom", times=2)
+        async with run_relay(make_settings(db_url, webhook_to(receiver))) as relay:
+            assert (await relay.post(fixture("call_completed"))).status_code == 200
+            [delivery] = await relay.settled()
+            assert delivery.state == "succeeded"
+            assert delivery.attempts == 3
+            tries = await relay.attempts(delivery.id)
+            assert [(a.outcome, a.status_code) for a in tries] == [
+                ("retry", 500),
+                ("retry", 500),
+                ("succeeded", 200),
+            ]
+            assert "HTTP 500" in tries[0].error
+            assert len(receiver.requests) == 3
+
+
+async def test_429_retry_after_is_honoured(db_url: str) -> None:
+    async with Receiver() as receiver:
+        receiver.respond(429, headers={"retry-after": "2"})
+        async with run_relay(make_settings(db_url, webhook_to(receiver))) as relay:
+            await relay.post(fixture("call_completed"))
+            [delivery] = await relay.settled()
+            assert delivery.state == "succeeded"
+            first, second = receiver.requests
+            # the schedule says 0.2 s; the receiver said 2 s, and the later one wins
+            assert second.at - first.at >= 1.9
+
+
+async def test_400_is_dead_after_one_attempt(db_url: str) -> None:
+    async with Receiver() as receiver:
+        receiver.respond(400, body='{"error": "bad field"}')
+        async with run_relay(make_settings(db_url, webhook_to(receiver))) as relay:
+            await relay.post(fixture("call_completed"))
+            [delivery] = await relay.settled()
+            assert delivery.state == "dead"
+            assert delivery.attempts == 1
+            assert "HTTP 400" in delivery.last_error and "bad field" in delivery.last_error
+            await asyncio.sleep(0.5)
+            assert len(receiver.requests) == 1
+
+
+async def test_gives_up_after_max_attempts(db_url: str) -> None:
+    async with Receiver() as receiver:
+        receiver.respond(503, times=100)
+        settings = make_settings(db_url, webhook_to(receiver, delivery={"max_attempts": 3}))
+        async with run_relay(settings) as relay:
+            await relay.post(fixture("call_completed"))
+            [delivery] = await relay.settled()
+            assert delivery.state == "dead"
+            assert delivery.attempts == 3
+            assert delivery.last_error.startswith("gave up after 3 attempts")
+            assert len(receiver.requests) == 3
+
+
+async def test_a_retrying_start_holds_back_its_own_call_only(db_url: str) -> None:
+    async with Receiver() as receiver:
+        receiver.respond(500)
+        settings = make_settings(db_url, webhook_to(receiver, delivery={"schedule": ["1500ms"]}))
+        async with run_relay(settings) as relay:
+            start_a = call_body("call-a", "call_live_progress_start")
+            end_a = call_body("call-a", "call_live_completed")
+            other = call_body("call-b", "call_completed")
+            await relay.post(start_a)
+            await receiver.wait_for(1)  # start of call A failed and waits 1.5 s for its retry
+            await relay.post(end_a)
+            await relay.post(other)
+            await relay.settled()
+            order = [r.body for r in receiver.requests]
+            assert order == [start_a, other, start_a, end_a]
+
+
+def write_config(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def start_worker(config: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "relay", "--config", str(config), "worker"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+async def test_killed_worker_claim_is_picked_up_after_the_lease(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with Receiver() as receiver:
+        data = config_dict(db_url, webhook_to(receiver, delivery={"timeout": "3s"}))
+        data["dispatch"]["lease"] = "1s"
+        async with run_relay(make_settings(db_url, webhook_to(receiver)), dispatch=False) as relay:
+            await relay.post(fixture("call_completed"))
+        receiver.delay(30)  # the first worker hangs in the middle of the delivery...
+        worker = start_worker(write_config(tmp_path / "relay.yaml", data))
+        try:
+            await receiver.wait_for(1, timeout=30)
+        finally:
+            worker.send_signal(signal.SIGKILL)  # ...and dies without a word
+            worker.wait()
+        receiver.delay(0)
+        # the dead worker's lease (3 s timeout + 1 s margin) must run out before anyone retries
+        settings = make_settings(db_url, webhook_to(receiver))
+        async with run_relay(settings) as relay:
+            rows = await relay.deliveries()
+            assert rows[0].state == "running"  # still claimed by the dead worker
+            [delivery] = await relay.settled(timeout=90)
+            assert delivery.state == "succeeded"
+            assert delivery.attempts == 2
+            tries = await relay.attempts(delivery.id)
+            assert [a.outcome for a in tries] == ["succeeded"]  # the dead worker recorded nothing
+        assert len(receiver.requests) == 2
+
+
+async def test_two_workers_deliver_every_delivery_exactly_once(pg_url: str, tmp_path: Path) -> None:
+    async with Receiver() as receiver:
+        connectors = webhook_to(receiver)
+        settings = make_settings(pg_url, connectors)
+        receiver.delay(0.02)
+        async with run_relay(settings, dispatch=False) as relay:
+            config = write_config(tmp_path / "relay.yaml", config_dict(pg_url, connectors))
+            workers = [start_worker(config) for _ in range(2)]
+            try:
+                await asyncio.sleep(3)  # both polling before the burst arrives
+                for i in range(120):
+                    assert (await relay.post(call_body(f"call-{i}"))).status_code == 200
+                rows = await relay.settled(timeout=60)
+            finally:
+                for w in workers:
+                    w.send_signal(signal.SIGTERM)
+                for w in workers:
+                    assert w.wait(timeout=20) == 0
+            assert len(rows) == 120 and all(r.state == "succeeded" for r in rows)
+            assert all(r.attempts == 1 for r in rows)
+            ids = [r.headers["x-relay-delivery-id"] for r in receiver.requests]
+            assert len(ids) == 120 and len(set(ids)) == 120
+            workers_used = {a.worker for r in rows for a in await relay.attempts(r.id)}
+            assert len(workers_used) == 2
+
+
+async def test_shutdown_finishes_short_work_and_releases_the_rest(db_url: str) -> None:
+    async with Receiver() as fast, Receiver() as slow:
+        fast.delay(0.5)
+        slow.delay(30)
+        settings = make_settings(
+            db_url,
+            {
+                "fast": {"type": "webhook", "url": fast.url},
+                "slow": {"type": "webhook", "url": slow.url, "delivery": {"timeout": "60s"}},
+            },
+            extra={"dispatch": {"poll_interval": "0.1s", "shutdown_grace": "1500ms"}},
+        )
+        async with run_relay(settings) as relay:
+            await relay.post(fixture("call_completed"))
+            await fast.wait_for(1)
+            await slow.wait_for(1)
+        # stopped: the fast delivery finished within the grace period, the slow one was released
+        async with run_relay(settings, dispatch=False) as relay:
+            rows = {r.connector: r for r in await relay.deliveries()}
+            assert rows["fast"].state == "succeeded"
+            assert rows["slow"].state == "pending"
+            assert rows["slow"].attempts == 0  # an interrupted try is not a failed attempt
+            assert rows["slow"].leased_by is None
+            assert await relay.attempts(rows["slow"].id) == []
