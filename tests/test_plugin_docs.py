@@ -6,6 +6,8 @@ loopback server, so a guide that drifts from the API fails here, not in a user's
 
 from __future__ import annotations
 
+import ast
+import importlib
 import inspect
 import re
 import time
@@ -16,20 +18,24 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
+import pluggy
 import pytest
 import yaml
 
 import relay
+from plugins.log import FileConnector
+from plugins.webhook import WebhookConnector
 from relay import PauseConnector, db, hookspecs
 from relay.config import ConfigError, parse_config
 from relay.connector import ConnectorContext, DeliveryContext, Limiters
-from relay.plugins import connector_types
+from relay.plugins import collect_connectors, connector_types
 from relay.store import Store
 from relay.wildix import parse
 from tests.fakes.receiver import Receiver
 from tests.test_connectors_builtin import fixture_bytes
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "plugins.md"
 EXAMPLE = re.compile(r"<!-- example: (\S+) -->\s*\n```\w*\n(.*?)\n```", re.S)
 ENV = {"PUSHOVER_TOKEN": "app-token-1", "PUSHOVER_USER": "user-key-1", "WILDIX_SECRET_Q7M2XK": "s"}
 
@@ -70,6 +76,36 @@ def test_every_public_class_and_function_is_mentioned():
     text = doc_text()
     missing = [name for name in public if not re.search(rf"\b{re.escape(name)}\b", text)]
     assert missing == [], f"docs/plugins.md does not mention: {missing}"
+
+
+# -- the guide's rules hold for the first-party plugins ----------------------------------------
+
+
+def test_entry_points_in_pyproject_register_the_first_party_types():
+    """What `pip install` will expose under the "relay" group registers log, file and webhook."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    modules = project["entry-points"]["relay"]
+    pm = pluggy.PluginManager("relay")
+    pm.add_hookspecs(hookspecs)
+    for name, target in modules.items():
+        pm.register(importlib.import_module(target), name=name)
+    found = collect_connectors(pm)
+    assert {"log", "file", "webhook"} <= set(found)
+    assert found["webhook"] is WebhookConnector and found["file"] is FileConnector
+
+
+def test_first_party_connectors_import_only_the_public_api():
+    """`from relay import ...` only: a connector needing more means the plugin API must grow."""
+    offenders = []
+    for path in sorted((ROOT / "plugins").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("relay."):
+                offenders.append(f"{path.name}: from {node.module}")
+            if isinstance(node, ast.Import):
+                offenders += [
+                    f"{path.name}: import {a.name}" for a in node.names if "relay." in a.name
+                ]
+    assert offenders == []
 
 
 # -- the complete example ----------------------------------------------------------------------

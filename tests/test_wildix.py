@@ -574,7 +574,7 @@ def test_a_normalizer_bug_keeps_the_event(
     def boom(*args: Any) -> None:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(wildix, "_call", boom)
+    monkeypatch.setattr(wildix, "call_view", boom)
     raw = (fixtures_dir() / "call_completed.json").read_bytes()
     event = parse(raw)
     assert event.call is None and event.call_id is None and event.raw == raw

@@ -7,6 +7,7 @@ Status codes are an interface Wildix (and users' monitoring) rely on: 200 accept
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import msgspec
@@ -17,6 +18,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from relay.ingest import Ingest
 from relay.signing import HEADER, verify
 from relay.wildix import InvalidEvent, parse
+
+
+log = logging.getLogger("relay.webhook")
 
 
 class _IntegrationOnly(msgspec.Struct):
@@ -93,7 +97,7 @@ async def _receive(
         recorded = await ingest.accept(event, transport="webhook", meta={"remote": remote})
     except (SQLAlchemyError, OSError) as exc:
         ingest.rejected[(iid, "store unavailable")] += 1
-        request.logger.error("store unavailable, answering 503: %s", exc)
+        log.error("store unavailable, answering 503: %s", exc, extra={"integration": iid})
         return _reply(503, error="store unavailable, retry later")
     return _reply(
         200,
