@@ -19,7 +19,6 @@ from relay.ingest import Ingest
 from relay.signing import HEADER, verify
 from relay.wildix import InvalidEvent, parse
 
-
 log = logging.getLogger("relay.webhook")
 
 
