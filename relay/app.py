@@ -77,18 +77,19 @@ def create_app(
         await connectors.start()
         dispatcher = Dispatcher(connectors) if dispatch else None
         app.state.store = store
-        app.state.ingest = Ingest(settings, store, dispatcher.wake if dispatcher else None)
+        app.state.ingest = ingest = Ingest(settings, store, dispatcher.wake if dispatcher else None)
         app.state.dispatcher = dispatcher
         task = asyncio.create_task(dispatcher.run()) if dispatcher else None
         try:
             yield
         finally:
+            await ingest.writer.close()
             if dispatcher and task:
                 await dispatcher.stop()
                 await task
             await connectors.close()
             await http.aclose()
-            await engine.dispose()
+            await store.close()
 
     return Litestar(
         route_handlers=[webhook, webhook_any, healthz, readyz],

@@ -139,7 +139,7 @@ async def _worker(settings: Settings) -> None:
         await dispatcher.stop()
         await task
         await connectors.close()
-    await engine.dispose()
+    await store.close()
 
 
 @main.command()
@@ -207,7 +207,8 @@ async def _online_checks(settings: Settings) -> int:
     engine = db.create_engine(settings.database.url)
     failures = 0
     async with http_client() as http:
-        connectors = Connectors(settings, Store(engine), http)
+        store = Store(engine)
+        connectors = Connectors(settings, store, http)
         for name, connector in connectors.instances.items():
             try:
                 await connector.check(connectors.context(name))
@@ -215,7 +216,7 @@ async def _online_checks(settings: Settings) -> int:
             except Exception as exc:
                 failures += 1
                 click.secho(f"  check {name}: FAILED {exc}", fg="red")
-    await engine.dispose()
+    await store.close()
     return failures
 
 

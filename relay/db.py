@@ -9,8 +9,9 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -25,23 +26,32 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+def _sqlite_pragmas(engine: Engine) -> None:
+    """One file, several connections: WAL lets readers run beside the writer, and busy_timeout
+    turns "database is locked" into a short wait."""
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+
+def create_sync_engine(url: URL) -> Engine:
+    """The plain-driver twin of an aiosqlite engine, for the store's writer thread."""
+    engine = sa_create_engine(url.set(drivername="sqlite"))
+    _sqlite_pragmas(engine)
+    return engine
+
+
 def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
     if is_sqlite(url):
-        # One file, several connections: WAL lets readers run beside the writer, and
-        # busy_timeout turns "database is locked" into a short wait.
-        engine = create_async_engine(
-            url, echo=echo, poolclass=NullPool if ":memory:" in url else None
-        )
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=10000")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
+        pool = NullPool if ":memory:" in url else None
+        engine = create_async_engine(url, echo=echo, poolclass=pool)
+        _sqlite_pragmas(engine.sync_engine)
         return engine
     return create_async_engine(
         url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True

@@ -14,10 +14,12 @@ import random
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import httpx
 
+from relay.batching import Batcher
 from relay.config import DeliveryPolicy, Settings
 from relay.connector import Connector, ConnectorContext, DeliveryContext, Limiters
 from relay.errors import PauseConnector, PermanentError, RetryableError, excerpt
@@ -96,6 +98,8 @@ class Dispatcher:
         self._inflight: dict[str, dict[int, asyncio.Task[None]]] = {
             name: {} for name in connectors.instances
         }
+        # Outcomes commit in batches: one transaction for many finished deliveries.
+        self._completions: Batcher[tuple[Claim, Outcome], None] = Batcher(self._commit)
 
     def wake(self) -> None:
         """Something new may be due (an event was stored, a delivery finished)."""
@@ -131,8 +135,8 @@ class Dispatcher:
                 continue
             running = self._inflight[name]
             free = policy.concurrency - len(running)
-            if free <= 0:
-                continue
+            if free <= 0 or (running and free < policy.concurrency // 2):
+                continue  # claim in batches, not one row per finished delivery
             lease = policy.timeout + self.settings.lease
             claims = await self.store.claim(name, free, worker=self.worker, lease=lease)
             for claim in claims:
@@ -250,14 +254,20 @@ class Dispatcher:
                 extra=extra,
             )
 
+    async def _commit(self, done: Sequence[tuple[Claim, Outcome]]) -> list[None]:
+        moved = await self.store.finish_batch(done, worker=self.worker)
+        if 0 <= moved < len(done):  # -1: the driver cannot count executemany rows
+            log.warning(
+                "%d deliveries' leases were taken over before completion",
+                len(done) - moved,
+                extra={"worker": self.worker},
+            )
+        return [None] * len(done)
+
     async def _finish(self, claim: Claim, outcome: Outcome) -> None:
         for attempt in range(5):
             try:
-                if not await self.store.finish(claim, outcome, worker=self.worker):
-                    log.warning(
-                        "lease lost before completion; another worker owns it now",
-                        extra={"delivery_id": claim.delivery_id},
-                    )
+                await self._completions.submit((claim, outcome))
                 return
             except Exception as exc:  # lease expiry will hand it out again if we never manage
                 log.error(
@@ -273,6 +283,7 @@ class Dispatcher:
         self._wake.set()
         tasks = {i: t for running in self._inflight.values() for i, t in running.items()}
         if not tasks:
+            await self._completions.close()
             return
         _, pending = await asyncio.wait(tasks.values(), timeout=self.settings.shutdown_grace)
         if pending:
@@ -282,3 +293,4 @@ class Dispatcher:
             await asyncio.gather(*pending, return_exceptions=True)
             released = await self.store.release(ids, worker=self.worker)
             log.warning("released %d unfinished deliveries at shutdown", released)
+        await self._completions.close()

@@ -12,11 +12,18 @@ from collections.abc import Callable
 from typing import Any
 
 from relay import routing
+from relay.batching import Batcher
 from relay.config import Settings
-from relay.store import Recorded, Store
+from relay.store import Incoming, Recorded, Store
 from relay.wildix import Event
 
 log = logging.getLogger("relay.ingest")
+
+
+def group_commit(store: Store) -> Batcher[Incoming, Recorded]:
+    """Concurrent arrivals share transactions (see relay.batching). SQLite has one writer at a
+    time, so one batch is in flight; PostgreSQL commits several batches side by side."""
+    return Batcher(store.record_batch, concurrency=1 if store.dialect == "sqlite" else 4)
 
 
 class Ingest:
@@ -28,6 +35,7 @@ class Ingest:
         self.on_stored = on_stored
         self.rejected: Counter[tuple[str, str]] = Counter()
         self.accepted: Counter[tuple[str, str]] = Counter()
+        self.writer = group_commit(store)
 
     def connectors_for(self, event: Event) -> list[str]:
         integration = self.settings.integrations[event.integration_id]
@@ -38,8 +46,8 @@ class Ingest:
         self, event: Event, *, transport: str, meta: dict[str, Any] | None = None
     ) -> Recorded:
         """Route and store in one transaction; raises if the store cannot commit."""
-        recorded = await self.store.record(
-            event, self.connectors_for(event), transport=transport, meta=meta
+        recorded = await self.writer.submit(
+            Incoming(event, self.connectors_for(event), transport, meta)
         )
         outcome = "duplicate" if recorded.duplicate else "accepted"
         self.accepted[(event.integration_id, outcome)] += 1

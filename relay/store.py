@@ -6,17 +6,21 @@ connector's success) is one transaction. Claims are leases, so a crashed worker'
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import and_, delete, func, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import aliased
 
+from relay.db import create_sync_engine
 from relay.models import (
     AttemptRow,
     ConnectorStateRow,
@@ -24,6 +28,7 @@ from relay.models import (
     EventRow,
     LinkRow,
     RejectionRow,
+    UTCDateTime,
 )
 from relay.wildix import Event
 
@@ -35,6 +40,7 @@ connector_state = ConnectorStateRow.__table__
 rejections = RejectionRow.__table__
 
 ACTIVE = ("pending", "running")
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -44,6 +50,16 @@ def utcnow() -> datetime:
 def ordering_key(connector: str, event: Event) -> str:
     """Deliveries of one subject (a call, a user's presence) to one connector run in order."""
     return f"{connector}|{event.integration_id}|{event.call_id or event.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A verified event on its way into the store, with the connectors it was routed to."""
+
+    event: Event
+    connectors: Sequence[str]
+    transport: str
+    meta: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +98,34 @@ class Store:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        self._writer: ThreadPoolExecutor | None = None
+        self._sync_engine: Engine | None = None
+        if self.dialect == "sqlite":
+            # SQLite takes one writer at a time anyway; doing each write transaction on one
+            # thread with the plain driver costs a single hop from the event loop per batch
+            # instead of one per statement, and never makes two writers wait on the file lock.
+            self._sync_engine = create_sync_engine(engine.url)
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="relay-sqlite-writer")
+
+    async def write(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in one write transaction (committed when it returns)."""
+        if self._writer is not None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._writer, self._write_sync, work)
+        async with self.engine.begin() as conn:
+            return await conn.run_sync(work)
+
+    def _write_sync(self, work: Callable[[Connection], T]) -> T:
+        assert self._sync_engine is not None
+        with self._sync_engine.begin() as conn:
+            return work(conn)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
+        await self.engine.dispose()
 
     # -- ingest -------------------------------------------------------------------------------
 
@@ -93,46 +137,75 @@ class Store:
         transport: str,
         meta: dict[str, Any] | None = None,
     ) -> Recorded:
-        """Store the event and one delivery per matched connector, atomically; dedupe on bytes."""
+        """Store one event with its deliveries; see ``record_batch``."""
+        [recorded] = await self.record_batch([Incoming(event, connectors, transport, meta)])
+        return recorded
+
+    async def record_batch(self, items: Sequence[Incoming]) -> list[Recorded]:
+        """Store events and one delivery per matched connector in ONE transaction.
+
+        Dedupe is on the body's SHA-256 per integration, exact inside the batch (the first copy
+        is accepted, later ones are duplicates) and across batches (the unique constraint).
+        """
         now = utcnow()
-        sha = hashlib.sha256(event.raw).hexdigest()
-        stmt = (
+        keys = [(i.event.integration_id, hashlib.sha256(i.event.raw).hexdigest()) for i in items]
+        first: dict[tuple[str, str], int] = {}
+        for n, key in enumerate(keys):
+            first.setdefault(key, n)
+        rows = [
+            {
+                "integration_id": key[0],
+                "type": items[n].event.type,
+                "subject_id": items[n].event.id,
+                "call_id": items[n].event.call_id,
+                "body_sha256": key[1],
+                "raw": items[n].event.raw,
+                "occurred_at": items[n].event.time,
+                "received_at": now,
+                "transport": items[n].transport,
+                "transport_meta": items[n].meta or {},
+            }
+            for key, n in first.items()
+        ]
+        insert_events = (
             self._insert(events)
-            .values(
-                integration_id=event.integration_id,
-                type=event.type,
-                subject_id=event.id,
-                call_id=event.call_id,
-                body_sha256=sha,
-                raw=event.raw,
-                occurred_at=event.time,
-                received_at=now,
-                transport=transport,
-                transport_meta=meta or {},
-            )
             .on_conflict_do_nothing(index_elements=["integration_id", "body_sha256"])
-            .returning(events.c.id)
+            .returning(events.c.id, events.c.integration_id, events.c.body_sha256)
         )
-        async with self.engine.begin() as conn:
-            event_id = (await conn.execute(stmt)).scalar()
-            if event_id is None:
-                existing = await conn.scalar(
-                    select(events.c.id).where(
-                        events.c.integration_id == event.integration_id,
-                        events.c.body_sha256 == sha,
+
+        def write(conn: Connection) -> list[Recorded]:
+            new = {
+                (r.integration_id, r.body_sha256): int(r.id)
+                for r in conn.execute(insert_events, rows)
+            }
+            known = dict(new)
+            if len(new) < len(first):
+                missing = {sha for key in first if key not in new for sha in key[1:]}
+                found = conn.execute(
+                    select(events.c.id, events.c.integration_id, events.c.body_sha256).where(
+                        events.c.body_sha256.in_(missing)
                     )
                 )
-                return Recorded(int(existing), True, 0)
-            if connectors:
-                await conn.execute(
-                    insert(deliveries), self._delivery_rows(event_id, event, connectors, now)
-                )
-        return Recorded(int(event_id), False, len(connectors))
+                known |= {(r.integration_id, r.body_sha256): int(r.id) for r in found}
+            delivery_rows = [
+                row
+                for key, event_id in new.items()
+                for row in self._delivery_rows(event_id, items[first[key]], now)
+            ]
+            if delivery_rows:
+                conn.execute(insert(deliveries), delivery_rows)
+            return [
+                Recorded(known[key], False, len(items[n].connectors))
+                if key in new and first[key] == n
+                else Recorded(known[key], True, 0)
+                for n, key in enumerate(keys)
+            ]
+
+        return await self.write(write)
 
     @staticmethod
-    def _delivery_rows(
-        event_id: int, event: Event, connectors: Sequence[str], now: datetime
-    ) -> list[dict[str, Any]]:
+    def _delivery_rows(event_id: int, item: Incoming, now: datetime) -> list[dict[str, Any]]:
+        event = item.event
         return [
             {
                 "event_id": event_id,
@@ -145,7 +218,7 @@ class Store:
                 "created_at": now,
                 "updated_at": now,
             }
-            for name in connectors
+            for name in item.connectors
         ]
 
     async def record_rejection(
@@ -160,22 +233,22 @@ class Store:
         meta: dict[str, Any] | None = None,
         excerpt_limit: int = 16384,
     ) -> int:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                insert(rejections).returning(rejections.c.id),
-                {
-                    "received_at": utcnow(),
-                    "transport": transport,
-                    "integration_id": integration_id,
-                    "reason": reason[:255],
-                    "status_code": status_code,
-                    "remote": remote,
-                    "body_sha256": hashlib.sha256(body).hexdigest() if body is not None else None,
-                    "body_excerpt": body[:excerpt_limit] if body is not None else None,
-                    "transport_meta": meta or {},
-                },
+        row = {
+            "received_at": utcnow(),
+            "transport": transport,
+            "integration_id": integration_id,
+            "reason": reason[:255],
+            "status_code": status_code,
+            "remote": remote,
+            "body_sha256": hashlib.sha256(body).hexdigest() if body is not None else None,
+            "body_excerpt": body[:excerpt_limit] if body is not None else None,
+            "transport_meta": meta or {},
+        }
+        return await self.write(
+            lambda conn: int(
+                conn.execute(insert(rejections).returning(rejections.c.id), row).scalar_one()
             )
-            return int(result.scalar_one())
+        )
 
     # -- dispatch -----------------------------------------------------------------------------
 
@@ -220,19 +293,15 @@ class Store:
                 deliveries.c.attempts,
             )
         )
-        async with self.engine.begin() as conn:
-            rows = (await conn.execute(stmt)).all()
+
+        def write(conn: Connection) -> tuple[list[Any], dict[int, bytes]]:
+            rows = list(conn.execute(stmt).all())
             if not rows:
-                return []
-            bodies = dict(
-                (
-                    await conn.execute(
-                        select(events.c.id, events.c.raw).where(
-                            events.c.id.in_({r.event_id for r in rows})
-                        )
-                    )
-                ).all()
-            )
+                return [], {}
+            wanted = events.c.id.in_({r.event_id for r in rows})
+            return rows, dict(conn.execute(select(events.c.id, events.c.raw).where(wanted)).all())
+
+        rows, bodies = await self.write(write)
         rows.sort(key=lambda r: r.id)
         return [
             Claim(
@@ -242,70 +311,95 @@ class Store:
         ]
 
     async def finish(self, claim: Claim, outcome: Outcome, *, worker: str) -> bool:
-        """Record the attempt and move the delivery on; False if our lease had been taken over."""
+        """Record one attempt; see ``finish_batch``."""
+        return await self.finish_batch([(claim, outcome)], worker=worker) == 1
+
+    async def finish_batch(self, done: Sequence[tuple[Claim, Outcome]], *, worker: str) -> int:
+        """Record attempts and move their deliveries on, in one transaction.
+
+        A row whose lease another worker has taken over is left alone (its attempt is still
+        recorded as history); returns how many deliveries this worker actually moved on.
+        """
         now = utcnow()
-        values: dict[str, Any] = {
-            "state": outcome.state,
-            "lease_until": None,
-            "leased_by": None,
-            "updated_at": now,
-            "last_error": outcome.error,
-        }
-        if outcome.state == "pending":
-            values["next_attempt_at"] = outcome.next_attempt_at or now
-        else:
-            values["completed_at"] = now
-        if outcome.kind == "paused":  # waiting out a quota is not a failed attempt
-            values["attempts"] = deliveries.c.attempts - 1
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                update(deliveries)
-                .where(
-                    deliveries.c.id == claim.delivery_id,
-                    deliveries.c.state == "running",
-                    deliveries.c.leased_by == worker,
-                )
-                .values(**values)
+        moves = [
+            {
+                "b_id": claim.delivery_id,
+                "b_worker": worker,
+                "b_state": outcome.state,
+                "b_error": outcome.error,
+                # waiting out a quota is not a failed attempt
+                "b_refund": 1 if outcome.kind == "paused" else 0,
+                "b_next": (outcome.next_attempt_at or now) if outcome.state == "pending" else None,
+                "b_completed": None if outcome.state == "pending" else now,
+                "b_now": now,
+            }
+            for claim, outcome in done
+        ]
+        history = [
+            {
+                "delivery_id": claim.delivery_id,
+                "number": claim.attempt,
+                "started_at": outcome.started_at,
+                "duration_ms": outcome.duration_ms,
+                "outcome": outcome.kind,
+                "status_code": outcome.status_code,
+                "error": outcome.error,
+                "worker": worker,
+            }
+            for claim, outcome in done
+        ]
+        move = (
+            update(deliveries)
+            .where(
+                deliveries.c.id == bindparam("b_id"),
+                deliveries.c.state == "running",
+                deliveries.c.leased_by == bindparam("b_worker"),
             )
-            await conn.execute(
-                insert(attempts),
-                {
-                    "delivery_id": claim.delivery_id,
-                    "number": claim.attempt,
-                    "started_at": outcome.started_at,
-                    "duration_ms": outcome.duration_ms,
-                    "outcome": outcome.kind,
-                    "status_code": outcome.status_code,
-                    "error": outcome.error,
-                    "worker": worker,
-                },
+            .values(
+                state=bindparam("b_state"),
+                last_error=bindparam("b_error"),
+                attempts=deliveries.c.attempts - bindparam("b_refund"),
+                next_attempt_at=func.coalesce(
+                    bindparam("b_next", type_=UTCDateTime()), deliveries.c.next_attempt_at
+                ),
+                completed_at=bindparam("b_completed", type_=UTCDateTime()),
+                lease_until=None,
+                leased_by=None,
+                updated_at=bindparam("b_now", type_=UTCDateTime()),
             )
-            if outcome.pause_until is not None:
-                await self._set_pause(conn, claim.connector, outcome.pause_until, outcome.error)
-        return result.rowcount == 1
+        )
+
+        def write(conn: Connection) -> int:
+            moved = conn.execute(move, moves).rowcount
+            conn.execute(insert(attempts), history)
+            for claim, outcome in done:
+                if outcome.pause_until is not None:
+                    conn.execute(self._pause(claim.connector, outcome.pause_until, outcome.error))
+            return moved
+
+        return await self.write(write)
 
     async def release(self, delivery_ids: Sequence[int], *, worker: str) -> int:
         """Hand unfinished claims back (graceful shutdown) without counting an attempt."""
         if not delivery_ids:
             return 0
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                update(deliveries)
-                .where(
-                    deliveries.c.id.in_(delivery_ids),
-                    deliveries.c.state == "running",
-                    deliveries.c.leased_by == worker,
-                )
-                .values(
-                    state="pending",
-                    attempts=deliveries.c.attempts - 1,
-                    lease_until=None,
-                    leased_by=None,
-                    next_attempt_at=utcnow(),
-                    updated_at=utcnow(),
-                )
+        stmt = (
+            update(deliveries)
+            .where(
+                deliveries.c.id.in_(delivery_ids),
+                deliveries.c.state == "running",
+                deliveries.c.leased_by == worker,
             )
-            return result.rowcount
+            .values(
+                state="pending",
+                attempts=deliveries.c.attempts - 1,
+                lease_until=None,
+                leased_by=None,
+                next_attempt_at=utcnow(),
+                updated_at=utcnow(),
+            )
+        )
+        return await self.write(lambda conn: conn.execute(stmt).rowcount)
 
     async def paused_connectors(self) -> dict[str, datetime]:
         now = utcnow()
@@ -317,9 +411,7 @@ class Store:
             )
             return {r.connector: r.paused_until for r in rows}
 
-    async def _set_pause(
-        self, conn: AsyncConnection, connector: str, until: datetime, reason: str | None
-    ) -> None:
+    def _pause(self, connector: str, until: datetime, reason: str | None) -> Any:
         stmt = self._insert(connector_state).values(
             connector=connector,
             state={},
@@ -331,7 +423,7 @@ class Store:
             index_elements=["connector"],
             set_={"paused_until": until, "pause_reason": reason, "updated_at": utcnow()},
         )
-        await conn.execute(stmt)
+        return stmt
 
     # -- connector links and state ------------------------------------------------------------
 
@@ -347,14 +439,11 @@ class Store:
         stmt = stmt.on_conflict_do_update(
             index_elements=["connector", "key"], set_={"value": value, "updated_at": now}
         )
-        async with self.engine.begin() as conn:
-            await conn.execute(stmt)
+        await self.write(lambda conn: conn.execute(stmt))
 
     async def delete_link(self, connector: str, key: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                delete(links).where(links.c.connector == connector, links.c.key == key)
-            )
+        stmt = delete(links).where(links.c.connector == connector, links.c.key == key)
+        await self.write(lambda conn: conn.execute(stmt))
 
     async def get_state(self, connector: str) -> dict[str, Any]:
         async with self.engine.connect() as conn:
@@ -371,8 +460,7 @@ class Store:
         stmt = stmt.on_conflict_do_update(
             index_elements=["connector"], set_={"state": state, "updated_at": now}
         )
-        async with self.engine.begin() as conn:
-            await conn.execute(stmt)
+        await self.write(lambda conn: conn.execute(stmt))
 
     # -- inspection ---------------------------------------------------------------------------
 

@@ -69,8 +69,9 @@ def config_error(block: dict[str, Any], name: str = "out") -> str:
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/t.db")
     await db.migrate(engine)
-    yield Store(engine)
-    await engine.dispose()
+    store = Store(engine)
+    yield store
+    await store.close()
 
 
 @pytest.fixture

@@ -131,8 +131,9 @@ def types(plugin_dir: Path) -> dict[str, Any]:
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/t.db")
     await db.migrate(engine)
-    yield Store(engine)
-    await engine.dispose()
+    store = Store(engine)
+    yield store
+    await store.close()
 
 
 def build(types: dict[str, Any], name: str, **overrides: Any) -> Any:

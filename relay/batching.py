@@ -1,0 +1,70 @@
+"""Many concurrent writers, one transaction: the group-commit pattern behind ingest and dispatch.
+
+While one batch commits, the next accumulates, so a burst costs a handful of commits instead of
+one per item, and a quiet moment adds no wait. Each caller is answered only after the commit that
+holds its item; a failed commit fails every caller in that batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Batcher(Generic[T, R]):
+    def __init__(
+        self,
+        commit: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
+        *,
+        max_batch: int = 500,
+        concurrency: int = 1,
+    ) -> None:
+        self._commit = commit
+        self.max_batch = max_batch
+        self.concurrency = concurrency  # batches in flight at once (1 for a single-writer db)
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((item, future))
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._run(), name=f"relay-batcher-{n}")
+                for n in range(self.concurrency)
+            ]
+        return await asyncio.shield(future)  # a caller going away must not cancel the commit
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                results = await self._commit([item for item, _ in batch])
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+            for _ in batch:
+                self._queue.task_done()
+
+    async def close(self) -> None:
+        """Let queued items commit, then stop."""
+        if self._tasks:
+            await self._queue.join()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []

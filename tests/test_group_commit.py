@@ -1,0 +1,132 @@
+"""Group commit: requests share transactions; nothing is acknowledged that is not stored."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+from sqlalchemy import text
+
+from relay import db
+from relay.ingest import group_commit
+from relay.store import Incoming, Store
+from relay.wildix import parse
+from tests.conftest import fixture, make_settings, run_relay
+from tests.fakes.receiver import Receiver
+
+POISON = "test:poison"
+
+
+def body(n: int, etype: str = "call:completed") -> bytes:
+    data = msgspec.json.decode(fixture("call_completed"))
+    data["id"] = data["data"]["id"] = f"call-{n}"
+    data["type"] = etype
+    return msgspec.json.encode(data)
+
+
+async def poison_trigger(store: Store) -> None:
+    """A real database error in the middle of a batch: inserting this event type aborts."""
+    async with store.engine.begin() as conn:
+        if store.dialect == "sqlite":
+            await conn.execute(
+                text(
+                    "CREATE TRIGGER poison BEFORE INSERT ON events "
+                    f"WHEN NEW.type = '{POISON}' BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
+                )
+            )
+        else:
+            await conn.execute(
+                text(
+                    "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN "
+                    f"IF NEW.type = '{POISON}' THEN RAISE EXCEPTION 'poisoned'; END IF; "
+                    "RETURN NEW; END $$ LANGUAGE plpgsql"
+                )
+            )
+            await conn.execute(
+                text(
+                    "CREATE TRIGGER poison BEFORE INSERT ON events "
+                    "FOR EACH ROW EXECUTE FUNCTION poison()"
+                )
+            )
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    engine = db.create_engine(db_url)
+    await db.ensure_schema(engine, auto_migrate=True)
+    store = Store(engine)
+    yield store
+    await store.close()
+
+
+async def count(store: Store, table: str) -> int:
+    async with store.engine.connect() as conn:
+        return int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
+
+
+async def test_concurrent_arrivals_share_one_transaction_and_dedupe_exactly(store: Store) -> None:
+    writer = group_commit(store)
+    items = [Incoming(parse(body(n % 5)), ["a", "b"], "webhook") for n in range(20)]
+    results = await asyncio.gather(*(writer.submit(i) for i in items))
+    # five distinct bodies, each sent four times, all in one batch
+    accepted = [r for r in results if not r.duplicate]
+    assert len(accepted) == 5
+    assert all(r.deliveries == 2 for r in accepted)
+    for n in range(5):
+        ids = {results[k].event_id for k in range(n, 20, 5)}
+        assert len(ids) == 1  # every copy answered with the stored event's id
+    # and across batches: the same bytes again are duplicates of the same rows
+    again = await asyncio.gather(*(writer.submit(i) for i in items[:5]))
+    assert [r.duplicate for r in again] == [True] * 5
+    assert [r.event_id for r in again] == [r.event_id for r in results[:5]]
+    assert await count(store, "events") == 5
+    assert await count(store, "deliveries") == 10
+    await writer.close()
+
+
+async def test_a_failed_commit_fails_every_waiter_of_its_batch_and_stores_none(
+    store: Store,
+) -> None:
+    await poison_trigger(store)
+    writer = group_commit(store)
+    items = [Incoming(parse(body(n)), ["a"], "webhook") for n in range(10)]
+    items.insert(5, Incoming(parse(body(99, POISON)), ["a"], "webhook"))
+    results = await asyncio.gather(*(writer.submit(i) for i in items), return_exceptions=True)
+    assert all(isinstance(r, Exception) and "poisoned" in str(r) for r in results)
+    assert await count(store, "events") == 0
+    assert await count(store, "deliveries") == 0
+    # the writer survives: the next batch commits
+    ok = await writer.submit(items[0])
+    assert not ok.duplicate and await count(store, "events") == 1
+    await writer.close()
+
+
+async def test_under_200_concurrent_requests_every_200_is_stored_and_every_503_is_not(
+    db_url: str,
+) -> None:
+    async with Receiver() as receiver:
+        settings = make_settings(db_url, {"out": {"type": "webhook", "url": receiver.url}})
+        async with run_relay(settings, dispatch=False) as relay:
+            await poison_trigger(relay.store)
+            bodies = [body(n) for n in range(190)]
+            bodies += [body(n) for n in range(5)]  # duplicates racing their originals
+            bodies += [body(1000 + n, POISON) for n in range(5)]
+            responses = await asyncio.gather(*(relay.post(b) for b in bodies))
+            codes = [r.status_code for r in responses]
+            assert set(codes) <= {200, 503}
+            stored = {bytes(e.raw) for e in await relay.events()}
+            for b, r in zip(bodies, responses, strict=True):
+                if r.status_code == 200:
+                    assert b in stored
+                else:
+                    assert r.json()["error"].startswith("store unavailable")
+            for b in stored:  # every stored event was acknowledged (accepted or duplicate)
+                assert any(
+                    r.status_code == 200 for x, r in zip(bodies, responses, strict=True) if x == b
+                )
+            poisoned = [r for b, r in zip(bodies, responses, strict=True) if b"poison" in b]
+            assert all(r.status_code == 503 for r in poisoned)
+            accepted = [r.json()["event_id"] for r in responses if r.status_code == 200]
+            assert len(set(accepted)) == len(stored)
