@@ -81,7 +81,8 @@ class EventRow(Base):
 class DeliveryRow(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
-        Index(None, "state", "connector", "next_attempt_at"),
+        # the claim walks this index in due order and stops at its limit
+        Index(None, "state", "connector", "next_attempt_at", "id"),
         Index(None, "ordering_key", "id"),
         Index(None, "event_id"),
     )

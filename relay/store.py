@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -253,7 +253,12 @@ class Store:
     # -- dispatch -----------------------------------------------------------------------------
 
     async def claim(self, connector: str, limit: int, *, worker: str, lease: float) -> list[Claim]:
-        """Lease up to ``limit`` due deliveries whose earlier siblings (same key) are done."""
+        """Lease up to ``limit`` due deliveries whose earlier siblings (same key) are done.
+
+        Claims whose lease ran out (a crashed worker's) come first. Each pick walks the
+        (state, connector, next_attempt_at, id) index in due order and stops at its limit, so
+        a long backlog costs nothing per claim.
+        """
         if limit <= 0:
             return []
         now = utcnow()
@@ -264,38 +269,38 @@ class Store:
             .where(e.ordering_key == d.c.ordering_key, e.id < d.c.id, e.state.in_(ACTIVE))
             .exists()
         )
-        due = or_(
-            and_(d.c.state == "pending", d.c.next_attempt_at <= now),
-            and_(d.c.state == "running", d.c.lease_until < now),
-        )
-        pick = (
-            select(d.c.id)
-            .where(d.c.connector == connector, due, ~earlier)
-            .order_by(d.c.next_attempt_at, d.c.id)
-            .limit(limit)
-        )
-        if self.dialect == "postgresql":
-            pick = pick.with_for_update(skip_locked=True)
-        stmt = (
-            update(deliveries)
-            .where(deliveries.c.id.in_(pick.scalar_subquery()))
-            .values(
-                state="running",
-                attempts=deliveries.c.attempts + 1,
-                lease_until=now + timedelta(seconds=lease),
-                leased_by=worker,
-                updated_at=now,
+
+        def take(due: Any, order: list[Any], n: int) -> Any:
+            pick = select(d.c.id).where(d.c.connector == connector, due, ~earlier)
+            pick = pick.order_by(*order).limit(n)
+            if self.dialect == "postgresql":
+                pick = pick.with_for_update(skip_locked=True)
+            return (
+                update(deliveries)
+                .where(deliveries.c.id.in_(pick.scalar_subquery()))
+                .values(
+                    state="running",
+                    attempts=deliveries.c.attempts + 1,
+                    lease_until=now + timedelta(seconds=lease),
+                    leased_by=worker,
+                    updated_at=now,
+                )
+                .returning(
+                    deliveries.c.id,
+                    deliveries.c.event_id,
+                    deliveries.c.integration_id,
+                    deliveries.c.attempts,
+                )
             )
-            .returning(
-                deliveries.c.id,
-                deliveries.c.event_id,
-                deliveries.c.integration_id,
-                deliveries.c.attempts,
-            )
-        )
+
+        expired = and_(d.c.state == "running", d.c.lease_until < now)
+        pending = and_(d.c.state == "pending", d.c.next_attempt_at <= now)
 
         def write(conn: Connection) -> tuple[list[Any], dict[int, bytes]]:
-            rows = list(conn.execute(stmt).all())
+            rows = list(conn.execute(take(expired, [d.c.lease_until, d.c.id], limit)))
+            if len(rows) < limit:
+                order = [d.c.next_attempt_at, d.c.id]
+                rows += conn.execute(take(pending, order, limit - len(rows))).all()
             if not rows:
                 return [], {}
             wanted = events.c.id.in_({r.event_id for r in rows})

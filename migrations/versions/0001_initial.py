@@ -128,8 +128,8 @@ def upgrade() -> None:
             batch_op.f("ix_deliveries_ordering_key_id"), ["ordering_key", "id"], unique=False
         )
         batch_op.create_index(
-            batch_op.f("ix_deliveries_state_connector_next_attempt_at"),
-            ["state", "connector", "next_attempt_at"],
+            batch_op.f("ix_deliveries_state_connector_next_attempt_at_id"),
+            ["state", "connector", "next_attempt_at", "id"],
             unique=False,
         )
 
@@ -171,7 +171,7 @@ def downgrade() -> None:
 
     op.drop_table("attempts")
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_deliveries_state_connector_next_attempt_at"))
+        batch_op.drop_index(batch_op.f("ix_deliveries_state_connector_next_attempt_at_id"))
         batch_op.drop_index(batch_op.f("ix_deliveries_ordering_key_id"))
         batch_op.drop_index(batch_op.f("ix_deliveries_event_id"))
 
