@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import socket
@@ -98,6 +99,8 @@ class Dispatcher:
         self._inflight: dict[str, dict[int, asyncio.Task[None]]] = {
             name: {} for name in connectors.instances
         }
+        self._paused_cache: dict[str, datetime] = {}
+        self._paused_at = -math.inf
         # Outcomes commit in batches: one transaction for many finished deliveries.
         self._completions: Batcher[tuple[Claim, Outcome], None] = Batcher(self._commit)
 
@@ -128,7 +131,7 @@ class Dispatcher:
 
     async def _claim_round(self) -> bool:
         """Claim for every connector with spare capacity; True if it should go again at once."""
-        paused = await self.store.paused_connectors()
+        paused = await self._paused()
         again = False
         for name, policy in self.connectors.policies.items():
             if name in paused or self._stopping:
@@ -145,6 +148,15 @@ class Dispatcher:
                 task.add_done_callback(lambda _t, n=name, i=claim.delivery_id: self._done(n, i))
             again = again or (len(claims) == free)
         return again
+
+    async def _paused(self) -> dict[str, datetime]:
+        """Quota pauses, re-read at most once per poll interval (they last minutes to hours)."""
+        now = time.monotonic()
+        if now - self._paused_at >= self.settings.poll_interval:
+            self._paused_cache = await self.store.paused_connectors()
+            self._paused_at = now
+        until = utcnow()
+        return {name: t for name, t in self._paused_cache.items() if t > until}
 
     def _done(self, name: str, delivery_id: int) -> None:
         self._inflight[name].pop(delivery_id, None)
@@ -256,6 +268,9 @@ class Dispatcher:
 
     async def _commit(self, done: Sequence[tuple[Claim, Outcome]]) -> list[None]:
         moved = await self.store.finish_batch(done, worker=self.worker)
+        for claim, outcome in done:  # our own pauses take effect here at once
+            if outcome.pause_until is not None:
+                self._paused_cache[claim.connector] = outcome.pause_until
         if 0 <= moved < len(done):  # -1: the driver cannot count executemany rows
             log.warning(
                 "%d deliveries' leases were taken over before completion",
