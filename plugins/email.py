@@ -32,9 +32,7 @@ from relay import (
     Event,
     PermanentError,
     RetryableError,
-    TemplateError,
     TemplateFile,
-    check_template,
     hookimpl,
     once_key,
     template_source,
@@ -120,19 +118,13 @@ class EmailConfig(ConnectorConfig):
 
     def _check_templates(self, kind: str, override: EmailTemplates) -> None:
         if kind not in MESSAGE_KINDS:
-            known = ", ".join(MESSAGE_KINDS)
-            raise ValueError(f"`templates.{kind}`: unknown message kind (known: {known})")
+            template_source("", f"templates.{kind}", kind)  # raises, naming the known kinds
         for part in PARTS:
             value = getattr(override, part)
-            if value is None:
-                continue
-            key = f"templates.{kind}.{part}"
-            source = template_source(value, key)
-            try:
-                check_template(source, [kind], html=part == "html")
-            except TemplateError as exc:
-                raise ValueError(f"`{key}`: {exc}") from None
-            setattr(override, part, source)  # read once, here: a file is not read per delivery
+            if value is not None:
+                key = f"templates.{kind}.{part}"
+                source = template_source(value, key, kind, html=part == "html")
+                setattr(override, part, source)  # read once, here: not per delivery
 
 
 class EmailConnector(Connector):
@@ -204,6 +196,7 @@ class EmailConnector(Connector):
             refused = {r.recipient: r for r in exc.recipients}
         except aiosmtplib.SMTPException as exc:
             raise smtp_error(exc) from None
+        ctx.status_code = 250  # for the attempt history: the server took the message
         newly = [r for r in pending if r not in refused]
         if newly:  # before reporting anything: these must never get it twice
             record = {
@@ -242,9 +235,12 @@ class EmailConnector(Connector):
             cert_bundle=config.ca_file,
             timeout=config.timeout,
         )
-        async with client:
-            if config.username is not None and config.password is not None:
-                await client.login(config.username, config.password)
+        try:
+            async with client:
+                if config.username is not None and config.password is not None:
+                    await client.login(config.username, config.password)
+        except aiosmtplib.SMTPException as exc:
+            raise smtp_error(exc) from None
 
 
 def smtp_error(exc: aiosmtplib.SMTPException) -> DeliveryError:

@@ -29,10 +29,8 @@ from relay import (
     Event,
     PermanentError,
     RetryableError,
-    TemplateError,
     TemplateFile,
     add_filter,
-    check_template,
     hookimpl,
     once_key,
     raise_for_response,
@@ -146,16 +144,7 @@ class SlackConfig(ConnectorConfig):
         if self.timeout <= 0:
             raise ValueError("`timeout` must be a positive number of seconds")
         for kind, value in self.templates.items():
-            key = f"templates.{kind}"
-            if kind not in MESSAGE_KINDS:
-                raise ValueError(
-                    f"`{key}`: unknown message kind (known: {', '.join(MESSAGE_KINDS)})"
-                )
-            source = template_source(value, key)
-            try:
-                check_template(source, [kind], check=payload)
-            except TemplateError as exc:
-                raise ValueError(f"`{key}`: {exc}") from None
+            source = template_source(value, f"templates.{kind}", kind, check=payload)
             self.templates[kind] = source  # read once, here: a file is not read per delivery
 
 
@@ -181,9 +170,8 @@ class SlackConnector(Connector):
 
     def __init__(self, name: str, config: SlackConfig) -> None:
         super().__init__(name, config)
-        self.templates = {k: default_template(k) for k in MESSAGE_KINDS} | {
-            k: template_source(v, f"templates.{k}") for k, v in config.templates.items()
-        }
+        self.templates = {k: default_template(k) for k in MESSAGE_KINDS}
+        self.templates.update((k, str(v)) for k, v in config.templates.items())  # read and checked
         self.post_on = tuple(config.post_on or DEFAULT_POST_ON)
 
     # -- checks and requests ------------------------------------------------------------------
@@ -262,7 +250,7 @@ class SlackConnector(Connector):
             await ctx.links.set(key, {"at": datetime.now(UTC).isoformat()})
 
     def _post_body(self, message: dict[str, Any]) -> dict[str, Any]:
-        return {**message, "channel": self.config.channel, "unfurl_links": False}
+        return {"unfurl_links": False, **message, "channel": self.config.channel}
 
     async def _card(self, event: Event, ctx: DeliveryContext) -> None:
         """One message per call, edited forward; redeliveries and stale events change nothing."""
@@ -282,7 +270,7 @@ class SlackConnector(Connector):
         digest = _digest(message)
         if card is not None and digest == card["digest"]:
             ctx.log.info("the card of call %s already shows this", event.call.id)
-            if stamp != card["stamp"]:
+            if (stamp, merged) != (card["stamp"], card["call"]):  # remember what it taught
                 await ctx.links.set(key, {**card, "stamp": stamp, "call": merged})
             return
         state = {"stamp": stamp, "call": merged, "digest": digest}

@@ -130,16 +130,33 @@ class TemplateFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     file: str
 
 
-def template_source(value: str | TemplateFile, key: str) -> str:
-    """The template text; a file that cannot be read is a ValueError naming ``key``."""
+def template_source(
+    value: str | TemplateFile,
+    key: str,
+    kind: str | None = None,
+    *,
+    html: bool = False,
+    check: Callable[[str], object] | None = None,
+) -> str:
+    """An admin's template, read (inline or from its file) and, given its ``kind``, checked
+    against the samples (see ``check_template``); ValueError naming ``key`` if it is unusable."""
+    if kind is not None and kind not in MESSAGE_KINDS:
+        raise ValueError(f"`{key}`: unknown message kind (known: {', '.join(MESSAGE_KINDS)})")
     if isinstance(value, str):
-        return value
-    path = Path(value.file).expanduser()
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise ValueError(f"`{key}`: cannot read template file {path}: {reason}") from None
+        source = value
+    else:
+        path = Path(value.file).expanduser()
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ValueError(f"`{key}`: cannot read template file {path}: {reason}") from None
+    if kind is not None:
+        try:
+            check_template(source, [kind], html=html, check=check)
+        except TemplateError as exc:
+            raise ValueError(f"`{key}`: {exc}") from None
+    return source
 
 
 @lru_cache(maxsize=1)

@@ -24,25 +24,16 @@ from relay import (
     sample_events,
     template_values,
 )
-from relay.config import ConfigError, parse_config
 from relay.connector import ConnectorContext, Limiters
-from relay.plugins import connector_types
 from relay.store import Store
 from relay.wildix import parse
 from tests.conftest import fixture, make_settings, run_relay
+from tests.connectors import build, config_error
 from tests.fakes.slack import Message, SlackFake
 
 pytest_plugins = ("tests.test_connectors_builtin",)  # its store, http and ctx_for fixtures
 
 LIFECYCLE = ("call_live_progress_start", "call_live_progress_update", "call_live_completed")
-TYPES = connector_types()
-
-
-def build(block: dict[str, Any], name: str = "team") -> Any:
-    """A connector made the way the service makes it: through the config loader."""
-    text = yaml.safe_dump({"connectors": {name: block}})
-    inst = parse_config(text, connector_types=TYPES, env={}).connectors[name]
-    return inst.cls(name, inst.options)
 
 
 def bot(slack: SlackFake, channel: str = "#support", **extra: Any) -> dict[str, Any]:
@@ -122,7 +113,7 @@ async def test_a_redelivered_event_does_not_post_or_edit_again(
     slack: SlackFake, ctx_for: Any
 ) -> None:
     slack.channel("support")
-    conn = build(bot(slack))
+    conn = build(bot(slack), "team")
     event = parse(fixture("call_live_progress_update"))
     await conn.deliver(event, ctx_for("team", delivery_id=1))
     await conn.deliver(event, ctx_for("team", delivery_id=1, attempt=2))  # a retry
@@ -136,7 +127,7 @@ async def test_events_arriving_out_of_order_never_post_twice_or_go_backwards(
     slack: SlackFake, ctx_for: Any
 ) -> None:
     slack.channel("support")
-    conn = build(bot(slack))
+    conn = build(bot(slack), "team")
     for i, name in enumerate(
         ("call_completed", "call_live_progress_update", "call_live_completed")
     ):
@@ -152,7 +143,7 @@ async def test_a_missed_inbound_call_becomes_a_missed_call_card(
     slack: SlackFake, ctx_for: Any
 ) -> None:
     slack.channel("support")
-    conn = build(bot(slack))
+    conn = build(bot(slack), "team")
     await conn.deliver(parse(fixture("call_completed_missed_inbound")), ctx_for("team"))
     [card] = slack.messages("support")
     assert card.text == "Missed call from +33142685300 for Giulia Rossi (ext. 214)"
@@ -166,7 +157,7 @@ async def test_a_missed_inbound_call_becomes_a_missed_call_card(
 
 async def test_a_card_deleted_in_slack_is_posted_again(slack: SlackFake, ctx_for: Any) -> None:
     slack.channel("support")
-    conn = build(bot(slack))
+    conn = build(bot(slack), "team")
     await conn.deliver(parse(fixture("call_live_progress_start")), ctx_for("team", delivery_id=1))
     slack.delete(slack.messages("support")[0])
     await conn.deliver(parse(fixture("call_live_progress_update")), ctx_for("team", delivery_id=2))
@@ -186,7 +177,7 @@ async def test_a_card_deleted_in_slack_is_posted_again(slack: SlackFake, ctx_for
 
 async def test_presence_and_sms_post_once_each(slack: SlackFake, ctx_for: Any) -> None:
     slack.channel("support")
-    conn = build(bot(slack))
+    conn = build(bot(slack), "team")
     for i, name in enumerate(("presence_user", "sms_status", "presence_user")):
         await conn.deliver(parse(fixture(name)), ctx_for("team", delivery_id=i))
     presence, sms = slack.messages("support")
@@ -300,7 +291,7 @@ async def test_web_api_errors_follow_the_outcome_contract(
         slack.fail("chat.postMessage", error)
     block = bot(slack, token="xoxb-wrong") if setup == "token" else bot(slack)
     with pytest.raises(expected) as info:
-        await build(block).deliver(parse(fixture("call_completed")), ctx_for("team"))
+        await build(block, "team").deliver(parse(fixture("call_completed")), ctx_for("team"))
     assert isinstance(info.value, expected)
     assert expected is not PermanentError or not isinstance(info.value, AuthError)
     assert str(info.value) == f"slack chat.postMessage: {error}"
@@ -329,9 +320,9 @@ async def test_check_calls_auth_test_in_bot_mode_only(
     slack: SlackFake, store: Store, http: httpx.AsyncClient
 ) -> None:
     ctx = ConnectorContext(name="team", http=http, store=store, limiters=Limiters())
-    await build(bot(slack)).check(ctx)
+    await build(bot(slack), "team").check(ctx)
     with pytest.raises(AuthError, match="invalid_auth"):
-        await build(bot(slack, token="xoxb-revoked")).check(ctx)
+        await build(bot(slack, token="xoxb-revoked"), "team").check(ctx)
     url = slack.webhook(slack.channel("alerts"))
     await build({"type": "slack", "webhook_url": url}).check(ctx)
     assert [(h.endpoint, h.error) for h in slack.hits] == [
@@ -343,12 +334,6 @@ async def test_check_calls_auth_test_in_bot_mode_only(
 # -- templates and configuration --------------------------------------------------------------
 
 HOOK = {"type": "slack", "webhook_url": "https://hooks.slack.com/services/T0/B0/secret"}
-
-
-def config_error(block: dict[str, Any]) -> str:
-    with pytest.raises(ConfigError) as info:
-        build(block, name="alerts")
-    return str(info.value)
 
 
 async def test_a_template_override_inline_or_by_file_is_used(
@@ -380,7 +365,7 @@ async def test_a_template_override_inline_or_by_file_is_used(
     ],
 )
 def test_a_broken_template_is_a_config_error_with_its_path(template: str, words: str) -> None:
-    message = config_error({**HOOK, "templates": {"missed_call": template}})
+    message = config_error({**HOOK, "templates": {"missed_call": template}}, "alerts")
     assert message.startswith("$.connectors.alerts: `templates.missed_call`: "), message
     assert words in message
     assert "secret" not in message
@@ -401,7 +386,7 @@ def test_a_broken_template_is_a_config_error_with_its_path(template: str, words:
     ],
 )
 def test_bad_slack_config_names_the_key(block: dict[str, Any], words: str) -> None:
-    message = config_error(block)
+    message = config_error(block, "alerts")
     assert message.startswith("$.connectors.alerts: "), message
     assert words in message
 

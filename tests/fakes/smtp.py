@@ -52,7 +52,7 @@ class SmtpFake:
         self.port = 0
         self.accepted: list[Accepted] = []
         self.logins: list[tuple[str, str, bool]] = []  # (mechanism, login, succeeded)
-        self.data_attempts = 0  # DATA commands received, whatever was answered
+        self.offered: list[Accepted] = []  # every message sent after DATA, whatever the answer
         self._data_replies: deque[str] = deque()
         self._rcpt_replies: dict[str, str] = {}
         self._server: asyncio.Server | None = None
@@ -81,11 +81,12 @@ class SmtpFake:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        self.data_attempts += 1
+        data = envelope.original_content or b""
+        offered = Accepted(str(envelope.mail_from), list(envelope.rcpt_tos), data)
+        self.offered.append(offered)
         if self._data_replies:
             return self._data_replies.popleft()
-        data = envelope.original_content or b""
-        self.accepted.append(Accepted(str(envelope.mail_from), list(envelope.rcpt_tos), data))
+        self.accepted.append(offered)
         return "250 2.0.0 Message accepted for delivery"
 
     def _authenticate(
