@@ -21,7 +21,7 @@ from relay.connector import ConnectorContext, Limiters
 from relay.store import Store
 from relay.wildix import parse
 from tests.conftest import fixture, make_settings, run_relay
-from tests.connectors import build, config_error
+from tests.connectors import build, check_config, config_error
 from tests.fakes.smtp import SmtpFake
 
 pytest_plugins = ("tests.test_connectors_builtin",)  # its store, http and ctx_for fixtures
@@ -316,3 +316,10 @@ def test_bad_email_config_names_the_key(block: dict[str, Any], words: str) -> No
 def test_bad_security_mode_is_rejected_with_its_path() -> None:
     message = config_error({**BASE, "security": "ssl"}, "mail")
     assert message.startswith("$.connectors.mail.security: "), message
+
+
+def test_check_config_masks_the_password(tmp_path: Path) -> None:
+    block = {**BASE, "username": "relay@acme.example", "password": "pa55-s3cr3t"}
+    result = check_config(tmp_path, {"mail": block})
+    assert result.exit_code == 0, result.output
+    assert "mail (email)" in result.output and "pa55-s3cr3t" not in result.output

@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from plugins.slack import default_template, payload
 from relay import (
@@ -28,7 +27,7 @@ from relay.connector import ConnectorContext, Limiters
 from relay.store import Store
 from relay.wildix import parse
 from tests.conftest import fixture, make_settings, run_relay
-from tests.connectors import build, config_error
+from tests.connectors import build, check_config, config_error
 from tests.fakes.slack import Message, SlackFake
 
 pytest_plugins = ("tests.test_connectors_builtin",)  # its store, http and ctx_for fixtures
@@ -392,21 +391,20 @@ def test_bad_slack_config_names_the_key(block: dict[str, Any], words: str) -> No
 
 
 def test_check_config_reports_a_broken_template(tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from relay.cli import main
-
-    data = {
-        "connectors": {"alerts": {**HOOK, "templates": {"call_summary": "{% if %}"}}},
-        "integrations": {"q7m2xk": {"secret": "s", "routes": [{"connector": "alerts"}]}},
-    }
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(yaml.safe_dump(data))
-    result = CliRunner().invoke(main, ["--config", str(cfg), "check-config"])
+    block = {**HOOK, "templates": {"call_summary": "{% if %}"}}
+    result = check_config(tmp_path, {"alerts": block})
     assert result.exit_code == 1
     assert "$.connectors.alerts: `templates.call_summary`: template error on line 1" in (
         result.output
     )
+
+
+def test_check_config_masks_the_token_and_the_webhook_url(tmp_path: Path) -> None:
+    team = {"type": "slack", "token": "xoxb-77-s3cr3t", "channel": "#calls"}
+    result = check_config(tmp_path, {"alerts": HOOK, "team": team})
+    assert result.exit_code == 0, result.output
+    assert "alerts (slack)" in result.output and "team (slack)" in result.output
+    assert "s3cr3t" not in result.output and "/services/T0/B0/secret" not in result.output
 
 
 def test_default_templates_render_every_sample_as_block_kit() -> None:
