@@ -176,7 +176,6 @@ def check_template(
     *,
     html: bool = False,
     check: Callable[[str], object] | None = None,
-    values: Callable[[Event], dict[str, Any]] | None = None,
 ) -> None:
     """Compile, then render against every sample of ``kinds`` and pass the output to ``check``.
 
@@ -184,9 +183,8 @@ def check_template(
     """
     compile_template(source, html)
     for name, event in _samples(kinds):
-        context = values(event) if values else template_values(event)
         try:
-            output = render(source, html=html, **context)
+            output = render(source, html=html, **template_values(event))
         except Exception as exc:
             problem = f"{type(exc).__name__}: {exc}"
             raise TemplateError(f"fails on the sample {name}: {problem}") from None
