@@ -14,10 +14,22 @@ from relay.errors import (
     raise_for_response,
 )
 from relay.hookspecs import hookimpl
-from relay.templates import TemplateError, compile_template, render
+from relay.notify import (
+    MESSAGE_KINDS,
+    TemplateFile,
+    check_template,
+    message_kind,
+    once_key,
+    party_label,
+    sample_events,
+    template_source,
+    template_values,
+)
+from relay.templates import TemplateError, add_filter, compile_template, render
 from relay.wildix import Call, Event, Leg, Party, Presence, Recording, Sms
 
 __all__ = [
+    "MESSAGE_KINDS",
     "AuthError",
     "Call",
     "Connector",
@@ -35,9 +47,18 @@ __all__ = [
     "RetryableError",
     "Sms",
     "TemplateError",
+    "TemplateFile",
+    "add_filter",
+    "check_template",
     "compile_template",
     "hookimpl",
+    "message_kind",
+    "once_key",
     "parse_retry_after",
+    "party_label",
     "raise_for_response",
     "render",
+    "sample_events",
+    "template_source",
+    "template_values",
 ]

@@ -15,7 +15,6 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 import yaml
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
@@ -26,6 +25,7 @@ from relay.config import Settings, parse_config
 from relay.plugins import connector_types
 from relay.signing import sign
 from relay.store import Store, attempts, deliveries, events
+from tests.fakes.asgi import serve
 
 PG_URL = os.environ.get("RELAY_TEST_DATABASE_URL")
 SECRET = "R8vYq2LmTz0pWn4XcKs7JdHf5Bg1Ae"
@@ -204,19 +204,5 @@ class RunningRelay:
 async def run_relay(settings: Settings, *, dispatch: bool = True) -> AsyncIterator[RunningRelay]:
     """The real app under uvicorn on 127.0.0.1:<free port>, in this event loop."""
     app = create_app(settings, dispatch=dispatch)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False)
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("relay did not start")
-        await asyncio.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    async with httpx.AsyncClient(timeout=10) as client:
-        try:
-            yield RunningRelay(f"http://127.0.0.1:{port}", app, client)
-        finally:
-            server.should_exit = True
-            await task
+    async with serve(app) as url, httpx.AsyncClient(timeout=10) as client:
+        yield RunningRelay(url, app, client)
