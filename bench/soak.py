@@ -44,8 +44,10 @@ def main() -> None:
     bodies = make_bodies(work / "soak.txt", int(args.rate * seconds * 1.05) + 1000, "bench01")
     sink_port, port = free_port(), free_port()
     connectors = {"sink": {"type": "webhook", "url": f"http://127.0.0.1:{sink_port}/hook"}}
-    print(f"soak: {args.minutes:g} min at {args.rate} events/s offered, {args.db}, one delivery "
-          "per event to a local sink\n")
+    print(
+        f"soak: {args.minutes:g} min at {args.rate} events/s offered, {args.db}, one delivery "
+        "per event to a local sink\n"
+    )
     with (
         server([sys.executable, "-m", "bench.sink", str(sink_port)], sink_port),
         database(args.db, work, "relay_soak") as url,
@@ -58,8 +60,14 @@ def main() -> None:
             load: dict[str, float] = {}
 
             def run_load() -> None:
-                load.update(wrk(f"http://127.0.0.1:{port}/webhooks/bench01", bodies,
-                                seconds=seconds, delay_ms=1000 / args.rate))
+                load.update(
+                    wrk(
+                        f"http://127.0.0.1:{port}/webhooks/bench01",
+                        bodies,
+                        seconds=seconds,
+                        delay_ms=1000 / args.rate,
+                    )
+                )
 
             thread = threading.Thread(target=run_load)
             thread.start()
@@ -71,21 +79,29 @@ def main() -> None:
             drained = False
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
-                [(left,)] = asyncio.run(query(
-                    url, "SELECT count(*) FROM deliveries WHERE state IN ('pending', 'running')"))
+                [(left,)] = asyncio.run(
+                    query(
+                        url, "SELECT count(*) FROM deliveries WHERE state IN ('pending', 'running')"
+                    )
+                )
                 if left == 0:
                     drained = True
                     break
                 time.sleep(1)
             samples.append((time.monotonic() - start, rss_mb(proc.pid)))
-            [(delivered,)] = asyncio.run(query(
-                url, "SELECT count(*) FROM deliveries WHERE state = 'succeeded'"))
+            [(delivered,)] = asyncio.run(
+                query(url, "SELECT count(*) FROM deliveries WHERE state = 'succeeded'")
+            )
     settled = [mb for t, mb in samples if t >= 60] or [mb for _, mb in samples]
     growth = (settled[-1] - settled[0]) / settled[0]
-    print(f"\noffered {load['rps']:.0f}/s, acknowledged {accepted}, delivered {delivered}, "
-          f"non-2xx {int(load['non2xx'])}, timeouts {int(load['timeouts'])}")
-    print(f"RSS after warm-up {settled[0]:.1f} MB → end {settled[-1]:.1f} MB "
-          f"({growth:+.1%}; flat within 10%: {'yes' if abs(growth) <= 0.10 else 'NO'})")
+    print(
+        f"\noffered {load['rps']:.0f}/s, acknowledged {accepted}, delivered {delivered}, "
+        f"non-2xx {int(load['non2xx'])}, timeouts {int(load['timeouts'])}"
+    )
+    print(
+        f"RSS after warm-up {settled[0]:.1f} MB → end {settled[-1]:.1f} MB "
+        f"({growth:+.1%}; flat within 10%: {'yes' if abs(growth) <= 0.10 else 'NO'})"
+    )
     print(f"queue drained: {'yes' if drained else 'NO'}")
 
 
