@@ -17,10 +17,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import aliased
 
+from relay import numbers
 from relay.models import (
     AttemptRow,
     ConnectorStateRow,
     DeliveryRow,
+    EventNumberRow,
     EventRow,
     LinkRow,
     RejectionRow,
@@ -33,7 +35,10 @@ attempts = AttemptRow.__table__
 links = LinkRow.__table__
 connector_state = ConnectorStateRow.__table__
 rejections = RejectionRow.__table__
+event_numbers = EventNumberRow.__table__
 
+# Delivery states: pending, running (leased), succeeded, dead, cancelled (by an admin).
+# Only ACTIVE ones hold back later deliveries with the same ordering key.
 ACTIVE = ("pending", "running")
 
 
@@ -126,6 +131,10 @@ class Store:
             if connectors:
                 await conn.execute(
                     insert(deliveries), self._delivery_rows(event_id, event, connectors, now)
+                )
+            if found := numbers.in_data(event.data):
+                await conn.execute(
+                    insert(event_numbers), [{"event_id": event_id, "number": n} for n in found]
                 )
         return Recorded(int(event_id), False, len(connectors))
 
