@@ -85,9 +85,12 @@ async def replay(
     settings: Settings,
     request: s.ReplayRequest,
     *,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> s.ReplayResult:
-    """New deliveries for stored events, through today's routes or to one named connector."""
+    """New deliveries for stored events, through today's routes or to one named connector.
+
+    ``progress(done, total)`` is called after each batch of events.
+    """
     if request.connector is not None and request.connector not in settings.connectors:
         raise ActionError(400, f"no connector named {request.connector!r}")
     if request.event_id is not None:
@@ -146,7 +149,7 @@ async def replay(
             async with store.engine.begin() as conn:
                 await conn.execute(insert(deliveries), new)
         if progress is not None:
-            progress(len(rows))
+            progress(len(rows), total)
     return s.ReplayResult(
         dry_run=request.dry_run,
         events=total,

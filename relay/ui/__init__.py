@@ -111,7 +111,7 @@ def session_middleware(settings: Settings) -> DefineMiddleware:
         secure=admin.secure_cookies,
         httponly=True,
         samesite="strict",
-        exclude=r"^/(?!ui(/|$))",
+        exclude=r"^/(?!ui(/|$)).",  # (not bare "/": Litestar warns on match-all patterns)
     ).middleware
 
 
