@@ -13,11 +13,11 @@ from typing import Annotated, Any
 from litestar import Controller, Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotAuthorizedException, NotFoundException
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.types import Guard
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
@@ -29,8 +29,11 @@ from relay.config import Settings
 from relay.store import Store, utcnow
 
 SECURITY_SCHEME = "AdminToken"
-Limit = Annotated[int, Parameter(ge=1, le=500, description="page size")]
-Cursor = Annotated[str | None, Parameter(description="`next_cursor` of the previous page (opaque)")]
+Limit = Annotated[int, QueryParameter(ge=1, le=500, description="page size")]
+Cursor = Annotated[str | None, QueryParameter(description="the previous page's `next_cursor`")]
+Q = NamedDependency[Queries]
+Text = FromQuery[str | None]
+When = FromQuery[datetime | None]
 
 
 def openapi_components() -> Components:
@@ -81,7 +84,7 @@ def _wake(state: State) -> None:
         dispatcher.wake()
 
 
-async def _delivery(queries: Queries, delivery_id: int) -> s.Delivery:
+async def _delivery(queries: Queries, delivery_id: FromPath[int]) -> s.Delivery:
     found = await queries.delivery(delivery_id)
     if found is None:
         raise NotFoundException(f"no delivery {delivery_id}")
@@ -95,17 +98,19 @@ class EventsController(Controller):
     @get("/")
     async def list_events(
         self,
-        queries: Queries,
-        integration: str | None = None,
-        type: Annotated[str | None, Parameter(description="glob, e.g. call:*")] = None,
-        call_id: str | None = None,
+        queries: Q,
+        integration: Text = None,
+        type: Annotated[str | None, QueryParameter(description="glob, e.g. call:*")] = None,
+        call_id: Text = None,
         phone: Annotated[
-            str | None, Parameter(description="a phone number in any form (+44…, 0044…)")
+            str | None, QueryParameter(description="a phone number in any form (+44…, 0044…)")
         ] = None,
-        since: Annotated[datetime | None, Parameter(description="received at or after")] = None,
-        until: Annotated[datetime | None, Parameter(description="received before")] = None,
+        since: Annotated[
+            datetime | None, QueryParameter(description="received at or after")
+        ] = None,
+        until: Annotated[datetime | None, QueryParameter(description="received before")] = None,
         status: Annotated[
-            s.DeliveryState | None, Parameter(description="has a delivery in this state")
+            s.DeliveryState | None, QueryParameter(description="has a delivery in this state")
         ] = None,
         cursor: Cursor = None,
         limit: Limit = 50,
@@ -123,7 +128,7 @@ class EventsController(Controller):
         return await queries.events(f, cursor=cursor, limit=limit)
 
     @get("/{event_id:int}")
-    async def get_event(self, queries: Queries, event_id: int) -> s.EventDetail:
+    async def get_event(self, queries: Q, event_id: FromPath[int]) -> s.EventDetail:
         """One event: raw body, normalized view, deliveries with their attempts."""
         found = await queries.event(event_id)
         if found is None:
@@ -138,11 +143,13 @@ class DeliveriesController(Controller):
     @get("/")
     async def list_deliveries(
         self,
-        queries: Queries,
-        delivery_state: Annotated[s.DeliveryState | None, Parameter(query="state")] = None,
-        connector: str | None = None,
-        integration: str | None = None,
-        event_id: int | None = None,
+        queries: Q,
+        delivery_state: Annotated[
+            s.DeliveryState | None, QueryParameter(name="state", description="e.g. dead")
+        ] = None,
+        connector: Text = None,
+        integration: Text = None,
+        event_id: FromQuery[int | None] = None,
         cursor: Cursor = None,
         limit: Limit = 50,
     ) -> s.DeliveryPage:
@@ -157,26 +164,26 @@ class DeliveriesController(Controller):
         )
 
     @get("/{delivery_id:int}")
-    async def get_delivery(self, queries: Queries, delivery_id: int) -> s.Delivery:
+    async def get_delivery(self, queries: Q, delivery_id: FromPath[int]) -> s.Delivery:
         """One delivery with its attempts."""
         return await _delivery(queries, delivery_id)
 
     @post("/{delivery_id:int}/retry", status_code=200)
-    async def retry(self, queries: Queries, state: State, delivery_id: int) -> s.Delivery:
+    async def retry(self, queries: Q, state: State, delivery_id: FromPath[int]) -> s.Delivery:
         """Attempt now. A dead or cancelled delivery gets its full retry schedule again."""
         await actions.retry(queries.store, delivery_id)
         _wake(state)
         return await _delivery(queries, delivery_id)
 
     @post("/{delivery_id:int}/cancel", status_code=200)
-    async def cancel(self, queries: Queries, delivery_id: int) -> s.Delivery:
+    async def cancel(self, queries: Q, delivery_id: FromPath[int]) -> s.Delivery:
         """Stop a pending delivery or acknowledge a dead one; later ones of its call proceed."""
         await actions.cancel(queries.store, delivery_id)
         return await _delivery(queries, delivery_id)
 
 
 @post("/replay", status_code=200, tags=["replay"])
-async def replay(queries: Queries, state: State, data: s.ReplayRequest) -> s.ReplayResult:
+async def replay(queries: Q, state: State, data: JSONBody[s.ReplayRequest]) -> s.ReplayResult:
     """New deliveries for stored events: one (``event_id``) or by filter; ``dry_run`` counts."""
     result = await actions.replay(queries.store, queries.settings, data)
     if result.deliveries and not result.dry_run:
@@ -186,26 +193,26 @@ async def replay(queries: Queries, state: State, data: s.ReplayRequest) -> s.Rep
 
 @get("/rejections", tags=["rejections"])
 async def list_rejections(
-    queries: Queries, integration: str | None = None, cursor: Cursor = None, limit: Limit = 50
+    queries: Q, integration: Text = None, cursor: Cursor = None, limit: Limit = 50
 ) -> s.RejectionPage:
     """Inbound requests refused (bad signature, unknown integration, not a Wildix envelope…)."""
     return await queries.rejections(integration=integration, cursor=cursor, limit=limit)
 
 
 @get("/integrations", tags=["configuration"], sync_to_thread=False)
-def list_integrations(queries: Queries) -> list[s.Integration]:
+def list_integrations(queries: Q) -> list[s.Integration]:
     """Configured integrations and their routes (secrets are never included)."""
     return queries.integrations()
 
 
 @get("/connectors", tags=["configuration"])
-async def list_connectors(queries: Queries) -> list[s.ConnectorStatus]:
+async def list_connectors(queries: Q) -> list[s.ConnectorStatus]:
     """Per connector: deliveries by state, oldest pending age, last error, paused until."""
     return await queries.connectors()
 
 
 @get("/overview", tags=["configuration"])
-async def overview(queries: Queries) -> s.Overview:
+async def overview(queries: Q) -> s.Overview:
     """What the dashboard's front page shows: recent events per integration, connector health."""
     return await queries.overview()
 

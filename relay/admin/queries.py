@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 from sqlalchemy import ColumnElement, case, exists, func, select
@@ -131,11 +132,19 @@ class Redactor:
 
 
 def _secret_values(value: Any, key: str = "") -> list[str]:
+    """Secret-named keys, and what URLs carry in passwords and query strings (as ``mask`` does)."""
     if isinstance(value, dict):
         return [x for k, v in value.items() for x in _secret_values(v, str(k))]
     if isinstance(value, list):
         return [x for v in value for x in _secret_values(v, key)]
-    return [value] if isinstance(value, str) and is_secret_key(key) else []
+    if not isinstance(value, str):
+        return []
+    if is_secret_key(key):
+        return [value]
+    if "://" in value:
+        parts = urlsplit(value)
+        return [parts.password or "", *(v for _, v in parse_qsl(parts.query))]
+    return []
 
 
 _DELIVERY_COLS = (

@@ -10,6 +10,8 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
 from relay.admin import actions
@@ -19,6 +21,7 @@ from relay.admin.queries import BadFilter, EventFilter, Queries
 
 log = logging.getLogger("relay.ui")
 PUBLIC = {"public": True}
+Q = NamedDependency[Queries]
 
 
 def _time(value: str | None) -> datetime | None:
@@ -62,17 +65,17 @@ async def logout(request: Request[Any, Any, Any]) -> Redirect:
 
 
 @get("/")
-async def overview(queries: Queries) -> Template:
+async def overview(queries: Q) -> Template:
     return Template("overview.html", context={"o": await queries.overview()})
 
 
 @get("/overview/panel")
-async def overview_panel(queries: Queries) -> Template:
+async def overview_panel(queries: Q) -> Template:
     return Template("_overview_panel.html", context={"o": await queries.overview()})
 
 
 @get("/events")
-async def events(request: Request[Any, Any, Any], queries: Queries) -> Template:
+async def events(request: Request[Any, Any, Any], queries: Q) -> Template:
     q = request.query_params
     context: dict[str, Any] = {"q": q, "page": None, "error": None}
     try:
@@ -93,7 +96,7 @@ async def events(request: Request[Any, Any, Any], queries: Queries) -> Template:
 
 
 @get("/events/{event_id:int}")
-async def event(queries: Queries, event_id: int) -> Template:
+async def event(queries: Q, event_id: FromPath[int]) -> Template:
     found = await queries.event(event_id)
     if found is None:
         return Template("error.html", context={"message": f"No event {event_id}."}, status_code=404)
@@ -101,7 +104,7 @@ async def event(queries: Queries, event_id: int) -> Template:
 
 
 @get("/deliveries")
-async def deliveries(request: Request[Any, Any, Any], queries: Queries) -> Template:
+async def deliveries(request: Request[Any, Any, Any], queries: Q) -> Template:
     q = request.query_params
     state = _text(q, "state") or "dead"
     connector = _text(q, "connector")
@@ -125,12 +128,12 @@ async def _row(queries: Queries, delivery_id: int, error: str | None = None) -> 
 
 
 @get("/deliveries/{delivery_id:int}/row")
-async def delivery_row(queries: Queries, delivery_id: int) -> Template:
+async def delivery_row(queries: Q, delivery_id: FromPath[int]) -> Template:
     return await _row(queries, delivery_id)
 
 
 @post("/deliveries/{delivery_id:int}/retry", status_code=200)
-async def retry(queries: Queries, state: State, delivery_id: int) -> Template:
+async def retry(queries: Q, state: State, delivery_id: FromPath[int]) -> Template:
     try:
         await actions.retry(queries.store, delivery_id)
     except actions.ActionError as exc:
@@ -141,7 +144,7 @@ async def retry(queries: Queries, state: State, delivery_id: int) -> Template:
 
 
 @post("/deliveries/{delivery_id:int}/cancel", status_code=200)
-async def cancel(queries: Queries, delivery_id: int) -> Template:
+async def cancel(queries: Q, delivery_id: FromPath[int]) -> Template:
     try:
         await actions.cancel(queries.store, delivery_id)
     except actions.ActionError as exc:
@@ -150,7 +153,7 @@ async def cancel(queries: Queries, delivery_id: int) -> Template:
 
 
 @get("/replay")
-async def replay_form(request: Request[Any, Any, Any], queries: Queries) -> Template:
+async def replay_form(request: Request[Any, Any, Any], queries: Q) -> Template:
     return Template(
         "replay.html",
         context={
@@ -162,7 +165,7 @@ async def replay_form(request: Request[Any, Any, Any], queries: Queries) -> Temp
 
 
 @post("/replay", status_code=200)
-async def replay(request: Request[Any, Any, Any], queries: Queries, state: State) -> Template:
+async def replay(request: Request[Any, Any, Any], queries: Q, state: State) -> Template:
     form = await request.form()
     try:
         event_id = _text(form, "event_id")
@@ -186,7 +189,7 @@ async def replay(request: Request[Any, Any, Any], queries: Queries, state: State
 
 
 @get("/rejections")
-async def rejections(request: Request[Any, Any, Any], queries: Queries) -> Template:
+async def rejections(request: Request[Any, Any, Any], queries: Q) -> Template:
     q = request.query_params
     page = await queries.rejections(integration=_text(q, "integration"), cursor=_text(q, "cursor"))
     return Template("rejections.html", context={"page": page, "q": q})
