@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +26,7 @@ from relay.store import (
 )
 from tests.conftest import PG_URL, config_dict, fixture, postgres_database, run_relay
 from tests.fakes.receiver import Receiver
-from tests.ops_support import admin_settings, wait_state, webhook
+from tests.ops_support import admin_settings, relay_cli, wait_state, webhook
 from tests.test_dispatch import call_body
 
 
@@ -87,15 +85,6 @@ async def test_retention_purge_spares_pending_work(db_url: str) -> None:
             assert (again.events, again.rejections, again.spared) == (0, 0, 1)
 
 
-def _erase(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "relay", "--config", str(config), "erase", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 @contextlib.asynccontextmanager
 async def _numbers_stored(db_url: str) -> AsyncIterator[tuple[object, dict[str, int]]]:
     receiver = Receiver()
@@ -119,13 +108,13 @@ async def test_erase_by_phone_removes_what_mentions_the_number(db_url: str, tmp_
     async with _numbers_stored(db_url) as (relay, ids):
         all_deliveries = len(await relay.deliveries())
 
-        dry = _erase(config, "--phone", "0044 20 7183 8750", "--dry-run")
+        dry = await relay_cli(config, "erase", "--phone", "0044 20 7183 8750", "--dry-run")
         assert dry.returncode == 0, dry.stderr
         counts = "2 events (2 deliveries, 2 attempts), 1 rejected requests, 1 connector links"
         assert f"would remove {counts}" in dry.stdout
         assert len(await relay.events()) == 4 and len(await relay.rows(rejections)) == 1
 
-        done = _erase(config, "--phone", "+442071838750")
+        done = await relay_cli(config, "erase", "--phone", "+442071838750")
         assert done.returncode == 0, done.stderr
         assert f"removed {counts}" in done.stdout
         assert f"event {ids['call_completed']}  q7m2xk  call:completed" in done.stdout
@@ -146,13 +135,13 @@ async def test_erase_by_phone_removes_what_mentions_the_number(db_url: str, tmp_
                 .where(deliveries.c.event_id == ids["missed"])
                 .values(state="running")
             )
-        busy = _erase(config, "--phone", "+33142685300")
+        busy = await relay_cli(config, "erase", "--phone", "+33142685300")
         assert busy.returncode == 2
         assert f"kept events {ids['missed']}" in busy.stdout
         assert ids["missed"] in {e.id for e in await relay.events()}
         assert await relay.rows(links) == []  # the link went all the same
 
-        bad = _erase(config, "--phone", "not a number")
+        bad = await relay_cli(config, "erase", "--phone", "not a number")
         assert bad.returncode == 2 and "not a phone number" in bad.stderr
 
 
