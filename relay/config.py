@@ -90,6 +90,12 @@ class AdminConfig(_Strict):
     secure_cookies: bool = True
     session_lifetime: Duration = Duration(12 * 3600)
 
+    def __post_init__(self) -> None:
+        if self.token and len(self.token) < 16:
+            raise ValueError(
+                "token must be at least 16 characters (make one: openssl rand -hex 32)"
+            )
+
 
 class DeliveryPolicy(_Strict):
     max_attempts: int = 10

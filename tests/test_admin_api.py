@@ -4,8 +4,10 @@ retry and cancel, rejections and connector health."""
 from __future__ import annotations
 
 import msgspec
+import pytest
 
-from relay.admin.queries import Redactor
+from relay.admin.redact import Redactor
+from relay.config import ConfigError, parse_config
 from tests.conftest import SECRET, fixture, make_settings, run_relay
 from tests.fakes.receiver import Receiver
 from tests.ops_support import AUTH, TOKEN, admin_settings, api, wait_state, webhook
@@ -306,3 +308,9 @@ async def test_replay_refuses_unclear_requests(db_url: str) -> None:
             response = await relay.client.post(url, json=body, headers=AUTH)
             assert response.status_code == status, (body, response.text)
         assert len(await relay.deliveries()) == 1
+
+
+def test_a_short_admin_token_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config("admin: {token: hunter2}", connector_types={}, env={})
+    assert caught.value.path == "$.admin" and "at least 16 characters" in caught.value.message

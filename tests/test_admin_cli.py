@@ -3,18 +3,23 @@ server running; a service started afterwards carries out what they queued."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import yaml
 
-from relay.admin.queries import EventFilter, Queries
+from relay.admin.filters import EventFilter
+from relay.admin.queries import Queries
 from relay.wildix import parse
 from tests.conftest import config_dict, fixture, run_relay
 from tests.fakes.receiver import Receiver
 from tests.ops_support import admin_settings, relay_cli, wait_state, webhook
+from tests.test_cli import free_port
 from tests.test_dispatch import call_body
 
 
@@ -102,3 +107,32 @@ async def test_a_large_replay_shows_progress_and_creates_every_delivery(tmp_path
         page = await Queries(relay.store, settings).events(EventFilter(status="pending"), limit=500)
         assert len(page.items) == 500 and page.next_cursor == str(page.items[-1].id)
         assert len(await relay.deliveries()) == 600
+
+
+async def test_worker_exports_its_counters_and_stops_cleanly(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/w.db"
+    async with Receiver() as receiver:
+        settings = admin_settings(url, {"crm": webhook(receiver)})
+        async with run_relay(settings, dispatch=False) as relay:
+            await relay.post(fixture("call_completed"))
+        config = tmp_path / "relay.yaml"
+        config.write_text(yaml.safe_dump(config_dict(url, {"crm": webhook(receiver)})))
+        port = free_port()
+        args = ["--config", str(config), "worker", "--metrics-port", str(port)]
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "relay", *args, stderr=subprocess.PIPE
+        )
+        try:
+            await receiver.wait_for(1, timeout=30)
+            async with httpx.AsyncClient() as client:
+                for _ in range(100):
+                    text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+                    if 'relay_deliveries_total{connector="crm",outcome="succeeded"} 1.0' in text:
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError(f"worker metrics never showed the delivery:\n{text}")
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.wait_for(worker.communicate(), 30)
+        assert worker.returncode == 0, stderr.decode()

@@ -54,9 +54,7 @@ def _backfill() -> None:
         ).all()
         if not rows:
             return
-        found = [
-            {"number": n, "event_id": row.id} for row in rows for n in in_raw(bytes(row.raw))
-        ]
+        found = [{"number": n, "event_id": row.id} for row in rows for n in in_raw(bytes(row.raw))]
         if found:
             conn.execute(numbers.insert(), found)
         last = rows[-1].id

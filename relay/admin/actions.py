@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import case, func, insert, select, update
 
 from relay.admin import schemas as s
-from relay.admin.queries import EventFilter, event_conditions
+from relay.admin.filters import EventFilter, event_conditions
 from relay.config import Settings
 from relay.ingest import Ingest
 from relay.store import Store, deliveries, events, utcnow
@@ -45,39 +46,41 @@ async def _refuse(store: Store, delivery_id: int, verb: str) -> ActionError:
     return ActionError(409, f"cannot {verb} delivery {delivery_id} ({state}): {hint}".rstrip(": "))
 
 
-async def retry(store: Store, delivery_id: int) -> None:
-    """Due now; a dead or cancelled delivery also starts its retry schedule afresh."""
+async def _move(
+    store: Store, delivery_id: int, verb: str, allowed: tuple[str, ...], **values: Any
+) -> None:
+    """One guarded state change; explain a refusal (404 missing, 409 wrong state)."""
     now = utcnow()
     async with store.engine.begin() as conn:
         result = await conn.execute(
             update(deliveries)
-            .where(deliveries.c.id == delivery_id, deliveries.c.state.in_(RETRYABLE))
-            .values(
-                # a delivery merely waiting for its next try keeps its count
-                attempts=case((deliveries.c.state == "pending", deliveries.c.attempts), else_=0),
-                state="pending",
-                next_attempt_at=now,
-                lease_until=None,
-                leased_by=None,
-                completed_at=None,
-                updated_at=now,
-            )
+            .where(deliveries.c.id == delivery_id, deliveries.c.state.in_(allowed))
+            .values(**values, updated_at=now)
         )
     if result.rowcount != 1:
-        raise await _refuse(store, delivery_id, "retry")
+        raise await _refuse(store, delivery_id, verb)
+
+
+async def retry(store: Store, delivery_id: int) -> None:
+    """Due now; a dead or cancelled delivery also starts its retry schedule afresh."""
+    await _move(
+        store,
+        delivery_id,
+        "retry",
+        RETRYABLE,
+        # a delivery merely waiting for its next try keeps its count
+        attempts=case((deliveries.c.state == "pending", deliveries.c.attempts), else_=0),
+        state="pending",
+        next_attempt_at=utcnow(),
+        lease_until=None,
+        leased_by=None,
+        completed_at=None,
+    )
 
 
 async def cancel(store: Store, delivery_id: int) -> None:
     """Stop a pending delivery, or acknowledge a dead one; it no longer holds up its call."""
-    now = utcnow()
-    async with store.engine.begin() as conn:
-        result = await conn.execute(
-            update(deliveries)
-            .where(deliveries.c.id == delivery_id, deliveries.c.state.in_(CANCELLABLE))
-            .values(state="cancelled", completed_at=now, updated_at=now)
-        )
-    if result.rowcount != 1:
-        raise await _refuse(store, delivery_id, "cancel")
+    await _move(store, delivery_id, "cancel", CANCELLABLE, state="cancelled", completed_at=utcnow())
 
 
 async def replay(

@@ -19,9 +19,10 @@ import msgspec
 from relay import db
 from relay.admin import actions
 from relay.admin import schemas as s
+from relay.admin.filters import BadFilter, EventFilter
 from relay.admin.lifecycle import erase as erase_numbers
 from relay.admin.lifecycle import purge as purge_now
-from relay.admin.queries import BadFilter, EventFilter, Queries
+from relay.admin.queries import Queries
 from relay.config import Settings
 from relay.store import Store
 

@@ -9,15 +9,22 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
-from sqlalchemy import ColumnElement, case, exists, func, select
+from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from relay import numbers
 from relay.admin import schemas as s
-from relay.config import Settings, is_secret_key
+from relay.admin.filters import (
+    EventFilter,
+    check_limit,
+    check_state,
+    event_conditions,
+    page_of,
+    parse_cursor,
+)
+from relay.admin.redact import Redactor
+from relay.config import Settings
 from relay.store import (
     ACTIVE,
     Store,
@@ -30,122 +37,6 @@ from relay.store import (
     utcnow,
 )
 from relay.wildix import InvalidEvent, parse
-
-MAX_LIMIT = 500
-
-
-class BadFilter(ValueError):
-    """A filter or cursor the caller must fix (→ HTTP 400, CLI usage error)."""
-
-
-class EventFilter(msgspec.Struct, kw_only=True, frozen=True):
-    integration: str | None = None
-    type: str | None = None  # glob: call:* matches call:live:progress
-    call_id: str | None = None
-    phone: str | None = None  # any written form; compared as digits
-    since: datetime | None = None  # received at or after
-    until: datetime | None = None  # received before
-    status: str | None = None  # has at least one delivery in this state
-
-    def empty(self) -> bool:
-        return all(getattr(self, f) in (None, "") for f in self.__struct_fields__)
-
-
-def glob_to_like(pattern: str) -> str:
-    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped.replace("*", "%").replace("?", "_")
-
-
-def event_conditions(f: EventFilter) -> list[ColumnElement[bool]]:
-    conds: list[ColumnElement[bool]] = []
-    if f.integration:
-        conds.append(events.c.integration_id == f.integration)
-    if f.type:
-        conds.append(events.c.type.like(glob_to_like(f.type), escape="\\"))
-    if f.call_id:
-        conds.append(events.c.call_id == f.call_id)
-    if f.phone:
-        number = numbers.normalize(f.phone)
-        if number is None:
-            raise BadFilter(f"not a phone number: {f.phone!r}")
-        conds.append(
-            exists().where(
-                event_numbers.c.number == number, event_numbers.c.event_id == events.c.id
-            )
-        )
-    if f.since:
-        conds.append(events.c.received_at >= f.since)
-    if f.until:
-        conds.append(events.c.received_at < f.until)
-    if f.status:
-        if f.status not in s.STATES:
-            raise BadFilter(f"unknown delivery state {f.status!r} (one of {', '.join(s.STATES)})")
-        conds.append(
-            exists().where(deliveries.c.event_id == events.c.id, deliveries.c.state == f.status)
-        )
-    return conds
-
-
-def parse_cursor(cursor: str | None) -> int | None:
-    if cursor in (None, ""):
-        return None
-    try:
-        value = int(cursor)
-    except ValueError:
-        raise BadFilter(f"bad cursor {cursor!r}") from None
-    if value < 1:
-        raise BadFilter(f"bad cursor {cursor!r}")
-    return value
-
-
-def _limit(limit: int) -> int:
-    if not 1 <= limit <= MAX_LIMIT:
-        raise BadFilter(f"limit must be between 1 and {MAX_LIMIT}")
-    return limit
-
-
-def _page(rows: list[Any], limit: int) -> tuple[list[Any], str | None]:
-    if len(rows) > limit:
-        rows = rows[:limit]
-        return rows, str(rows[-1].id)
-    return rows, None
-
-
-class Redactor:
-    """Replaces every configured secret in text we show (errors can echo URLs or headers)."""
-
-    def __init__(self, settings: Settings) -> None:
-        found: set[str] = {settings.admin.token}
-        for integ in settings.integrations.values():
-            found.add(integ.secret or "")
-            if integ.sqs:
-                found |= {integ.sqs.secret_access_key or "", integ.sqs.signing_secret or ""}
-        for inst in settings.connectors.values():
-            found |= set(_secret_values(inst.raw))
-        self._secrets = sorted((x for x in found if len(x) >= 6), key=len, reverse=True)
-
-    def __call__(self, text: str | None) -> str | None:
-        if text:
-            for secret in self._secrets:
-                text = text.replace(secret, "*****")
-        return text
-
-
-def _secret_values(value: Any, key: str = "") -> list[str]:
-    """Secret-named keys, and what URLs carry in passwords and query strings (as ``mask`` does)."""
-    if isinstance(value, dict):
-        return [x for k, v in value.items() for x in _secret_values(v, str(k))]
-    if isinstance(value, list):
-        return [x for v in value for x in _secret_values(v, key)]
-    if not isinstance(value, str):
-        return []
-    if is_secret_key(key):
-        return [value]
-    if "://" in value:
-        parts = urlsplit(value)
-        return [parts.password or "", *(v for _, v in parse_qsl(parts.query))]
-    return []
-
 
 _DELIVERY_COLS = (
     deliveries.c.id,
@@ -185,13 +76,13 @@ class Queries:
     async def events(
         self, f: EventFilter, *, cursor: str | None = None, limit: int = 50
     ) -> s.EventPage:
-        limit, before = _limit(limit), parse_cursor(cursor)
+        limit, before = check_limit(limit), parse_cursor(cursor)
         conds = event_conditions(f)
         if before is not None:
             conds.append(events.c.id < before)
         stmt = select(*_EVENT_COLS).where(*conds).order_by(events.c.id.desc()).limit(limit + 1)
         async with self.store.engine.connect() as conn:
-            rows, next_cursor = _page(list((await conn.execute(stmt)).all()), limit)
+            rows, next_cursor = page_of(list((await conn.execute(stmt)).all()), limit)
             states = await _states_by_event(conn, [r.id for r in rows])
         items = [s.EventSummary(**r._asdict(), delivery_states=states.get(r.id, {})) for r in rows]
         return s.EventPage(items=items, next_cursor=next_cursor)
@@ -238,9 +129,8 @@ class Queries:
         cursor: str | None = None,
         limit: int = 50,
     ) -> s.DeliveryPage:
-        limit, before = _limit(limit), parse_cursor(cursor)
-        if state and state not in s.STATES:
-            raise BadFilter(f"unknown delivery state {state!r} (one of {', '.join(s.STATES)})")
+        limit, before = check_limit(limit), parse_cursor(cursor)
+        check_state(state)
         conds: list[ColumnElement[bool]] = []
         for column, value in (
             (deliveries.c.state, state),
@@ -254,7 +144,7 @@ class Queries:
             conds.append(deliveries.c.id < before)
         async with self.store.engine.connect() as conn:
             rows = await self._deliveries(conn, conds, limit=limit + 1, history=False)
-        items, next_cursor = _page(rows, limit)
+        items, next_cursor = page_of(rows, limit)
         return s.DeliveryPage(items=items, next_cursor=next_cursor)
 
     async def delivery(self, delivery_id: int) -> s.Delivery | None:
@@ -312,7 +202,7 @@ class Queries:
     async def rejections(
         self, *, integration: str | None = None, cursor: str | None = None, limit: int = 50
     ) -> s.RejectionPage:
-        limit, before = _limit(limit), parse_cursor(cursor)
+        limit, before = check_limit(limit), parse_cursor(cursor)
         conds: list[ColumnElement[bool]] = []
         if integration:
             conds.append(rejections.c.integration_id == integration)
@@ -320,7 +210,7 @@ class Queries:
             conds.append(rejections.c.id < before)
         stmt = select(rejections).where(*conds).order_by(rejections.c.id.desc()).limit(limit + 1)
         async with self.store.engine.connect() as conn:
-            rows, next_cursor = _page(list((await conn.execute(stmt)).all()), limit)
+            rows, next_cursor = page_of(list((await conn.execute(stmt)).all()), limit)
         items = [
             s.Rejection(
                 id=r.id,

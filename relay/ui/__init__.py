@@ -27,7 +27,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
 
 from relay.admin.api import provide_queries
-from relay.admin.queries import BadFilter
+from relay.admin.filters import BadFilter
 from relay.config import Settings
 from relay.store import utcnow
 

@@ -17,7 +17,8 @@ from litestar.response import Redirect, Template
 from relay.admin import actions
 from relay.admin import schemas as s
 from relay.admin.api import token_matches
-from relay.admin.queries import BadFilter, EventFilter, Queries
+from relay.admin.filters import BadFilter, EventFilter
+from relay.admin.queries import Queries
 
 log = logging.getLogger("relay.ui")
 PUBLIC = {"public": True}
@@ -38,6 +39,17 @@ def _time(value: str | None) -> datetime | None:
 def _text(params: Mapping[str, Any], name: str) -> str | None:
     value = (params.get(name) or "").strip()
     return value or None
+
+
+def _criteria(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The filter fields the events page and the replay form share."""
+    return {
+        "integration": _text(params, "integration"),
+        "type": _text(params, "type"),
+        "call_id": _text(params, "call_id"),
+        "since": _time(_text(params, "since")),
+        "until": _time(_text(params, "until")),
+    }
 
 
 @get("/login", opt=PUBLIC)
@@ -79,15 +91,7 @@ async def events(request: Request[Any, Any, Any], queries: Q) -> Template:
     q = request.query_params
     context: dict[str, Any] = {"q": q, "page": None, "error": None}
     try:
-        f = EventFilter(
-            integration=_text(q, "integration"),
-            type=_text(q, "type"),
-            call_id=_text(q, "call_id"),
-            phone=_text(q, "phone"),
-            since=_time(_text(q, "since")),
-            until=_time(_text(q, "until")),
-            status=_text(q, "status"),
-        )
+        f = EventFilter(**_criteria(q), phone=_text(q, "phone"), status=_text(q, "status"))
         context["page"] = await queries.events(f, cursor=_text(q, "cursor"))
     except BadFilter as exc:
         context["error"] = str(exc)
@@ -170,12 +174,8 @@ async def replay(request: Request[Any, Any, Any], queries: Q, state: State) -> T
     try:
         event_id = _text(form, "event_id")
         req = s.ReplayRequest(
+            **_criteria(form),
             event_id=int(event_id) if event_id else None,
-            integration=_text(form, "integration"),
-            type=_text(form, "type"),
-            call_id=_text(form, "call_id"),
-            since=_time(_text(form, "since")),
-            until=_time(_text(form, "until")),
             connector=_text(form, "connector"),
             dry_run=form.get("action") != "replay",
         )
