@@ -3,6 +3,8 @@ retry and cancel, rejections and connector health."""
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 import pytest
 
@@ -314,3 +316,48 @@ def test_a_short_admin_token_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config("admin: {token: hunter2}", connector_types={}, env={})
     assert caught.value.path == "$.admin" and "at least 16 characters" in caught.value.message
+
+
+async def test_dashboard_pages_render_and_refuse_forged_posts(db_url: str) -> None:
+    settings = admin_settings(db_url, {"out": {"type": "log"}}, admin={"secure_cookies": False})
+    async with run_relay(settings) as relay:
+        event_id = (await relay.post(fixture("call_completed"))).json()["event_id"]
+        await relay.post(fixture("sms_status"), secret="wrong")
+        await relay.settled()
+        ui = relay.url + "/ui"
+        login = await relay.client.get(ui + "/login")
+        csrf = re.search(r'name="_csrf_token" value="([^"]+)"', login.text)
+        assert csrf is not None
+        forged = await relay.client.post(ui + "/login", data={"token": TOKEN})  # no CSRF token
+        assert forged.status_code == 403
+        ok = await relay.client.post(ui + "/login", data={"token": TOKEN, "_csrf_token": csrf[1]})
+        assert ok.status_code == 302 and ok.headers["location"] == "/ui/"
+        pages = {
+            "/": "Connectors",
+            "/overview/panel": "refreshes every 5 s",
+            "/events": "call:completed",
+            "/events?type=sms:*&phone=%2B442071838750": "No events match.",
+            "/events?since=2000-01-01T00:00&status=succeeded": "call:completed",
+            f"/events/{event_id}": "Call summary",
+            "/deliveries?state=all": "succeeded",
+            "/deliveries?state=dead": "No dead letters.",
+            f"/replay?event_id={event_id}": f'value="{event_id}"',
+            "/rejections": "bad signature",
+        }
+        for path, expected in pages.items():
+            page = await relay.client.get(ui + path)
+            assert page.status_code == 200, (path, page.text[:500])
+            assert expected in page.text, path
+        for path in ("/events?phone=nope", "/events?since=yesterday"):
+            assert 'role="alert"' in (await relay.client.get(ui + path)).text, path
+        assert (await relay.client.get(ui + "/deliveries?cursor=x")).status_code == 400
+        assert (await relay.client.get(ui + "/events/999999")).status_code == 404
+        # htmx calls without the CSRF header are refused, with it they work
+        [delivery] = await relay.deliveries()
+        url = f"{ui}/deliveries/{delivery.id}/cancel"
+        assert (await relay.client.post(url)).status_code == 403
+        header = {"x-csrftoken": relay.client.cookies["relay_csrf"]}
+        done = await relay.client.post(url, headers=header)
+        assert done.status_code == 200 and "cannot cancel" in done.text  # it succeeded already
+        await relay.client.post(ui + "/logout", headers=header)
+        assert (await relay.client.get(ui + "/")).status_code == 302
