@@ -1,17 +1,19 @@
 """Operations: the admin API, the dashboard, metrics, replay and the data lifecycle.
 
-All of it is mounted only when ``admin.token`` is set; ``mount`` says what to add to the app.
+All of the web part is mounted only when ``admin.token`` is set; ``mount`` says what to add to
+the app. (Web imports stay inside it: the CLI commands of this package need none of them.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from litestar.openapi.spec import Components
-from litestar.template import TemplateConfig
+if TYPE_CHECKING:
+    from litestar.openapi.spec import Components
+    from litestar.template import TemplateConfig
 
-from relay.config import Settings
+    from relay.config import Settings
 
 
 @dataclass
@@ -23,6 +25,8 @@ class Mount:
 
 
 def mount(settings: Settings) -> Mount:
+    from litestar.openapi.spec import Components
+
     if not settings.admin.token:
         return Mount([], None, Components(), [])
     from relay.admin.api import openapi_components, routers
