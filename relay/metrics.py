@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -28,6 +28,8 @@ __all__ = [
     "SQS_RECEIVED",
     "SQS_REJECTED",
 ]
+
+disable_created_metrics()  # *_created samples double the output and no dashboard reads them
 
 EVENTS = Counter(
     "relay_events_received",
