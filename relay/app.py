@@ -15,6 +15,9 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 
 from relay import db
+from relay.admin import mount
+from relay.admin.lifecycle import purge_forever
+from relay.admin.queries import Queries
 from relay.config import Settings
 from relay.dispatch import Connectors, Dispatcher
 from relay.ingest import Ingest
@@ -85,11 +88,16 @@ def create_app(
         app.state.store = store
         app.state.ingest = ingest = Ingest(settings, store, dispatcher.wake if dispatcher else None)
         app.state.dispatcher = dispatcher
+        app.state.queries = Queries(store, settings)
         task = asyncio.create_task(dispatcher.run()) if dispatcher else None
+        stop_purge = asyncio.Event()
+        purger = asyncio.create_task(purge_forever(store, settings, stop_purge))
         try:
             yield
         finally:
             await ingest.writer.close()
+            stop_purge.set()
+            await purger
             if dispatcher and task:
                 await dispatcher.stop()
                 await task
@@ -97,11 +105,16 @@ def create_app(
             await http.aclose()
             await store.close()
 
+    admin = mount(settings)  # nothing unless admin.token is set
     return Litestar(
-        route_handlers=[webhook, webhook_any, healthz, readyz],
+        route_handlers=[webhook, webhook_any, healthz, readyz, *admin.route_handlers],
         lifespan=[lifespan],
+        middleware=admin.middleware,
         request_max_body_size=settings.server.max_body_size,
-        openapi_config=OpenAPIConfig(title="relay", version="0.1.0"),
+        template_config=admin.template_config,
+        openapi_config=OpenAPIConfig(
+            title="relay", version="0.1.0", components=admin.openapi_components
+        ),
         logging_config=None,  # relay.logs configures logging; Litestar must not replace it
         debug=False,
     )

@@ -16,6 +16,7 @@ import msgspec
 from sqlalchemy.engine import make_url
 
 from relay import db, logs
+from relay.admin.cli import register as register_ops_commands
 from relay.config import ConfigError, Settings, load_config, mask
 from relay.plugins import PluginError, collect_connectors, describe, plugin_manager
 from relay.signing import HEADER, sign
@@ -66,6 +67,9 @@ def main(ctx: click.Context, config: str) -> None:
     ctx.obj["config"] = config
 
 
+register_ops_commands(main)  # events, deliveries, replay, erase, purge
+
+
 @main.command()
 @click.option("--host", help="Bind address (default: server.host).")
 @click.option("--port", type=int, help="Port (default: server.port).")
@@ -78,7 +82,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, no_dispatch: b
     from relay.app import create_app
 
     settings = _settings(ctx)
-    logs.configure(settings.logging.level, settings.logging.format)
+    _logs(settings)
     if not db.is_sqlite(settings.database.url):
         asyncio.run(_require_schema(settings))
     app = create_app(settings, dispatch=not no_dispatch)
@@ -106,16 +110,31 @@ async def _require_schema(settings: Settings) -> None:
         await engine.dispose()
 
 
+def _logs(settings: Settings) -> None:
+    cfg = settings.logging
+    logs.configure(cfg.level, cfg.format, show_numbers=cfg.show_numbers)
+
+
 @main.command()
+@click.option(
+    "--metrics-port",
+    type=int,
+    help="Serve this worker's own Prometheus counters on 127.0.0.1:PORT (/metrics).",
+)
 @click.pass_context
-def worker(ctx: click.Context) -> None:
+def worker(ctx: click.Context, metrics_port: int | None) -> None:
     """Run the dispatcher alone (scale-out: many workers on one PostgreSQL)."""
     settings = _settings(ctx)
-    logs.configure(settings.logging.level, settings.logging.format)
+    _logs(settings)
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1")
     asyncio.run(_worker(settings))
 
 
 async def _worker(settings: Settings) -> None:
+    from relay.admin.lifecycle import purge_forever
     from relay.app import http_client
     from relay.dispatch import Connectors, Dispatcher
     from relay.store import Store
@@ -135,9 +154,11 @@ async def _worker(settings: Settings) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         task = asyncio.create_task(dispatcher.run())
+        purger = asyncio.create_task(purge_forever(store, settings, stop))
         await stop.wait()
         await dispatcher.stop()
         await task
+        await purger
         await connectors.close()
     await store.close()
 

@@ -83,6 +83,18 @@ class ServerConfig(_Strict):
 
 class AdminConfig(_Strict):
     token: str = ""
+    # /metrics asks for the admin token too unless this is set (a scraper on a private network).
+    public_metrics: bool = False
+    # Dashboard cookies are HTTPS-only; set false only to use the dashboard over plain HTTP
+    # from another machine (loopback counts as secure for browsers).
+    secure_cookies: bool = True
+    session_lifetime: Duration = Duration(12 * 3600)
+
+    def __post_init__(self) -> None:
+        if self.token and len(self.token) < 16:
+            raise ValueError(
+                "token must be at least 16 characters (make one: openssl rand -hex 32)"
+            )
 
 
 class DeliveryPolicy(_Strict):
@@ -120,6 +132,15 @@ class PluginsConfig(_Strict):
 class LoggingConfig(_Strict):
     level: str = "INFO"
     format: Literal["json", "text"] = "json"
+    show_numbers: bool = False  # phone numbers in log lines are masked unless this is true
+
+
+class RetentionConfig(_Strict):
+    """How long stored data is kept; integrations may set their own ``retention``."""
+
+    events: Duration | None = None  # None keeps events forever
+    rejections: Duration | None = Duration(30 * 86400)
+    interval: Duration = Duration(3600)
 
 
 class Route(_Strict):
@@ -147,6 +168,7 @@ class Integration(_Strict):
     secret: str | None = None
     sqs: SqsConfig | None = None
     routes: list[Route] = []
+    retention: Duration | None = None  # default: retention.events
 
 
 class ConnectorInstance(msgspec.Struct, kw_only=True):
@@ -168,6 +190,7 @@ class _Top(_Strict):
     dispatch: DispatchConfig = DispatchConfig()
     plugins: PluginsConfig = PluginsConfig()
     logging: LoggingConfig = LoggingConfig()
+    retention: RetentionConfig = RetentionConfig()
     connectors: dict[str, dict[str, Any]] = {}
     integrations: dict[str, dict[str, Any]] = {}
 
@@ -182,6 +205,7 @@ class Settings(msgspec.Struct, kw_only=True):
     logging: LoggingConfig
     connectors: dict[str, ConnectorInstance]
     integrations: dict[str, Integration]
+    retention: RetentionConfig = RetentionConfig()
     source: str = "<memory>"
 
 
@@ -262,6 +286,7 @@ def parse_config(
         logging=top.logging,
         connectors=connectors,
         integrations=integrations,
+        retention=top.retention,
         source=source,
     )
 

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 
 import httpx
 
+from relay import metrics
 from relay.batching import Batcher
 from relay.config import DeliveryPolicy, Settings
 from relay.connector import Connector, ConnectorContext, DeliveryContext, Limiters
@@ -202,6 +203,7 @@ class Dispatcher:
             retry_after, pause = None, None
         outcome = self._outcome(claim, policy, kind, started, t0, error, code, retry_after, pause)
         self._log(ctx, outcome)
+        metrics.observe_attempt(claim.connector, outcome.kind, outcome.duration_ms)
         await self._finish(claim, outcome)
 
     @staticmethod

@@ -7,11 +7,12 @@ this module owns the rest, so both paths dedupe and route identically.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from relay import routing
+from relay import metrics, routing
 from relay.batching import Batcher
 from relay.config import Settings
 from relay.store import Incoming, Recorded, Store
@@ -46,11 +47,14 @@ class Ingest:
         self, event: Event, *, transport: str, meta: dict[str, Any] | None = None
     ) -> Recorded:
         """Route and store in one transaction; raises if the store cannot commit."""
+        t0 = time.perf_counter()
         recorded = await self.writer.submit(
             Incoming(event, self.connectors_for(event), transport, meta)
         )
+        metrics.INGEST_SECONDS.labels(transport).observe(time.perf_counter() - t0)
         outcome = "duplicate" if recorded.duplicate else "accepted"
         self.accepted[(event.integration_id, outcome)] += 1
+        metrics.EVENTS.labels(event.integration_id, event.type, outcome).inc()
         log.info(
             "event %s",
             outcome,
@@ -65,6 +69,11 @@ class Ingest:
             self.on_stored()
         return recorded
 
+    def count_refusal(self, integration_id: str | None, outcome: str) -> None:
+        """Rejected (our answer is final) or unavailable (the sender should retry)."""
+        label = metrics.integration_label(integration_id, self.settings.integrations)
+        metrics.EVENTS.labels(label, "", outcome).inc()
+
     async def reject(
         self,
         *,
@@ -78,6 +87,7 @@ class Ingest:
     ) -> None:
         """Count, log (never the secret or the signature) and keep the rejected body."""
         self.rejected[(integration_id or "-", reason)] += 1
+        self.count_refusal(integration_id, "rejected")
         log.warning(
             "rejected %s: %s",
             transport,

@@ -159,3 +159,15 @@ class RejectionRow(Base):
     body_sha256: Mapped[str | None] = mapped_column(String(64))
     body_excerpt: Mapped[bytes | None] = mapped_column(LargeBinary)
     transport_meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class EventNumberRow(Base):
+    """Phone numbers an event mentions (digits only), for search and data-subject erasure."""
+
+    __tablename__ = "event_numbers"
+    __table_args__ = (Index(None, "event_id"),)
+
+    number: Mapped[str] = mapped_column(String(32), primary_key=True)
+    event_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("events.id", ondelete="CASCADE"), primary_key=True
+    )

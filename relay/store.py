@@ -20,11 +20,13 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import aliased
 
+from relay import numbers
 from relay.db import create_sync_engine
 from relay.models import (
     AttemptRow,
     ConnectorStateRow,
     DeliveryRow,
+    EventNumberRow,
     EventRow,
     LinkRow,
     RejectionRow,
@@ -38,7 +40,10 @@ attempts = AttemptRow.__table__
 links = LinkRow.__table__
 connector_state = ConnectorStateRow.__table__
 rejections = RejectionRow.__table__
+event_numbers = EventNumberRow.__table__
 
+# Delivery states: pending, running (leased), succeeded, dead, cancelled (by an admin).
+# Only ACTIVE ones hold back later deliveries with the same ordering key.
 ACTIVE = ("pending", "running")
 T = TypeVar("T")
 
@@ -194,6 +199,13 @@ class Store:
             ]
             if delivery_rows:
                 conn.execute(insert(deliveries), delivery_rows)
+            number_rows = [
+                {"event_id": event_id, "number": number}
+                for key, event_id in new.items()
+                for number in numbers.in_data(items[first[key]].event.data)
+            ]
+            if number_rows:  # what the admin search by phone number looks up
+                conn.execute(insert(event_numbers), number_rows)
             return [
                 Recorded(known[key], False, len(items[n].connectors))
                 if key in new and first[key] == n

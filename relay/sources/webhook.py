@@ -96,6 +96,7 @@ async def _receive(
         recorded = await ingest.accept(event, transport="webhook", meta={"remote": remote})
     except (SQLAlchemyError, OSError) as exc:
         ingest.rejected[(iid, "store unavailable")] += 1
+        ingest.count_refusal(iid, "unavailable")
         log.error("store unavailable, answering 503: %s", exc, extra={"integration": iid})
         return _reply(503, error="store unavailable, retry later")
     return _reply(

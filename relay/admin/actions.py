@@ -1,0 +1,162 @@
+"""What an operator does to deliveries: retry one now, cancel one, replay stored events.
+
+Each is one short transaction on the same tables the dispatcher uses, so the API, the dashboard
+and the CLI (working on the database directly, with or without a running service) agree.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import case, func, insert, select, update
+
+from relay.admin import schemas as s
+from relay.admin.filters import EventFilter, event_conditions
+from relay.config import Settings
+from relay.ingest import Ingest
+from relay.store import Incoming, Store, deliveries, events, utcnow
+from relay.wildix import InvalidEvent, parse
+
+RETRYABLE = ("pending", "dead", "cancelled")
+CANCELLABLE = ("pending", "dead")
+_BATCH = 500
+
+
+class ActionError(Exception):
+    """The request cannot be carried out; ``status`` is the HTTP status that says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def _refuse(store: Store, delivery_id: int, verb: str) -> ActionError:
+    async with store.engine.connect() as conn:
+        state = await conn.scalar(select(deliveries.c.state).where(deliveries.c.id == delivery_id))
+    if state is None:
+        return ActionError(404, f"no delivery {delivery_id}")
+    hint = {
+        "running": "it is being attempted right now",
+        "succeeded": "it already succeeded; replay its event to send it again",
+        "cancelled": "it is already cancelled",
+    }.get(state, "")
+    return ActionError(409, f"cannot {verb} delivery {delivery_id} ({state}): {hint}".rstrip(": "))
+
+
+async def _move(
+    store: Store, delivery_id: int, verb: str, allowed: tuple[str, ...], **values: Any
+) -> None:
+    """One guarded state change; explain a refusal (404 missing, 409 wrong state)."""
+    now = utcnow()
+    async with store.engine.begin() as conn:
+        result = await conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id == delivery_id, deliveries.c.state.in_(allowed))
+            .values(**values, updated_at=now)
+        )
+    if result.rowcount != 1:
+        raise await _refuse(store, delivery_id, verb)
+
+
+async def retry(store: Store, delivery_id: int) -> None:
+    """Due now; a dead or cancelled delivery also starts its retry schedule afresh."""
+    await _move(
+        store,
+        delivery_id,
+        "retry",
+        RETRYABLE,
+        # a delivery merely waiting for its next try keeps its count
+        attempts=case((deliveries.c.state == "pending", deliveries.c.attempts), else_=0),
+        state="pending",
+        next_attempt_at=utcnow(),
+        lease_until=None,
+        leased_by=None,
+        completed_at=None,
+    )
+
+
+async def cancel(store: Store, delivery_id: int) -> None:
+    """Stop a pending delivery, or acknowledge a dead one; it no longer holds up its call."""
+    await _move(store, delivery_id, "cancel", CANCELLABLE, state="cancelled", completed_at=utcnow())
+
+
+async def replay(
+    store: Store,
+    settings: Settings,
+    request: s.ReplayRequest,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> s.ReplayResult:
+    """New deliveries for stored events, through today's routes or to one named connector.
+
+    ``progress(done, total)`` is called after each batch of events.
+    """
+    if request.connector is not None and request.connector not in settings.connectors:
+        raise ActionError(400, f"no connector named {request.connector!r}")
+    if request.event_id is not None:
+        conds = [events.c.id == request.event_id]
+    else:
+        f = EventFilter(
+            integration=request.integration,
+            type=request.type,
+            call_id=request.call_id,
+            since=request.since,
+            until=request.until,
+        )
+        if f.empty():
+            raise ActionError(
+                400, "give an event id or at least one filter (integration, type, call id, time)"
+            )
+        conds = event_conditions(f)
+    async with store.engine.connect() as conn:
+        total = int(await conn.scalar(select(func.count()).select_from(events).where(*conds)) or 0)
+    if request.event_id is not None and total == 0:
+        raise ActionError(404, f"no event {request.event_id}")
+
+    router = Ingest(settings, store)
+    created: Counter[str] = Counter()
+    skipped, last = 0, 0
+    while True:
+        async with store.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(events.c.id, events.c.integration_id, events.c.raw)
+                    .where(*conds, events.c.id > last)
+                    .order_by(events.c.id)
+                    .limit(_BATCH)
+                )
+            ).all()
+        if not rows:
+            break
+        last, now, new = rows[-1].id, utcnow(), []
+        for row in rows:
+            try:
+                event = parse(bytes(row.raw))
+            except InvalidEvent:
+                skipped += 1
+                continue
+            if request.connector is not None:
+                targets = [request.connector]
+            elif row.integration_id in settings.integrations:
+                targets = router.connectors_for(event)
+            else:
+                targets = []
+            if not targets:
+                skipped += 1
+            created.update(targets)
+            new.extend(Store._delivery_rows(row.id, Incoming(event, targets, "replay"), now))
+        if new and not request.dry_run:
+            async with store.engine.begin() as conn:
+                await conn.execute(insert(deliveries), new)
+        if progress is not None:
+            progress(len(rows), total)
+    return s.ReplayResult(
+        dry_run=request.dry_run,
+        events=total,
+        deliveries=sum(created.values()),
+        by_connector=dict(sorted(created.items())),
+        skipped=skipped,
+    )

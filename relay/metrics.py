@@ -1,0 +1,127 @@
+"""Prometheus metrics, defined once for every part of relay to increment.
+
+Counters and histograms live in the process that does the work (ingest in ``relay serve``,
+attempts wherever the dispatcher runs). Queue gauges are read from the database when scraped,
+so every process reports the same backlog whichever one Prometheus asks.
+
+Label values are bounded: integrations are the configured ones (anything else is ``unknown``,
+so a scanner posting to random URLs cannot grow the series), connectors are configured names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from prometheus_client import REGISTRY, Counter, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = [
+    "ATTEMPT_SECONDS",
+    "DELIVERIES",
+    "EVENTS",
+    "INGEST_SECONDS",
+    "QUEUE",
+    "SQS_DELETED",
+    "SQS_RECEIVED",
+    "SQS_REJECTED",
+]
+
+disable_created_metrics()  # *_created samples double the output and no dashboard reads them
+
+EVENTS = Counter(
+    "relay_events_received",
+    "Inbound events by integration, event type and outcome "
+    "(accepted, duplicate, rejected, unavailable)",
+    ["integration", "type", "outcome"],
+)
+INGEST_SECONDS = Histogram(
+    "relay_ingest_seconds",
+    "Time to route and durably store one verified event",
+    ["transport"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+DELIVERIES = Counter(
+    "relay_deliveries",
+    "Delivery attempts by connector and outcome (succeeded, retry, dead, paused)",
+    ["connector", "outcome"],
+)
+ATTEMPT_SECONDS = Histogram(
+    "relay_attempt_seconds",
+    "Duration of one delivery attempt",
+    ["connector"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+# The SQS source increments these: received when a message is read, deleted once its event is
+# committed (or it is dropped as invalid under on_invalid: delete), rejected when it fails checks.
+SQS_RECEIVED = Counter(
+    "relay_sqs_messages_received", "SQS messages received, by integration", ["integration"]
+)
+SQS_DELETED = Counter(
+    "relay_sqs_messages_deleted", "SQS messages deleted from the queue", ["integration"]
+)
+SQS_REJECTED = Counter(
+    "relay_sqs_messages_rejected",
+    "SQS messages refused (bad signature, not a Wildix envelope), by integration",
+    ["integration"],
+)
+
+
+def integration_label(integration_id: str | None, known: Iterable[str]) -> str:
+    return integration_id if integration_id and integration_id in known else "unknown"
+
+
+def observe_attempt(connector: str, outcome: str, duration_ms: int) -> None:
+    DELIVERIES.labels(connector, outcome).inc()
+    ATTEMPT_SECONDS.labels(connector).observe(duration_ms / 1000)
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    at: datetime
+    connectors: list[str]
+    counts: Mapping[tuple[str, str], int]  # (connector, state) → deliveries
+    oldest: Mapping[str, datetime]  # connector → created_at of its oldest unfinished delivery
+
+
+LABELS = ["connector"]
+
+
+class QueueCollector(Collector):
+    """Gauges from the last database snapshot; the /metrics handler refreshes it per scrape."""
+
+    def __init__(self) -> None:
+        self.snapshot: QueueSnapshot | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot
+        if snap is None:  # a process that does not serve /metrics (a worker's own exporter)
+            return
+        depth = GaugeMetricFamily(
+            "relay_queue_depth", "Deliveries pending or running, per connector", labels=LABELS
+        )
+        oldest = GaugeMetricFamily(
+            "relay_oldest_pending_seconds",
+            "Age of the oldest pending or running delivery, per connector (0 when none)",
+            labels=LABELS,
+        )
+        dead = GaugeMetricFamily(
+            "relay_dead_deliveries", "Dead deliveries awaiting a human", labels=LABELS
+        )
+        names = sorted(set(snap.connectors) | {c for c, _ in snap.counts})
+        for name in names:
+            active = snap.counts.get((name, "pending"), 0) + snap.counts.get((name, "running"), 0)
+            depth.add_metric([name], active)
+            since = snap.oldest.get(name)
+            oldest.add_metric([name], (snap.at - since).total_seconds() if since else 0.0)
+            dead.add_metric([name], snap.counts.get((name, "dead"), 0))
+        yield from (depth, oldest, dead)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+QUEUE = QueueCollector()
+REGISTRY.register(QUEUE)

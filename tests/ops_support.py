@@ -1,0 +1,70 @@
+"""Helpers for the operations tests: a relay with the admin token set, and waiting on states."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from relay.cli import main
+from relay.config import Settings
+from tests.conftest import RunningRelay, make_settings
+from tests.fakes.receiver import Receiver
+
+TOKEN = "adm-7Qw9eR2tY5uI8oP1aS4dF6gH"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+def admin_settings(
+    db_url: str,
+    connectors: dict[str, Any],
+    *args: Any,
+    admin: dict[str, Any] | None = None,
+    **kw: Any,
+) -> Settings:
+    extra = {"admin": {"token": TOKEN, **(admin or {})}, **kw.pop("extra", {})}
+    return make_settings(db_url, connectors, *args, extra=extra, **kw)
+
+
+def webhook(receiver: Receiver, **extra: Any) -> dict[str, Any]:
+    return {"type": "webhook", "url": receiver.url, **extra}
+
+
+async def api(relay: RunningRelay, method: str, path: str, **kw: Any) -> Any:
+    """Call the admin API with the token; fail loudly on anything but 2xx."""
+    response = await relay.client.request(method, relay.url + "/api/v1" + path, headers=AUTH, **kw)
+    assert response.is_success, f"{method} {path} → {response.status_code} {response.text}"
+    return response.json()
+
+
+async def wait_state(relay: RunningRelay, delivery_id: int, *states: str) -> Any:
+    """The delivery row once it is in one of ``states``."""
+
+    async def check() -> Any:
+        rows = [r for r in await relay.deliveries() if r.id == delivery_id]
+        return rows[0] if rows and rows[0].state in states else None
+
+    return await relay.wait_until(check, what=f"delivery {delivery_id} to be {states}")
+
+
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def relay_cli(config: Path, *args: str) -> Ran:
+    """Run a `relay` command in-process (a thread: each command runs its own event loop).
+
+    Cheaper than a subprocess per call; tests/test_admin_cli.py runs the real console script too.
+    """
+
+    def invoke() -> Ran:
+        result = CliRunner().invoke(main, ["--config", str(config), *args], catch_exceptions=False)
+        return Ran(result.exit_code, result.stdout, result.stderr)
+
+    return await asyncio.to_thread(invoke)

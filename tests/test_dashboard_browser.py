@@ -1,0 +1,136 @@
+"""The dashboard in a real browser (Debian's chromium through Playwright) against a relay on
+loopback: log in, find a dead delivery, retry it against the recovered receiver, see it succeed.
+
+Screenshots go to $RELAY_SCREENSHOTS (``RELAY_SCREENSHOTS=docs/img`` refreshes the README's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import fixture, run_relay
+from tests.fakes.receiver import Receiver
+from tests.ops_support import TOKEN, admin_settings, webhook
+from tests.test_dispatch import call_body
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _require_chromium() -> None:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
+        pytest.skip("needs Debian's chromium (apt-get install -y chromium)")
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("RELAY_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    _require_chromium()
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        launched = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def test_log_in_retry_a_dead_delivery_and_see_it_succeed(
+    browser: Any, shots: Path, tmp_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    async with Receiver() as crm:
+        crm.respond(400, body='{"message":"Property owner 88121 does not exist"}')
+        connectors = {"hubspot-crm": webhook(crm), "audit-log": {"type": "log"}}
+        routes = [
+            {"connector": "hubspot-crm", "events": ["call:completed"]},
+            {"connector": "audit-log", "events": ["*"]},
+        ]
+        settings = admin_settings(f"sqlite+aiosqlite:///{tmp_path}/ui.db", connectors, routes)
+        async with run_relay(settings) as relay:
+            dead_event = (await relay.post(call_body("it_w204517_1764412210.77"))).json()
+            await relay.settled()
+            for name in ("call_completed_missed_inbound", "call_live_progress_start", "sms_status"):
+                await relay.post(fixture(name))
+            await relay.post(fixture("presence_user"))
+            await relay.post(fixture("legacy_call_start"), integration="h3p9ta")
+            await relay.post(fixture("sms_status"), secret="not-the-secret")
+            rows = await relay.settled()
+            [dead] = [r for r in rows if r.state == "dead"]
+            assert dead.event_id == dead_event["event_id"]
+
+            page = await browser.new_page(viewport={"width": 1280, "height": 820})
+            await page.goto(relay.url + "/ui/")
+            assert page.url.endswith("/ui/login")
+            await page.fill("input[name=token]", "guess")
+            await page.click("button[type=submit]")
+            await expect(page.get_by_role("alert")).to_have_text("That is not the admin token.")
+            await page.fill("input[name=token]", TOKEN)
+            await page.click("button[type=submit]")
+            await expect(page).to_have_url(re.compile(r"/ui/$"))
+            overview = page.locator("#overview")
+            await expect(overview).to_contain_text("hubspot-crm")
+            await expect(overview.locator("a.bad")).to_have_text("1")  # one dead, linked
+            await page.screenshot(path=str(shots / "overview.png"), full_page=True)
+
+            await page.click("text=Dead letters")
+            row = page.locator(f"#delivery-{dead.id}")
+            await expect(row).to_have_attribute("data-state", "dead")
+            await expect(row).to_contain_text("HTTP 400")
+            await page.screenshot(path=str(shots / "dead-letters.png"), full_page=True)
+
+            # the CRM has recovered (the receiver answers 200 from now on)
+            await row.get_by_role("button", name="Retry").click()
+            await expect(row).to_have_attribute("data-state", "succeeded", timeout=15_000)
+            assert [r.state for r in await relay.deliveries() if r.id == dead.id] == ["succeeded"]
+            assert len(crm.requests) == 3  # the dead attempt, the other call, the retry
+            assert crm.requests[-1].body == call_body("it_w204517_1764412210.77")
+
+            await row.get_by_role("link", name=str(dead.event_id)).click()
+            await expect(page.locator("h1")).to_contain_text(f"Event {dead.event_id}")
+            timeline = page.locator("section.timeline", has_text="hubspot-crm")
+            await expect(timeline.locator("li.attempt.dead")).to_contain_text("HTTP 400")
+            await expect(timeline.locator("li.attempt.succeeded")).to_contain_text("HTTP 200")
+            await expect(page.locator("pre.json").last).to_contain_text('"remotePhone"')
+            await page.screenshot(path=str(shots / "event-detail.png"), full_page=True)
+
+            await page.click("text=Replay this event…")
+            await page.click("button[value=dry-run]")
+            result = page.locator("#replay-result")
+            await expect(result).to_contain_text("Dry run: 1 event matched; 2 deliveries")
+            await page.click("form.logout button")
+            await expect(page).to_have_url(re.compile(r"/ui/login$"))
+            await page.goto(relay.url + "/ui/deliveries?state=dead")
+            assert page.url.endswith("/ui/login")  # the session is gone
+
+    for name in ("overview", "dead-letters", "event-detail"):
+        png = await asyncio.to_thread((shots / f"{name}.png").read_bytes)
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000
