@@ -17,6 +17,7 @@ from relay import db
 from relay.config import Settings
 from relay.dispatch import Connectors, Dispatcher
 from relay.ingest import Ingest
+from relay.sources.sqs import SqsConsumers, consumes_here
 from relay.sources.webhook import webhook, webhook_any
 from relay.store import Store
 
@@ -31,12 +32,19 @@ def healthz() -> dict[str, str]:
 
 @get("/readyz")
 async def readyz(state: State) -> Response[dict[str, Any]]:
-    """The database answers and its schema is the one this code needs."""
+    """The database answers and its schema is the one this code needs.
+
+    SQS consumers are reported but never make this 503: an unreachable queue is retried in the
+    background, and restarting the process (or pulling it from a load balancer) would not help.
+    """
     store: Store = state.store
+    consumers: SqsConsumers | None = state.get("sqs")
+    sqs = {"sqs": consumers.snapshot()} if consumers else {}
     try:
         current = await db.current_revision(store.engine)
     except Exception as exc:
-        return Response({"status": "unavailable", "database": str(exc)[:200]}, status_code=503)
+        body = {"status": "unavailable", "database": str(exc)[:200], **sqs}
+        return Response(body, status_code=503)
     head = db.head_revision()
     ok = current == head
     body = {
@@ -44,6 +52,7 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
         "database": "ok",
         "schema": current,
         "schema_head": head,
+        **sqs,
     }
     return Response(body, status_code=200 if ok else 503)
 
@@ -58,10 +67,16 @@ def http_client() -> httpx.AsyncClient:
 
 
 def create_app(
-    settings: Settings, *, dispatch: bool = True, auto_migrate: bool | None = None
+    settings: Settings,
+    *,
+    dispatch: bool = True,
+    auto_migrate: bool | None = None,
+    sqs: bool | None = None,
 ) -> Litestar:
+    """``sqs``: consume the SQS integrations' queues here (None: as ``sqs.consume_in`` says)."""
     if auto_migrate is None:
         auto_migrate = db.is_sqlite(settings.database.url)
+    consume = consumes_here(settings, "serve", sqs)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -79,10 +94,15 @@ def create_app(
         app.state.store = store
         app.state.ingest = Ingest(settings, store, dispatcher.wake if dispatcher else None)
         app.state.dispatcher = dispatcher
+        app.state.sqs = SqsConsumers(settings, app.state.ingest) if consume else None
         task = asyncio.create_task(dispatcher.run()) if dispatcher else None
+        if app.state.sqs:
+            app.state.sqs.start()
         try:
             yield
         finally:
+            if app.state.sqs:  # finish and delete the in-flight batches before anything closes
+                await app.state.sqs.stop()
             if dispatcher and task:
                 await dispatcher.stop()
                 await task
