@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Awaitable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -358,8 +357,7 @@ class SqsConsumers:
             consumer.start()
 
     async def stop(self) -> None:
-        stops: list[Awaitable[None]] = [c.stop() for c in self.consumers]
-        await asyncio.gather(*stops)
+        await asyncio.gather(*(c.stop() for c in self.consumers))
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return {c.integration_id: asdict(c.status) for c in self.consumers}
