@@ -324,7 +324,7 @@ class Consumer:
             for i, m in enumerate(messages)
         ]
         while True:
-            await asyncio.sleep(timeout / 2)
+            await asyncio.sleep(timeout / 3)  # two chances before it lapses
             try:
                 response = await client.change_message_visibility_batch(
                     QueueUrl=self.cfg.queue_url, Entries=entries
