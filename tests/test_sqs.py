@@ -47,6 +47,17 @@ def sqs_settings(
     return parse_config(yaml.safe_dump(data), connector_types=connector_types(), env={})
 
 
+@contextlib.asynccontextmanager
+async def consuming_one_queue(
+    db_url: str, moto_sqs: MotoSqs
+) -> AsyncIterator[tuple[RunningRelay, Queue]]:
+    """A relay (no dispatcher) consuming a fresh queue for q7m2xk, routed to the log connector."""
+    queue = moto_sqs.queue()
+    settings = sqs_settings(db_url, {"log": {"type": "log"}}, {"q7m2xk": queue})
+    async with run_relay(settings, dispatch=False) as relay:
+        yield relay, queue
+
+
 async def readyz(relay: RunningRelay) -> tuple[int, dict[str, Any]]:
     r = await relay.client.get(relay.url + "/readyz")
     assert SECRET_KEY not in r.text
@@ -184,9 +195,7 @@ async def test_invalid_messages_are_recorded_never_routed_and_follow_on_invalid(
 async def test_store_failure_deletes_nothing_and_the_messages_return_once_it_recovers(
     db_url: str, moto_sqs: MotoSqs
 ) -> None:
-    queue = moto_sqs.queue()
-    settings = sqs_settings(db_url, {"log": {"type": "log"}}, {"q7m2xk": queue})
-    async with run_relay(settings, dispatch=False) as relay:
+    async with consuming_one_queue(db_url, moto_sqs) as (relay, queue):
         async with relay.store.engine.begin() as conn:
             await conn.execute(text("ALTER TABLE deliveries RENAME TO deliveries_away"))
         bodies = [fixture(n) for n in ("call_completed", "call_live_completed", "presence_user")]
@@ -235,9 +244,7 @@ async def store_writes_blocked(engine: AsyncEngine) -> AsyncIterator[None]:
 async def test_a_slow_batch_stays_invisible_until_it_is_committed(
     db_url: str, moto_sqs: MotoSqs
 ) -> None:
-    queue = moto_sqs.queue()
-    settings = sqs_settings(db_url, {"log": {"type": "log"}}, {"q7m2xk": queue})
-    async with run_relay(settings, dispatch=False) as relay:
+    async with consuming_one_queue(db_url, moto_sqs) as (relay, queue):
         async with store_writes_blocked(relay.store.engine):
             queue.send(fixture("call_completed"))
             await relay.wait_until(
