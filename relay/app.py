@@ -21,6 +21,7 @@ from relay.admin.queries import Queries
 from relay.config import Settings
 from relay.dispatch import Connectors, Dispatcher
 from relay.ingest import Ingest
+from relay.sources.sqs import SqsConsumers, consumes_here
 from relay.sources.webhook import webhook, webhook_any
 from relay.store import Store
 
@@ -35,12 +36,19 @@ def healthz() -> dict[str, str]:
 
 @get("/readyz")
 async def readyz(state: State) -> Response[dict[str, Any]]:
-    """The database answers and its schema is the one this code needs."""
+    """The database answers and its schema is the one this code needs.
+
+    SQS consumers are reported but never make this 503: an unreachable queue is retried in the
+    background, and restarting the process (or pulling it from a load balancer) would not help.
+    """
     store: Store = state.store
+    consumers: SqsConsumers | None = state.get("sqs")
+    sqs = {"sqs": consumers.snapshot()} if consumers else {}
     try:
         current = await db.current_revision(store.engine)
     except Exception as exc:
-        return Response({"status": "unavailable", "database": str(exc)[:200]}, status_code=503)
+        body = {"status": "unavailable", "database": str(exc)[:200], **sqs}
+        return Response(body, status_code=503)
     head = db.head_revision()
     ok = current == head
     body = {
@@ -48,6 +56,7 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
         "database": "ok",
         "schema": current,
         "schema_head": head,
+        **sqs,
     }
     return Response(body, status_code=200 if ok else 503)
 
@@ -67,10 +76,16 @@ def http_client() -> httpx.AsyncClient:
 
 
 def create_app(
-    settings: Settings, *, dispatch: bool = True, auto_migrate: bool | None = None
+    settings: Settings,
+    *,
+    dispatch: bool = True,
+    auto_migrate: bool | None = None,
+    sqs: bool | None = None,
 ) -> Litestar:
+    """``sqs``: consume the SQS integrations' queues here (None: as ``sqs.consume_in`` says)."""
     if auto_migrate is None:
         auto_migrate = db.is_sqlite(settings.database.url)
+    consume = consumes_here(settings, "serve", sqs)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -89,12 +104,17 @@ def create_app(
         app.state.ingest = ingest = Ingest(settings, store, dispatcher.wake if dispatcher else None)
         app.state.dispatcher = dispatcher
         app.state.queries = Queries(store, settings)
+        app.state.sqs = SqsConsumers(settings, ingest) if consume else None
         task = asyncio.create_task(dispatcher.run()) if dispatcher else None
+        if app.state.sqs:
+            app.state.sqs.start()
         stop_purge = asyncio.Event()
         purger = asyncio.create_task(purge_forever(store, settings, stop_purge))
         try:
             yield
         finally:
+            if app.state.sqs:  # finish and delete the in-flight batches before anything closes
+                await app.state.sqs.stop()
             await ingest.writer.close()
             stop_purge.set()
             await purger

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from relay import db, logs
 from relay.admin.cli import register as register_ops_commands
-from relay.config import ConfigError, Settings, load_config, mask
+from relay.config import ConfigError, Settings, SqsConfig, load_config, mask
 from relay.plugins import PluginError, collect_connectors, describe, plugin_manager
 from relay.signing import HEADER, sign
 
@@ -74,9 +74,16 @@ register_ops_commands(main)  # events, deliveries, replay, erase, purge
 @click.option("--host", help="Bind address (default: server.host).")
 @click.option("--port", type=int, help="Port (default: server.port).")
 @click.option("--no-dispatch", is_flag=True, help="Ingest only; run `relay worker` elsewhere.")
+@click.option(
+    "--sqs/--no-sqs",
+    default=None,
+    help="Consume the SQS integrations' queues here (default: yes, unless sqs.consume_in: worker).",
+)
 @click.pass_context
-def serve(ctx: click.Context, host: str | None, port: int | None, no_dispatch: bool) -> None:
-    """Run the HTTP ingest (and, by default, the dispatcher) in this process."""
+def serve(
+    ctx: click.Context, host: str | None, port: int | None, no_dispatch: bool, sqs: bool | None
+) -> None:
+    """Run the HTTP ingest (and, by default, the dispatcher and SQS consumers) in this process."""
     import uvicorn
 
     from relay.app import create_app
@@ -85,7 +92,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, no_dispatch: b
     _logs(settings)
     if not db.is_sqlite(settings.database.url):
         asyncio.run(_require_schema(settings))
-    app = create_app(settings, dispatch=not no_dispatch)
+    app = create_app(settings, dispatch=not no_dispatch, sqs=sqs)
     uvicorn.run(
         app,
         host=host or settings.server.host,
@@ -121,22 +128,29 @@ def _logs(settings: Settings) -> None:
     type=int,
     help="Serve this worker's own Prometheus counters on 127.0.0.1:PORT (/metrics).",
 )
+@click.option(
+    "--sqs/--no-sqs",
+    default=None,
+    help="Also consume the SQS integrations' queues (default: no, unless sqs.consume_in says).",
+)
 @click.pass_context
-def worker(ctx: click.Context, metrics_port: int | None) -> None:
-    """Run the dispatcher alone (scale-out: many workers on one PostgreSQL)."""
+def worker(ctx: click.Context, metrics_port: int | None, sqs: bool | None) -> None:
+    """Run the dispatcher (scale-out: many workers on one PostgreSQL), optionally SQS consumers."""
     settings = _settings(ctx)
     _logs(settings)
     if metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr="127.0.0.1")
-    asyncio.run(_worker(settings))
+    asyncio.run(_worker(settings, sqs))
 
 
-async def _worker(settings: Settings) -> None:
+async def _worker(settings: Settings, sqs: bool | None = None) -> None:
     from relay.admin.lifecycle import purge_forever
     from relay.app import http_client
     from relay.dispatch import Connectors, Dispatcher
+    from relay.ingest import Ingest
+    from relay.sources.sqs import SqsConsumers, consumes_here
     from relay.store import Store
 
     engine = db.create_engine(settings.database.url, pool_size=settings.database.pool_size)
@@ -155,7 +169,15 @@ async def _worker(settings: Settings) -> None:
             loop.add_signal_handler(sig, stop.set)
         task = asyncio.create_task(dispatcher.run())
         purger = asyncio.create_task(purge_forever(store, settings, stop))
+        consumers = ingest = None
+        if consumes_here(settings, "worker", sqs):
+            ingest = Ingest(settings, store, dispatcher.wake)
+            consumers = SqsConsumers(settings, ingest)
+            consumers.start()
         await stop.wait()
+        if consumers and ingest:
+            await consumers.stop()
+            await ingest.writer.close()
         await dispatcher.stop()
         await task
         await purger
@@ -210,7 +232,10 @@ def check_config(ctx: click.Context, online: bool) -> None:
         secret = "secret set" if integ.secret or integ.sqs else "no secret"
         click.echo(f"  {iid} {integ.name or ''} [{integ.transport}, {secret}]".replace("  [", " ["))
         if integ.sqs:
-            click.echo(f"    queue: {integ.sqs.queue_url}")
+            q = integ.sqs
+            keys = "keys in config" if q.access_key_id else "AWS default chain"
+            signer = "signing_secret" if q.signing_secret else "secret_access_key"
+            click.echo(f"    queue: {q.queue_url} (credentials: {keys}; verified with {signer})")
         for route in integ.routes:
             where = f" where {msgspec.json.encode(route.where).decode()}" if route.where else ""
             click.echo(f"    → {route.connector}: {', '.join(route.events)}{where}")
@@ -286,6 +311,7 @@ def sample_body(integration_id: str, *, fixture: str, file: str | None, exact: b
 @click.option("--url", help="Webhook URL (default: this config's server).")
 @click.option("--exact", is_flag=True, help="Send the bytes unchanged (no re-stamping).")
 @click.option("--list", "list_", is_flag=True, help="List the built-in fixtures.")
+@click.option("--sqs", is_flag=True, help="Send it to the integration's SQS queue instead.")
 @click.pass_context
 def send_test(
     ctx: click.Context,
@@ -295,8 +321,9 @@ def send_test(
     url: str | None,
     exact: bool,
     list_: bool,
+    sqs: bool,
 ) -> None:
-    """Sign a sample event like Wildix does and POST it to a running relay."""
+    """Sign a sample event like Wildix does and POST it to a running relay (or queue it)."""
     if list_:
         click.echo("\n".join(fixture_names()))
         return
@@ -305,12 +332,17 @@ def send_test(
     if integ is None:
         _fail(f"no integration {integration_id!r} in {settings.source}")
         return
-    if not integ.secret:
-        _fail(f"integration {integration_id} has no webhook secret")
-        return
     if not file and fixture not in fixture_names():
         _fail(f"unknown fixture {fixture!r}; try --list")
     body = sample_body(integration_id, fixture=fixture, file=file, exact=exact)
+    if sqs:
+        _send_sqs(integration_id, integ.sqs, body)
+        return
+    if integ.transport == "sqs":
+        _fail(f"integration {integration_id} uses SQS: add --sqs")
+    if not integ.secret:
+        _fail(f"integration {integration_id} has no webhook secret")
+        return
     if url is None:
         host = (
             settings.server.host if settings.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
@@ -325,3 +357,20 @@ def send_test(
     click.echo(f"POST {url} → {response.status_code} {response.text}")
     if response.status_code != 200:
         sys.exit(1)
+
+
+def _send_sqs(integration_id: str, cfg: SqsConfig | None, body: bytes) -> None:
+    from relay.sources.sqs import describe, send
+
+    if cfg is None:
+        _fail(f"integration {integration_id} has no sqs block")
+        return
+    try:
+        message_id = asyncio.run(send(cfg, body))
+    except UnicodeDecodeError:
+        _fail("an SQS message body must be UTF-8 text")
+        return
+    except Exception as exc:
+        _fail(f"could not send to {cfg.queue_url}: {describe(exc)}")
+        return
+    click.echo(f"SQS {cfg.queue_url} → MessageId {message_id}")

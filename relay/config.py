@@ -161,6 +161,38 @@ class SqsConfig(_Strict):
     max_messages: int = 10
     on_invalid: Literal["delete", "keep"] = "delete"
 
+    def __post_init__(self) -> None:
+        if urlsplit(self.queue_url).scheme not in ("http", "https"):
+            raise ValueError("queue_url must be the queue's https:// URL")
+        if not 0 <= self.wait_time <= 20:
+            raise ValueError("wait_time must be 0..20 seconds (the SQS long-polling limit)")
+        if not 1 <= self.max_messages <= 10:
+            raise ValueError("max_messages must be 1..10 (the SQS batch limit)")
+        if not 1 <= self.visibility_timeout <= 43200:
+            raise ValueError("visibility_timeout must be 1..43200 seconds")
+        if bool(self.access_key_id) != bool(self.secret_access_key):
+            raise ValueError(
+                "set both access_key_id and secret_access_key, or neither to use the AWS "
+                "environment/profile credential chain"
+            )
+        if not self.verify_secret:
+            # Credentials from the AWS chain are never the key Wildix signed with.
+            raise ValueError(
+                "nothing to verify X-SIGNATURE with: set secret_access_key (the key entered in "
+                "WMS, which Wildix signs with) or signing_secret"
+            )
+
+    @property
+    def verify_secret(self) -> str:
+        """Wildix signs SQS messages with the AWS secret key it was given in WMS."""
+        return self.signing_secret or self.secret_access_key or ""
+
+
+class SqsProcessConfig(_Strict):
+    """Which process polls the SQS queues (several may: SQS and dedupe make that safe)."""
+
+    consume_in: Literal["serve", "worker", "both"] = "serve"
+
 
 class Integration(_Strict):
     name: str | None = None
@@ -191,6 +223,7 @@ class _Top(_Strict):
     plugins: PluginsConfig = PluginsConfig()
     logging: LoggingConfig = LoggingConfig()
     retention: RetentionConfig = RetentionConfig()
+    sqs: SqsProcessConfig = SqsProcessConfig()
     connectors: dict[str, dict[str, Any]] = {}
     integrations: dict[str, dict[str, Any]] = {}
 
@@ -207,6 +240,7 @@ class Settings(msgspec.Struct, kw_only=True):
     integrations: dict[str, Integration]
     retention: RetentionConfig = RetentionConfig()
     source: str = "<memory>"
+    sqs: SqsProcessConfig = SqsProcessConfig()
 
 
 def interpolate(value: Any, env: Mapping[str, str], path: str = "$") -> Any:
@@ -288,6 +322,7 @@ def parse_config(
         integrations=integrations,
         retention=top.retention,
         source=source,
+        sqs=top.sqs,
     )
 
 
@@ -320,6 +355,8 @@ def _connector(
 def _check_integration(
     iid: str, integ: Integration, connectors: Mapping[str, ConnectorInstance], path: str
 ) -> None:
+    if integ.transport != "sqs" and integ.sqs is not None:
+        raise ConfigError(f"{path}.transport", "has an `sqs` block: set `transport: sqs`")
     if integ.transport == "webhook" and not integ.secret:
         raise ConfigError(f"{path}.secret", "a webhook integration needs its Wildix secret")
     if integ.transport == "sqs" and integ.sqs is None:

@@ -84,8 +84,11 @@ class Ingest:
         remote: str | None = None,
         body: bytes | None = None,
         meta: dict[str, Any] | None = None,
-    ) -> None:
-        """Count, log (never the secret or the signature) and keep the rejected body."""
+    ) -> bool:
+        """Count, log (never the secret or the signature) and keep the rejected body.
+
+        False when the rejection could not be stored: a queue source then keeps the message.
+        """
         self.rejected[(integration_id or "-", reason)] += 1
         self.count_refusal(integration_id, "rejected")
         log.warning(
@@ -106,3 +109,5 @@ class Ingest:
             )
         except Exception as exc:  # the store being down must not turn a 401 into a 500
             log.error("could not record rejection: %s", exc)
+            return False
+        return True

@@ -50,3 +50,6 @@ def configure(
     # httpx logs every request URL at INFO, and URLs can carry secrets (Slack webhooks, tokens).
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    # botocore's DEBUG output carries request signatures and whole message bodies.
+    for name in ("botocore", "aiobotocore", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +135,16 @@ def make_settings(db_url: str, connectors: dict[str, Any], *args: Any, **kwargs:
     return parse_config(
         yaml.safe_dump(data), connector_types=connector_types(data["plugins"]["dirs"]), env={}
     )
+
+
+@pytest.fixture(scope="session")
+def moto_sqs() -> Iterator[Any]:
+    """moto's SQS server on 127.0.0.1 for the whole session; tests make their own queues."""
+    from tests.fakes.sqs import MotoSqs
+
+    server = MotoSqs()
+    yield server
+    server.stop()
 
 
 @dataclass
