@@ -3,6 +3,7 @@
 Everything a plugin author needs is importable from here; first-party connectors use nothing else.
 """
 
+from relay import crm  # the shared CRM layer (docs/crm.md)
 from relay.connector import Connector, ConnectorConfig, ConnectorContext, DeliveryContext
 from relay.errors import (
     AuthError,
@@ -36,6 +37,7 @@ __all__ = [
     "Sms",
     "TemplateError",
     "compile_template",
+    "crm",
     "hookimpl",
     "parse_retry_after",
     "raise_for_response",
