@@ -89,11 +89,11 @@ EXPECTED = {  # normalized outcome → what each CRM shows
 
 @contextlib.asynccontextmanager
 async def running(fake: Any) -> AsyncIterator[str]:
-    try:
-        async with serve(fake.app) as url:
+    async with serve(fake.app) as url:
+        try:
             yield url
-    finally:
-        fake.faults.release.set()
+        finally:
+            fake.faults.release.set()  # a scripted hang must not hold the shutdown
 
 
 async def post_all(relay: RunningRelay, events: Events, integration: str) -> None:

@@ -101,7 +101,8 @@ class CrmHttp:
         refreshed = False
         while True:
             headers = await self.auth_headers(ctx)
-            async with ctx.limiter(bucket, limit.requests, limit.per):
+            # evenly spaced, no bursts: a CRM's rolling window never sees more than its limit
+            async with ctx.limiter(bucket, 1, limit.per / limit.requests):
                 response = await ctx.http.request(
                     method,
                     url,
