@@ -4,10 +4,14 @@ asserted is what the fake CRM holds: one record per call, with the right fields.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+import msgspec
 import pytest
+import yaml
 
+from relay import AuthError
 from tests.conftest import make_settings, run_relay
 from tests.crm_calls import current_inbound_missed, current_outbound, legacy
 from tests.crm_support import (
@@ -153,3 +157,129 @@ async def test_reordered_and_duplicated_events_make_one_record(db_url: str, vend
     assert len(vendor.all_records(fake)) == 1
     assert vendor.outcome(after) == EXPECTED[vendor.name]["completed"]
     assert vendor.seconds(after) == (180.602 if vendor.name == "hubspot" else 181)
+
+
+async def test_unknown_number_follows_each_on_no_match_mode(db_url: str) -> None:
+    """One relay, three HubSpot accounts, one per mode; and Pipedrive creating a person."""
+    unknown = "+12025550143"
+    hub = Vendor("hubspot")
+    fakes = {mode: hub.fake() for mode in ("log_unlinked", "create_contact", "skip")}
+    pipe = Vendor("pipedrive")
+    fakes["pipedrive"] = pipe.fake()
+    for mode in ("log_unlinked", "create_contact", "skip"):
+        hub.seed(fakes[mode])
+    pipe.seed(fakes["pipedrive"])
+    async with (
+        running(fakes["log_unlinked"]) as u1,
+        running(fakes["create_contact"]) as u2,
+        running(fakes["skip"]) as u3,
+        running(fakes["pipedrive"]) as u4,
+    ):
+        connectors = {
+            "unlinked": hub.block(fakes["log_unlinked"], u1, on_no_match="log_unlinked"),
+            "create": hub.block(fakes["create_contact"], u2, on_no_match="create_contact"),
+            "skip": hub.block(fakes["skip"], u3, on_no_match="skip"),
+            "pipe": pipe.block(fakes["pipedrive"], u4, on_no_match="create_contact"),
+        }
+        async with run_relay(make_settings(db_url, connectors)) as relay:
+            await post_all(relay, current_outbound("nomatch_1", unknown), "q7m2xk")
+            rows = await relay.settled()
+            assert len(rows) == 16 and all(r.state == "succeeded" for r in rows)
+    [unlinked] = fakes["log_unlinked"].calls_for("nomatch_1")
+    assert unlinked["contacts"] == []
+    assert unlinked["properties"]["hs_call_to_number"] == unknown
+    [linked] = fakes["create_contact"].calls_for("nomatch_1")
+    [new] = [cid for cid, c in fakes["create_contact"].contacts.items() if c["phone"] == unknown]
+    assert linked["contacts"] == [new]
+    assert fakes["skip"].calls == {}
+    [log] = fakes["pipedrive"].logs_for("nomatch_1")
+    [person] = [p for p in fakes["pipedrive"].persons.values() if p["phones"] == [unknown]]
+    assert log["person_id"] == person["id"] and person["name"] == unknown
+
+
+async def test_per_leg_logs_each_leg_of_a_transferred_call(db_url: str) -> None:
+    hub = Vendor("hubspot")
+    whole, legs = hub.fake(), hub.fake()
+    for fake in (whole, legs):
+        hub.seed(fake)
+    *_, (_, record) = current_outbound("xfer_1", UK_CONTACT)
+    body = msgspec.json.decode(record)
+    second = copy.deepcopy(body["data"]["flows"][0])
+    second.update(
+        flowIndex=1,
+        startTime=second["endTime"],
+        endTime=second["endTime"] + 60_000,
+        duration=60_000,
+        talkTime=58_000,
+    )
+    second["caller"] = dict(second["caller"], phone="215", userExtension="215", name="Marco")
+    body["data"]["flows"].append(second)
+    async with running(whole) as u1, running(legs) as u2:
+        connectors = {"whole": hub.block(whole, u1), "legs": hub.block(legs, u2, per_leg=True)}
+        async with run_relay(make_settings(db_url, connectors)) as relay:
+            assert (await relay.post(msgspec.json.encode(body))).status_code == 200
+            rows = await relay.settled()
+            assert all(r.state == "succeeded" for r in rows)
+    [one] = whole.calls_for("xfer_1")
+    assert one["properties"]["hs_call_duration"] == str(180_602 + 60_000)  # legs summed
+    by_leg = sorted(legs.calls.values(), key=lambda c: c["properties"]["hs_call_from_number"])
+    assert [c["properties"]["hs_call_from_number"] for c in by_leg] == ["214", "215"]
+    assert [c["properties"]["hs_call_duration"] for c in by_leg] == ["180602", "60000"]
+
+
+async def test_pipedrive_without_final_records_logs_at_the_live_end(db_url: str) -> None:
+    vendor = Vendor("pipedrive")
+    fake = vendor.fake()
+    vendor.seed(fake)
+    *live, record = current_outbound("live_1", UK_CONTACT)
+    async with running(fake) as url:
+        block = vendor.block(fake, url, wait_for_record=False)
+        async with run_relay(make_settings(db_url, {"crm": block})) as relay:
+            await post_all(relay, live, "q7m2xk")
+            await relay.settled()
+            [log] = fake.logs_for("live_1")
+            assert log["outcome"] == "connected"  # the live update saw the call answered
+            # the live end came 180.6 s after the live start's data.start
+            assert log["duration"] == "181"
+            await post_all(relay, [record], "q7m2xk")  # a record after all: nothing twice
+            await relay.settled()
+    assert len(fake.call_logs) == 1
+
+
+@ids
+async def test_check_verifies_the_token(vendor: Vendor, tmp_path: Any) -> None:
+    import httpx
+
+    from relay import db
+    from relay.config import parse_config
+    from relay.connector import ConnectorContext, Limiters
+    from relay.plugins import connector_types
+    from relay.store import Store
+
+    fake = vendor.fake()
+    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/c.db")
+    await db.migrate(engine)
+    try:
+        async with running(fake) as url, httpx.AsyncClient() as http:
+            for token, ok in ((None, True), ("wrong-token", False)):
+                block = vendor.block(fake, url)
+                if token:
+                    block["token" if vendor.name == "hubspot" else "api_token"] = token
+                settings = parse_config(
+                    yaml.safe_dump({"connectors": {"crm": block}}),
+                    connector_types=connector_types(),
+                    env={},
+                )
+                inst = settings.connectors["crm"]
+                conn = inst.cls("crm", inst.options)
+                ctx = ConnectorContext(
+                    name="crm", http=http, store=Store(engine), limiters=Limiters()
+                )
+                if ok:
+                    await conn.check(ctx)
+                else:
+                    with pytest.raises(AuthError, match="rejected"):
+                        await conn.check(ctx)
+    finally:
+        await engine.dispose()
+    assert [status for _, _, status in fake.log] == [200, 401]
