@@ -3,6 +3,7 @@ merging events into one snapshot, quota resets, config validation."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -48,6 +49,10 @@ async def test_matcher_caches_hits_and_misses() -> None:
         assert (await matcher.match(UK_CONTACT, search, "GB")).id == "C1"
         assert await matcher.match("+33142685300", search, "GB") is None
     assert searched == [UK_CONTACT, "+33142685300"]
+    concurrent = await asyncio.gather(
+        *(matcher.match("+4930123456", search, "GB") for _ in range(5))
+    )
+    assert concurrent == [None] * 5 and searched.count("+4930123456") == 1  # one shared search
 
 
 async def test_owner_mapping_explicit_then_lookup_then_default() -> None:

@@ -140,7 +140,7 @@ async def test_daily_quota_pauses_the_connector_until_the_reset(
     db_url: str, vendor: Vendor
 ) -> None:
     reset = math.ceil(time.time()) + 4
-    quota = {"daily_limit": 8} if vendor.name == "hubspot" else {"daily_budget": 120}
+    quota = {"daily_limit": 8} if vendor.name == "hubspot" else {"daily_budget": 130}
     fake = vendor.fake(daily_reset_at=reset, **quota)
     vendor.seed(fake)
     at = datetime.fromtimestamp(reset, UTC)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 
-from cachetools import TTLCache
-
+from relay.crm.phones import Lookups
 from relay.views import Party
 
 FindUser = Callable[[str], Awaitable[str | None]]
@@ -28,7 +27,7 @@ class OwnerMapper:
         self._explicit = {k.strip().lower(): str(v) for k, v in explicit.items()}
         self._default = None if default is None else str(default)
         self._lookup = lookup
-        self._cache: TTLCache[str, str | None] = TTLCache(maxsize=5000, ttl=ttl)
+        self._found: Lookups[str, str | None] = Lookups(ttl, 5000)
 
     async def owner_for(self, local: Party | None, find: FindUser) -> str | None:
         if local is not None:
@@ -37,8 +36,7 @@ class OwnerMapper:
                     return self._explicit[key.strip().lower()]
             if self._lookup and local.email:
                 email = local.email.strip().lower()
-                if email not in self._cache:
-                    self._cache[email] = await find(email)
-                if self._cache[email]:
-                    return self._cache[email]
+                found = await self._found.get(email, lambda: find(email))
+                if found:
+                    return found
         return self._default

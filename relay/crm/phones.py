@@ -7,12 +7,16 @@ connector and process to spare the CRM's search quota, which is usually the tigh
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable, Iterable
+from typing import Generic, TypeVar
 
 import msgspec
 import phonenumbers
 from cachetools import TTLCache
 
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 MIN_EXTERNAL_DIGITS = 7  # extensions are 2-6 digits; never look them up in a CRM
 
 
@@ -56,6 +60,32 @@ def pick(number: str, candidates: Iterable[Person], region: str | None) -> Perso
     return confirmed[0] if confirmed else None
 
 
+class Lookups(Generic[K, V]):
+    """A TTL cache whose concurrent misses for one key share a single lookup: ten calls from
+    the same number at once cost one CRM search, not ten."""
+
+    def __init__(self, ttl: float, maxsize: int = 20000) -> None:
+        self._cache: TTLCache[K, V] = TTLCache(maxsize=maxsize, ttl=ttl)
+        self._pending: dict[K, asyncio.Task[V]] = {}
+
+    async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+        if key in self._cache:
+            return self._cache[key]
+        task = self._pending.get(key)
+        if task is None:
+            task = self._pending[key] = asyncio.ensure_future(load())
+            task.add_done_callback(lambda t: self._settle(key, t))
+        return await asyncio.shield(task)  # a waiter's timeout must not cancel the others'
+
+    def _settle(self, key: K, task: asyncio.Task[V]) -> None:
+        self._pending.pop(key, None)
+        if not task.cancelled() and task.exception() is None:  # failures are not cached
+            self._cache[key] = task.result()
+
+    def put(self, key: K, value: V) -> None:
+        self._cache[key] = value
+
+
 Search = Callable[[str], Awaitable[list[Person]]]
 
 
@@ -63,15 +93,14 @@ class PhoneMatcher:
     """Per-connector cache of E.164 number → confirmed Person (or None for no match)."""
 
     def __init__(self, ttl: float, maxsize: int = 20000) -> None:
-        self._cache: TTLCache[str, Person | None] = TTLCache(maxsize=maxsize, ttl=ttl)
+        self._lookups: Lookups[str, Person | None] = Lookups(ttl, maxsize)
 
     async def match(self, number: str, search: Search, region: str | None) -> Person | None:
-        if number in self._cache:
-            return self._cache[number]
-        found = pick(number, await search(number), region)
-        self._cache[number] = found
-        return found
+        async def load() -> Person | None:
+            return pick(number, await search(number), region)
+
+        return await self._lookups.get(number, load)
 
     def remember(self, number: str, person: Person) -> None:
         """A contact we just created: the CRM's search may not show it for a while."""
-        self._cache[number] = person
+        self._lookups.put(number, person)
