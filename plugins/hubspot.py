@@ -37,7 +37,7 @@ SEARCHABLE_PROPS = (
 
 class HubSpotConfig(crm.CrmConfig, kw_only=True):
     token: str  # private app access token (pat-…)
-    base_url: str = "https://api.hubapi.com"
+    base_url: str | None = "https://api.hubapi.com"
     # Private apps: 100 (Free/Starter) to 190 (Pro/Enterprise) requests per 10 s; search 5/s.
     rate_limit: crm.RateLimit = crm.RateLimit(requests=100, per=10)
     search_rate_limit: crm.RateLimit = crm.RateLimit(requests=5, per=1)
@@ -47,17 +47,6 @@ class HubSpotConfig(crm.CrmConfig, kw_only=True):
         super().__post_init__()
         if not self.token.strip():
             raise ValueError("`token` is empty: set the HubSpot private app token")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError("`base_url` must start with http:// or https://")
-        self.base_url = self.base_url.rstrip("/")
-
-
-def _body(response: httpx.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 class HubSpotConnector(crm.CrmConnector):
@@ -72,7 +61,7 @@ class HubSpotConnector(crm.CrmConnector):
         return {"authorization": f"Bearer {self.config.token}"}
 
     def auth_failure(self, response: httpx.Response) -> str:
-        category = _body(response).get("category") or "INVALID_AUTHENTICATION"
+        category = crm.json_object(response).get("category") or "INVALID_AUTHENTICATION"
         return (
             f"the private app token of connector {self.name!r} was rejected (HTTP 401 {category})."
             " Private app tokens do not expire: it was rotated or the app was removed. Put the"
@@ -82,7 +71,7 @@ class HubSpotConnector(crm.CrmConnector):
     def rate_limited(self, response: httpx.Response) -> crm.Limited | None:
         if response.status_code != 429:
             return None
-        body = _body(response)
+        body = crm.json_object(response)
         reason = str(body.get("message") or "rate limit reached")
         if body.get("policyName") == "DAILY":
             return crm.Limited(True, None, reason)
@@ -92,14 +81,9 @@ class HubSpotConnector(crm.CrmConnector):
             wait = int(interval) / 1000 if interval and interval.isdigit() else 10.0
         return crm.Limited(False, wait, reason)
 
-    def url(self, path: str) -> str:
-        return f"{self.config.base_url}{path}"
-
     async def check(self, ctx: ConnectorContext) -> None:
         """A one-record read of calls: proves the token and its calls scope."""
-        await self.call_api(
-            ctx, "GET", self.url("/crm/v3/objects/calls"), what="check", params={"limit": 1}
-        )
+        await self.call_api(ctx, "GET", "/crm/v3/objects/calls", what="check", params={"limit": 1})
 
     # -- the CRM adapter -------------------------------------------------------------------------
 
@@ -121,13 +105,13 @@ class HubSpotConnector(crm.CrmConnector):
         response = await self.call_api(
             ctx,
             "POST",
-            self.url("/crm/v3/objects/contacts/search"),
+            "/crm/v3/objects/contacts/search",
             what="contact search",
             bucket="search",
             json=body,
         )
         people = []
-        for hit in _body(response).get("results") or []:
+        for hit in crm.json_object(response).get("results") or []:
             props = hit.get("properties") or {}
             name = " ".join(filter(None, (props.get("firstname"), props.get("lastname"))))
             people.append(
@@ -150,21 +134,23 @@ class HubSpotConnector(crm.CrmConnector):
         response = await self.call_api(
             ctx,
             "POST",
-            self.url("/crm/v3/objects/contacts"),
+            "/crm/v3/objects/contacts",
             what="create contact",
             json={"properties": props},
         )
-        return crm.Person(id=str(_body(response)["id"]), name=facts.remote_name, phones=[number])
+        return crm.Person(
+            id=str(crm.json_object(response)["id"]), name=facts.remote_name, phones=[number]
+        )
 
     async def find_user(self, email: str, ctx: ConnectorContext) -> str | None:
         response = await self.call_api(
             ctx,
             "GET",
-            self.url("/crm/v3/owners"),
+            "/crm/v3/owners",
             what="owner lookup",
             params={"email": email, "limit": 1},
         )
-        results = _body(response).get("results") or []
+        results = crm.json_object(response).get("results") or []
         return str(results[0]["id"]) if results else None
 
     def properties(self, activity: crm.Activity) -> dict[str, str]:
@@ -208,9 +194,9 @@ class HubSpotConnector(crm.CrmConnector):
                 }
             ]
         response = await self.call_api(
-            ctx, "POST", self.url("/crm/v3/objects/calls"), what="create call", json=body
+            ctx, "POST", "/crm/v3/objects/calls", what="create call", json=body
         )
-        call_id = str(_body(response)["id"])
+        call_id = str(crm.json_object(response)["id"])
         ctx.log.info("created HubSpot call %s for Wildix call %s", call_id, activity.facts.call_id)
         return call_id
 
@@ -220,7 +206,7 @@ class HubSpotConnector(crm.CrmConnector):
         await self.call_api(
             ctx,
             "PATCH",
-            self.url(f"/crm/v3/objects/calls/{record_id}"),
+            f"/crm/v3/objects/calls/{record_id}",
             what="update call",
             json={"properties": self.properties(activity)},
         )
@@ -244,12 +230,12 @@ class HubSpotConnector(crm.CrmConnector):
         response = await self.call_api(
             ctx,
             "POST",
-            self.url("/crm/v3/objects/calls/search"),
+            "/crm/v3/objects/calls/search",
             what="call search",
             bucket="search",
             json=body,
         )
-        for hit in _body(response).get("results") or []:
+        for hit in crm.json_object(response).get("results") or []:
             if activity.marker in json.dumps(hit.get("properties") or {}):
                 return str(hit["id"])
         return None

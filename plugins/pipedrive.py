@@ -30,30 +30,19 @@ class PipedriveConfig(crm.CrmConfig, kw_only=True):
     marker_scan_pages: int = 4  # crash recovery: recent call logs to scan (50 per page)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if bool(self.api_token) == bool(self.access_token):
-            raise ValueError("set exactly one of `api_token` and `access_token`")
         if self.base_url is None:
             domain = (self.company_domain or "").strip()
             self.base_url = (
                 f"https://{domain}.pipedrive.com" if domain else "https://api.pipedrive.com"
             )
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError("`base_url` must start with http:// or https://")
-        self.base_url = self.base_url.rstrip("/")
+        super().__post_init__()
+        if bool(self.api_token) == bool(self.access_token):
+            raise ValueError("set exactly one of `api_token` and `access_token`")
         if self.marker_scan_pages < 1:
             raise ValueError("`marker_scan_pages` must be at least 1")
         for key, value in [*self.owners.items(), ("default_owner", self.default_owner)]:
             if value is not None and not str(value).isdigit():
                 raise ValueError(f"owner {key!r}: Pipedrive user ids are numbers, got {value!r}")
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _time(value: datetime) -> str:
@@ -76,7 +65,7 @@ class PipedriveConnector(crm.CrmConnector):
         return {"authorization": f"Bearer {self.config.access_token}"}
 
     def auth_failure(self, response: httpx.Response) -> str:
-        error = _json(response).get("error") or "unauthorized access"
+        error = crm.json_object(response).get("error") or "unauthorized access"
         if self.config.api_token:
             hint = (
                 "regenerating a Pipedrive API token invalidates the old one at once: put the"
@@ -95,7 +84,7 @@ class PipedriveConnector(crm.CrmConnector):
     def rate_limited(self, response: httpx.Response) -> crm.Limited | None:
         if response.status_code != 429:
             return None
-        body = _json(response)
+        body = crm.json_object(response)
         reason = str(body.get("error") or "request over limit")
         if response.headers.get("x-daily-requests-left") == "0" or "daily" in reason.lower():
             return crm.Limited(True, None, reason)
@@ -104,11 +93,8 @@ class PipedriveConnector(crm.CrmConnector):
             wait = parse_retry_after(response.headers.get("x-ratelimit-reset")) or 2.0
         return crm.Limited(False, wait, reason)
 
-    def url(self, path: str) -> str:
-        return f"{self.config.base_url}{path}"
-
     async def check(self, ctx: ConnectorContext) -> None:
-        await self.call_api(ctx, "GET", self.url("/v1/users/me"), what="check")
+        await self.call_api(ctx, "GET", "/v1/users/me", what="check")
 
     # -- the CRM adapter -------------------------------------------------------------------------
 
@@ -117,13 +103,13 @@ class PipedriveConnector(crm.CrmConnector):
         response = await self.call_api(
             ctx,
             "GET",
-            self.url("/api/v2/persons/search"),
+            "/api/v2/persons/search",
             what="person search",
             bucket="search",
             params=params,
         )
         people = []
-        for entry in (_json(response).get("data") or {}).get("items") or []:
+        for entry in (crm.json_object(response).get("data") or {}).get("items") or []:
             item = entry.get("item") or {}
             phones = [
                 p if isinstance(p, str) else (p or {}).get("value")
@@ -152,20 +138,20 @@ class PipedriveConnector(crm.CrmConnector):
     ) -> crm.Person:
         name = facts.remote_name or number
         body = {"name": name, "phone": [{"value": number, "primary": True, "label": "work"}]}
-        response = await self.call_api(
-            ctx, "POST", self.url("/v1/persons"), what="create person", json=body
+        response = await self.call_api(ctx, "POST", "/v1/persons", what="create person", json=body)
+        return crm.Person(
+            id=str(crm.json_object(response)["data"]["id"]), name=name, phones=[number]
         )
-        return crm.Person(id=str(_json(response)["data"]["id"]), name=name, phones=[number])
 
     async def find_user(self, email: str, ctx: ConnectorContext) -> str | None:
         response = await self.call_api(
             ctx,
             "GET",
-            self.url("/v1/users/find"),
+            "/v1/users/find",
             what="user lookup",
             params={"term": email, "search_by_email": 1},
         )
-        for user in _json(response).get("data") or []:
+        for user in crm.json_object(response).get("data") or []:
             if str(user.get("email", "")).lower() == email:
                 return str(user["id"])
         return None
@@ -195,11 +181,11 @@ class PipedriveConnector(crm.CrmConnector):
         response = await self.call_api(
             ctx,
             "POST",
-            self.url("/v1/callLogs"),
+            "/v1/callLogs",
             what="create call log",
             json=self.call_log(activity),
         )
-        log_id = str(_json(response)["data"]["id"])
+        log_id = str(crm.json_object(response)["data"]["id"])
         ctx.log.info(
             "created Pipedrive call log %s for Wildix call %s", log_id, activity.facts.call_id
         )
@@ -211,11 +197,11 @@ class PipedriveConnector(crm.CrmConnector):
             response = await self.call_api(
                 ctx,
                 "GET",
-                self.url("/v1/callLogs"),
+                "/v1/callLogs",
                 what="list call logs",
                 params={"start": page * PAGE, "limit": PAGE},
             )
-            body = _json(response)
+            body = crm.json_object(response)
             for log in body.get("data") or []:
                 if activity.marker in (log.get("note") or ""):
                     return str(log["id"])

@@ -4,18 +4,24 @@ merging events into one snapshot, quota resets, config validation."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
-from relay import crm
+from relay import AuthError, PauseConnector, PermanentError, RetryableError, crm, db
 from relay.config import ConfigError, parse_config
+from relay.connector import ConnectorContext, Limiters
 from relay.plugins import connector_types
+from relay.store import Store
 from relay.views import Party
 from relay.wildix import parse
 from tests.crm_calls import current_outbound, legacy
 from tests.crm_support import UK_CONTACT
+from tests.fakes.receiver import Receiver
 
 
 def test_to_e164_normalises_national_international_and_rejects_extensions() -> None:
@@ -156,3 +162,79 @@ def test_pipedrive_base_url_follows_the_company_domain() -> None:
     assert options().base_url == "https://api.pipedrive.com"
     assert options(company_domain="acme").base_url == "https://acme.pipedrive.com"
     assert options(base_url="http://127.0.0.1:9/").base_url == "http://127.0.0.1:9"
+
+
+class OAuthCrm(crm.CrmConnector):
+    """What an OAuth CRM (part 2: Salesforce, Zoho) does with the hooks: token and API root in
+    the connector state, one refresh on a 401."""
+
+    type = "oauthcrm"
+    vendor = "OAuth CRM"
+
+    async def auth_headers(self, ctx: ConnectorContext) -> dict[str, str]:
+        return {"authorization": f"Bearer {(await ctx.state.get()).get('token', 't0')}"}
+
+    async def api_root(self, ctx: ConnectorContext) -> str:
+        return (await ctx.state.get()).get("root") or str(self.config.base_url)
+
+    async def refresh_auth(self, ctx: ConnectorContext) -> bool:
+        state = await ctx.state.get()
+        n = state.get("refreshes", 0) + 1
+        await ctx.state.update(token=f"t{n}", refreshes=n, root=state.get("next_root"))
+        return True
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/t.db")
+    await db.migrate(engine)
+    yield Store(engine)
+    await engine.dispose()
+
+
+async def test_token_refresh_hook_retries_once_with_the_new_token_and_root(store: Store) -> None:
+    async with Receiver() as old, Receiver() as new, httpx.AsyncClient() as http:
+        conn = OAuthCrm("o", crm.CrmConfig(base_url=old.url))
+        ctx = ConnectorContext(name="o", http=http, store=store, limiters=Limiters())
+        await ctx.state.update(next_root=new.url)
+        old.respond(401, body='{"error": "expired"}')
+        new.respond(200, body='{"ok": true}', headers={"content-type": "application/json"})
+        response = await conn.call_api(ctx, "GET", "/things", what="list things")
+        assert response.json() == {"ok": True}
+        assert old.requests[0].headers["authorization"] == "Bearer t0"
+        assert new.requests[0].headers["authorization"] == "Bearer t1"
+        assert new.requests[0].path == "/things"
+        new.respond(401, times=2)  # refreshed, and still refused: permanent, after one refresh
+        with pytest.raises(AuthError, match=r"OAuth CRM list things: .*rejected the credentials"):
+            await conn.call_api(ctx, "GET", "/things", what="list things")
+        assert len(new.requests) == 3
+        assert (await ctx.state.get())["refreshes"] == 2
+
+
+async def test_rate_limit_answers_map_to_retry_and_pause(store: Store) -> None:
+    class Daily(crm.CrmConnector):
+        type = "dailycrm"
+
+        def rate_limited(self, response: httpx.Response) -> crm.Limited | None:
+            if response.status_code == 429 and b"daily" in response.content:
+                return crm.Limited(True, None, "daily quota")
+            return super().rate_limited(response)
+
+    async with Receiver() as api, httpx.AsyncClient() as http:
+        conn = Daily(
+            "d", crm.CrmConfig(base_url=api.url, daily_reset="06:30", timezone="Europe/Rome")
+        )
+        ctx = ConnectorContext(name="d", http=http, store=store, limiters=Limiters())
+        api.respond(429, headers={"retry-after": "7"})
+        with pytest.raises(RetryableError) as burst:
+            await conn.call_api(ctx, "POST", "/x", what="create")
+        assert burst.value.retry_after == 7 and burst.value.status_code == 429
+        api.respond(429, body="daily")
+        with pytest.raises(PauseConnector, match="paused until") as daily:
+            await conn.call_api(ctx, "POST", "/x", what="create")
+        assert daily.value.until == crm.next_reset("06:30", "Europe/Rome")
+        api.respond(404, body="gone")
+        assert (await conn.call_api(ctx, "GET", "/x", what="read", allow=(404,))).status_code == 404
+        api.respond(400, body="bad field")
+        with pytest.raises(PermanentError, match="create: HTTP 400 bad field"):
+            await conn.call_api(ctx, "POST", "/x", what="create")

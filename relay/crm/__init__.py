@@ -15,7 +15,7 @@ from relay.config import Duration
 from relay.crm.config import DEFAULT_NOTES, DEFAULT_TITLE, CrmConfig, OnNoMatch, RateLimit
 from relay.crm.content import OUTCOME_LABELS, Activity, clock, marker, text_to_html
 from relay.crm.facts import Facts
-from relay.crm.http import CrmHttp, Limited, next_reset
+from relay.crm.http import CrmHttp, Limited, json_object, next_reset
 from relay.crm.lifecycle import ActivityState, CallLink, CrmConnector
 from relay.crm.owners import OwnerMapper
 from relay.crm.phones import Person, PhoneMatcher, national_digits, pick, to_e164
@@ -39,6 +39,7 @@ __all__ = [
     "PhoneMatcher",
     "RateLimit",
     "clock",
+    "json_object",
     "marker",
     "national_digits",
     "next_reset",

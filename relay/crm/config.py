@@ -55,6 +55,7 @@ class RateLimit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
 class CrmConfig(ConnectorConfig):
     """Options of the shared CRM layer: which calls, matching, owners, content, limits."""
 
+    base_url: str | None = None  # the CRM's API root; each CRM sets its vendor default
     default_region: str | None = None  # ISO country for national numbers, e.g. GB
     log_internal: bool = False
     per_leg: bool = False
@@ -75,6 +76,10 @@ class CrmConfig(ConnectorConfig):
     index_lag: Duration = Duration(0)  # how long a new record may stay invisible to search
 
     def __post_init__(self) -> None:
+        if self.base_url is not None:
+            if not self.base_url.startswith(("http://", "https://")):
+                raise ValueError("`base_url` must start with http:// or https://")
+            self.base_url = self.base_url.rstrip("/")
         if self.default_region is not None:
             self.default_region = self.default_region.upper()
             if self.default_region not in phonenumbers.SUPPORTED_REGIONS:

@@ -47,6 +47,15 @@ def next_reset(at: str, tz: str, now: datetime | None = None) -> datetime:
     return reset.astimezone(UTC)
 
 
+def json_object(response: httpx.Response) -> dict[str, Any]:
+    """The response body as a JSON object, or {} (error bodies are not always JSON)."""
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 class CrmHttp:
     """Mixin for CRM connectors; ``self.config`` is a ``CrmConfig``."""
 
@@ -81,13 +90,18 @@ class CrmHttp:
     def buckets(self) -> Mapping[str, RateLimit]:
         return {"api": self.config.rate_limit, "search": self.config.search_rate_limit}
 
+    async def api_root(self, ctx: ConnectorContext) -> str:
+        """The root that request paths are joined to. An OAuth CRM that learns it from the token
+        response (Salesforce ``instance_url``, Zoho ``api_domain``) returns that here."""
+        return self.config.base_url or ""
+
     # -- the one way to call the CRM -------------------------------------------------------------
 
     async def call_api(
         self,
         ctx: ConnectorContext,
         method: str,
-        url: str,
+        path: str,
         *,
         what: str,
         bucket: str = "api",
@@ -95,12 +109,14 @@ class CrmHttp:
         params: Mapping[str, Any] | None = None,
         allow: tuple[int, ...] = (),
     ) -> httpx.Response:
-        """One request, rate limited, authenticated; non-2xx raises per the outcome contract
-        except the statuses in ``allow``, which the caller handles."""
+        """One request to ``path`` (under ``api_root``, or a full URL), rate limited and
+        authenticated; non-2xx raises per the outcome contract except the statuses in
+        ``allow``, which the caller handles."""
         limit = self.buckets()[bucket]
         refreshed = False
         while True:
             headers = await self.auth_headers(ctx)
+            url = path if "://" in path else await self.api_root(ctx) + path
             # evenly spaced, no bursts: a CRM's rolling window never sees more than its limit
             async with ctx.limiter(bucket, 1, limit.per / limit.requests):
                 response = await ctx.http.request(

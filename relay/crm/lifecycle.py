@@ -32,7 +32,7 @@ from relay.crm.facts import EXTERNAL, Facts, merge, sources, wanted
 from relay.crm.http import CrmHttp
 from relay.crm.owners import OwnerMapper
 from relay.crm.phones import Person, PhoneMatcher, pick, to_e164
-from relay.errors import PermanentError, RetryableError
+from relay.errors import DeliveryError, PermanentError, RetryableError
 from relay.wildix import Event
 
 T = TypeVar("T")
@@ -214,7 +214,15 @@ class CrmConnector(CrmHttp, Connector):
                 )
         setattr(state, intent_field, time.time())
         await self._save(ctx, key, link)
-        created = await create()
+        try:
+            created = await create()
+        except DeliveryError as exc:
+            if exc.status_code is not None and exc.status_code < 500:
+                # the CRM answered with a refusal (4xx, 429): nothing was created, so the next
+                # attempt need not search for it
+                setattr(state, intent_field, None)
+                await self._save(ctx, key, link)
+            raise
         setattr(state, intent_field, None)
         return created
 

@@ -166,6 +166,10 @@ class FakeHubSpot:
         except ValueError:
             return None
 
+    async def _properties(self, request: Request[Any, Any, Any]) -> tuple[Any, Any]:
+        body = await self._json(request)
+        return (body.get("properties") if isinstance(body, dict) else None), body
+
     def _finish(self, request: Request[Any, Any, Any], resp: Response[Any]) -> Response[Any]:
         self.log.append((request.method, request.url.path, resp.status_code))
         return resp
@@ -271,8 +275,7 @@ class FakeHubSpot:
         async def create_call(request: Request[Any, Any, Any]) -> Response[Any]:
             if (denied := fake._guard(request)) is not None:
                 return fake._finish(request, denied)
-            body = await fake._json(request)
-            props = body.get("properties") if isinstance(body, dict) else None
+            props, body = await fake._properties(request)
             if (bad := fake._bad_properties(props, create=True)) is not None:
                 return fake._finish(request, bad)
             contacts = []
@@ -308,8 +311,7 @@ class FakeHubSpot:
             call_id = request.path_params["call_id"]
             if (denied := fake._guard(request)) is not None:
                 return fake._finish(request, denied)
-            body = await fake._json(request)
-            props = body.get("properties") if isinstance(body, dict) else None
+            props, _ = await fake._properties(request)
             if (bad := fake._bad_properties(props, create=False)) is not None:
                 return fake._finish(request, bad)
             if call_id not in fake.calls:
@@ -361,8 +363,7 @@ class FakeHubSpot:
         async def create_contact(request: Request[Any, Any, Any]) -> Response[Any]:
             if (denied := fake._guard(request)) is not None:
                 return fake._finish(request, denied)
-            body = await fake._json(request)
-            props = body.get("properties") if isinstance(body, dict) else None
+            props, body = await fake._properties(request)
             if not isinstance(props, dict) or not all(isinstance(v, str) for v in props.values()):
                 return fake._finish(
                     request,
