@@ -65,7 +65,7 @@ async def test_worker_killed_between_create_and_link_write(db_url: str, tmp_path
     vendor.seed(fake)
     fake.faults.set("hang")
     async with running(fake) as url:
-        connectors = {"crm": vendor.block(fake, url, delivery={"timeout": "3s"})}
+        connectors = {"crm": vendor.block(fake, url, delivery={"timeout": "2s"})}
         async with run_relay(make_settings(db_url, connectors), dispatch=False) as relay:
             await post_all(relay, current_outbound("killed_1", UK_CONTACT), "q7m2xk")
         data = config_dict(db_url, connectors)
@@ -93,14 +93,14 @@ async def test_429_beyond_the_limit_every_call_still_logged_once(
 ) -> None:
     """The account's limit is lower than the connector was told (another app shares it): the
     fake answers 429, the connector waits as told, and every call is logged exactly once."""
-    fake = vendor.fake(limit=3, interval=1.0)
+    fake = vendor.fake(limit=3, interval=0.5)
     vendor.seed(fake)
     async with running(fake) as url:
         block = vendor.block(
             fake, url, rate_limit={"requests": 40, "per": 1}, delivery={"max_attempts": 30}
         )
         async with run_relay(make_settings(db_url, {"crm": block})) as relay:
-            await post_all(relay, day(6), "q7m2xk")
+            await post_all(relay, day(4), "q7m2xk")
             rows = await relay.settled(timeout=90)
             assert all(r.state == "succeeded" for r in rows)
             tries = [a for r in rows for a in await relay.attempts(r.id)]
@@ -108,38 +108,38 @@ async def test_429_beyond_the_limit_every_call_still_logged_once(
     assert fake.burst.busiest() <= 3  # the fake enforces its window...
     limited = [a for a in tries if a.status_code == 429]
     assert limited and all(a.outcome == "retry" for a in limited)  # ...and 429s were retried
-    for i in range(6):
+    for i in range(4):
         assert len(vendor.records(fake, f"day_{i}")) == 1
-    assert len(vendor.all_records(fake)) == 6
+    assert len(vendor.all_records(fake)) == 4
 
 
 @ids
 async def test_client_side_buckets_keep_under_the_published_limit(
     db_url: str, vendor: Vendor
 ) -> None:
-    fake = vendor.fake(limit=5, interval=1.0, search_limit=5)
+    fake = vendor.fake(limit=10, interval=1.0, search_limit=5)
     vendor.seed(fake)
     async with running(fake) as url:
         block = vendor.block(
             fake,
             url,
-            rate_limit={"requests": 4, "per": 1},
+            rate_limit={"requests": 8, "per": 1},
             search_rate_limit={"requests": 4, "per": 1},
         )
         async with run_relay(make_settings(db_url, {"crm": block})) as relay:
-            await post_all(relay, day(6), "q7m2xk")
+            await post_all(relay, day(4), "q7m2xk")
             rows = await relay.settled(timeout=60)
             assert all(r.state == "succeeded" for r in rows)
     assert fake.rejected_for_rate == 0  # never over the published limit, so never a 429
-    assert fake.burst.busiest() <= 5 and fake.search.busiest() <= 5
-    assert len(vendor.all_records(fake)) == 6
+    assert fake.burst.busiest() <= 10 and fake.search.busiest() <= 5
+    assert len(vendor.all_records(fake)) == 4
 
 
 @ids
 async def test_daily_quota_pauses_the_connector_until_the_reset(
     db_url: str, vendor: Vendor
 ) -> None:
-    reset = math.ceil(time.time()) + 4
+    reset = math.ceil(time.time()) + 3
     quota = {"daily_limit": 8} if vendor.name == "hubspot" else {"daily_budget": 130}
     fake = vendor.fake(daily_reset_at=reset, **quota)
     vendor.seed(fake)

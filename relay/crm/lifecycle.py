@@ -114,8 +114,6 @@ class CrmConnector(CrmHttp, Connector):
         pairs = sources(call, self.config.per_leg)
         if not pairs and self.config.per_leg:  # the live end names no legs: it ends them all
             pairs = [(k, None) for k in link.acts]
-        if not pairs:
-            pairs = [("call", None)]
         for act_key, leg in pairs:
             state = link.acts.get(act_key)
             if state is None:
