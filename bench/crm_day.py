@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import logging
 import random
 import socket
 import sqlite3
@@ -97,11 +98,15 @@ def states(db: Path) -> dict[str, int]:
         return dict(conn.execute("select state, count(*) from deliveries group by state"))
 
 
-async def main(calls: int, seed: int) -> None:
+async def main(calls: int, seed: int, hubspot_limit: int, pipedrive_limit: int) -> None:
+    for name in ("", "uvicorn.error"):  # the fakes and httpx stay quiet
+        logging.getLogger(name).setLevel(logging.WARNING)
     rng = random.Random(seed)
     known, unknown = numbers(rng, 40), numbers(rng, 15)
-    hub = FakeHubSpot(limit=190, interval=10.0)  # Professional: 190 / 10 s; search 5 / s
-    pipe = FakePipedrive(limit=20, interval=2.0)  # Essential, API token: 20 / 2 s; search 10 / 2 s
+    # relay is configured for HubSpot Professional (190 / 10 s; search 5 / s) and Pipedrive
+    # Essential (20 / 2 s; search 10 / 2 s); the accounts may allow less (shared with other apps)
+    hub = FakeHubSpot(limit=hubspot_limit, interval=10.0)
+    pipe = FakePipedrive(limit=pipedrive_limit, interval=2.0)
     hub.add_owner("giulia.rossi@example.org")
     pipe.add_user("giulia.rossi@example.org", "Giulia Rossi")
     for n in known:
@@ -224,5 +229,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--hubspot-limit", type=int, default=190, help="the account's, per 10 s")
+    parser.add_argument("--pipedrive-limit", type=int, default=20, help="the account's, per 2 s")
     args = parser.parse_args()
-    asyncio.run(main(args.calls, args.seed))
+    asyncio.run(main(args.calls, args.seed, args.hubspot_limit, args.pipedrive_limit))

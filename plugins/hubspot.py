@@ -38,9 +38,10 @@ SEARCHABLE_PROPS = (
 class HubSpotConfig(crm.CrmConfig, kw_only=True):
     token: str  # private app access token (pat-…)
     base_url: str | None = "https://api.hubapi.com"
-    # Private apps: 100 (Free/Starter) to 190 (Pro/Enterprise) requests per 10 s; search 5/s.
+    # Private apps: 100 (Free/Starter) to 190 (Pro/Enterprise) requests per 10 s.
     rate_limit: crm.RateLimit = crm.RateLimit(requests=100, per=10)
-    search_rate_limit: crm.RateLimit = crm.RateLimit(requests=5, per=1)
+    # search: 5 req/s published; 4 leaves room for network jitter against a rolling window
+    search_rate_limit: crm.RateLimit = crm.RateLimit(requests=4, per=1)
     index_lag: crm.Duration = crm.Duration(10)  # new calls take seconds to show in search
 
     def __post_init__(self) -> None:
