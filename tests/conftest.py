@@ -220,3 +220,12 @@ async def run_relay(settings: Settings, *, dispatch: bool = True) -> AsyncIterat
         finally:
             server.should_exit = True
             await task
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A real SQLite store at schema head, for tests that drive connectors directly."""
+    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/store.db")
+    await db.migrate(engine)
+    yield Store(engine)
+    await engine.dispose()

@@ -9,7 +9,6 @@ from pathlib import Path
 import httpx
 import yaml
 
-from relay import db
 from relay.config import parse_config
 from relay.connector import DeliveryContext, Limiters
 from relay.plugins import connector_types
@@ -29,49 +28,44 @@ def example() -> str:
     return match.group(1)
 
 
-async def test_the_guide_example_logs_a_call(tmp_path: Path) -> None:
+async def test_the_guide_example_logs_a_call(tmp_path: Path, store: Store) -> None:
     folder = tmp_path / "plugins"
     folder.mkdir()
     (folder / "acme_crm.py").write_text(example(), encoding="utf-8")
     types = connector_types([folder])
     assert "acmecrm" in types
-    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/t.db")
-    await db.migrate(engine)
-    try:
-        async with Receiver() as api, httpx.AsyncClient() as http:
-            block = {
-                "type": "acmecrm",
-                "api_key": "k-1",
-                "base_url": api.url,
-                "default_region": "GB",
-                "owner_lookup": False,
-            }
-            text = yaml.safe_dump({"connectors": {"acme": block}})
-            inst = parse_config(text, connector_types=types, env={}).connectors["acme"]
-            conn = inst.cls("acme", inst.options)
-            json = {"content-type": "application/json"}
-            api.respond(
-                200,
-                body='[{"id": "c1", "name": "Olivia", "phones": ["020 7183 8750"]}]',
-                headers=json,
-            )
-            api.respond(200, body='{"id": "a1"}', headers=json)
-            *_, (_, end) = legacy("doc_1", "+442071838750")
-            ctx = DeliveryContext(
-                name="acme",
-                http=http,
-                store=Store(engine),
-                limiters=Limiters(),
-                attempt=1,
-                delivery_id=1,
-                event_id=1,
-                integration_id="h3p9ta",
-                integration_name=None,
-            )
-            await conn.deliver(parse(end), ctx)
-            search, create = api.requests
-    finally:
-        await engine.dispose()
+    async with Receiver() as api, httpx.AsyncClient() as http:
+        block = {
+            "type": "acmecrm",
+            "api_key": "k-1",
+            "base_url": api.url,
+            "default_region": "GB",
+            "owner_lookup": False,
+        }
+        text = yaml.safe_dump({"connectors": {"acme": block}})
+        inst = parse_config(text, connector_types=types, env={}).connectors["acme"]
+        conn = inst.cls("acme", inst.options)
+        json = {"content-type": "application/json"}
+        api.respond(
+            200,
+            body='[{"id": "c1", "name": "Olivia", "phones": ["020 7183 8750"]}]',
+            headers=json,
+        )
+        api.respond(200, body='{"id": "a1"}', headers=json)
+        *_, (_, end) = legacy("doc_1", "+442071838750")
+        ctx = DeliveryContext(
+            name="acme",
+            http=http,
+            store=store,
+            limiters=Limiters(),
+            attempt=1,
+            delivery_id=1,
+            event_id=1,
+            integration_id="h3p9ta",
+            integration_name=None,
+        )
+        await conn.deliver(parse(end), ctx)
+        search, create = api.requests
     assert search.headers["authorization"] == "Bearer k-1"
     assert search.query == "phone=%2B442071838750"
     body = create.json()

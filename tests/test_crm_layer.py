@@ -4,15 +4,13 @@ merging events into one snapshot, quota resets, config validation."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from relay import AuthError, PauseConnector, PermanentError, RetryableError, crm, db
+from relay import AuthError, PauseConnector, PermanentError, RetryableError, crm
 from relay.config import ConfigError, parse_config
 from relay.connector import ConnectorContext, Limiters
 from relay.plugins import connector_types
@@ -182,14 +180,6 @@ class OAuthCrm(crm.CrmConnector):
         n = state.get("refreshes", 0) + 1
         await ctx.state.update(token=f"t{n}", refreshes=n, root=state.get("next_root"))
         return True
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/t.db")
-    await db.migrate(engine)
-    yield Store(engine)
-    await engine.dispose()
 
 
 async def test_token_refresh_hook_retries_once_with_the_new_token_and_root(store: Store) -> None:
