@@ -16,6 +16,7 @@ from relay.store import Store
 from relay.wildix import parse
 from tests.crm_calls import legacy
 from tests.fakes.receiver import Receiver
+from tests.test_cli import run, write
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "crm.md"
 
@@ -71,3 +72,26 @@ async def test_the_guide_example_logs_a_call(tmp_path: Path, store: Store) -> No
     body = create.json()
     assert body["contact"] == "c1" and body["status"] == "completed" and body["seconds"] == 0
     assert "Wildix call doc_1" in body["notes"]
+
+
+def test_check_config_prints_crm_blocks_with_secrets_masked(tmp_path: Path) -> None:
+    data = {
+        "database": {"url": f"sqlite+aiosqlite:///{tmp_path}/r.db"},
+        "connectors": {
+            "crm": {
+                "type": "hubspot",
+                "token": "pat-na1-SECRET1",
+                "match_cache_ttl": "5m",
+                "rate_limit": {"requests": 190, "per": "10s"},
+            },
+            "pd": {"type": "pipedrive", "api_token": "SECRET2", "company_domain": "acme"},
+        },
+        "integrations": {"q7m2xk": {"secret": "s", "routes": [{"connector": "crm"}]}},
+    }
+    result = run("check-config", config=write(tmp_path / "relay.yaml", data))
+    assert result.returncode == 0, result.stderr
+    assert "crm (hubspot)" in result.stdout and "pd (pipedrive)" in result.stdout
+    assert '"match_cache_ttl":300.0' in result.stdout
+    assert '"rate_limit":{"requests":190,"per":10.0}' in result.stdout
+    assert '"base_url":"https://acme.pipedrive.com"' in result.stdout
+    assert "SECRET" not in result.stdout + result.stderr
