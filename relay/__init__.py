@@ -3,6 +3,7 @@
 Everything a plugin author needs is importable from here; first-party connectors use nothing else.
 """
 
+from relay import crm  # the shared CRM layer (docs/crm.md)
 from relay.connector import Connector, ConnectorConfig, ConnectorContext, DeliveryContext
 from relay.errors import (
     AuthError,
@@ -51,6 +52,7 @@ __all__ = [
     "add_filter",
     "check_template",
     "compile_template",
+    "crm",
     "hookimpl",
     "message_kind",
     "once_key",

@@ -220,7 +220,7 @@ def check_config(ctx: click.Context, online: bool) -> None:
     click.echo(f"admin api: {'on' if settings.admin.token else 'off'}")
     click.echo("connectors:")
     for name, inst in settings.connectors.items():
-        options = mask(msgspec.to_builtins(inst.options))
+        options = mask(msgspec.to_builtins(inst.options, enc_hook=float))  # Duration → seconds
         click.echo(f"  {name} ({inst.type}) {msgspec.json.encode(options).decode()}")
         p = inst.policy
         click.echo(

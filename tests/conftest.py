@@ -216,3 +216,13 @@ async def run_relay(settings: Settings, *, dispatch: bool = True) -> AsyncIterat
     app = create_app(settings, dispatch=dispatch)
     async with serve(app) as url, httpx.AsyncClient(timeout=10) as client:
         yield RunningRelay(url, app, client)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A real SQLite store at schema head, for tests that drive connectors directly."""
+    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/store.db")
+    await db.migrate(engine)
+    store = Store(engine)
+    yield store
+    await store.close()

@@ -23,7 +23,7 @@ import yaml
 
 from plugins.log import FileConnector, LogConnector
 from plugins.webhook import WebhookConnector
-from relay import AuthError, Connector, PermanentError, RetryableError, db
+from relay import AuthError, Connector, PermanentError, RetryableError
 from relay.config import ConfigError, parse_config
 from relay.connector import DeliveryContext, Limiters
 from relay.store import Store
@@ -63,15 +63,6 @@ def config_error(block: dict[str, Any], name: str = "out") -> str:
     with pytest.raises(ConfigError) as info:
         parse_config(text, connector_types=TYPES, env={})
     return str(info.value)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/t.db")
-    await db.migrate(engine)
-    store = Store(engine)
-    yield store
-    await store.close()
 
 
 @pytest.fixture

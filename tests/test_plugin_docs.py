@@ -12,7 +12,6 @@ import inspect
 import re
 import time
 import tomllib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -25,7 +24,7 @@ import yaml
 import relay
 from plugins.log import FileConnector
 from plugins.webhook import WebhookConnector
-from relay import PauseConnector, db, hookspecs
+from relay import PauseConnector, hookspecs
 from relay.config import ConfigError, parse_config
 from relay.connector import ConnectorContext, DeliveryContext, Limiters
 from relay.plugins import collect_connectors, connector_types
@@ -125,15 +124,6 @@ def types(plugin_dir: Path) -> dict[str, Any]:
     found = connector_types([plugin_dir])
     assert "pushover" in found
     return found
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/t.db")
-    await db.migrate(engine)
-    store = Store(engine)
-    yield store
-    await store.close()
 
 
 def build(types: dict[str, Any], name: str, **overrides: Any) -> Any:

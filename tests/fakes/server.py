@@ -1,0 +1,128 @@
+"""Serve an ASGI app (a fake vendor API) on 127.0.0.1:<free port> in the current event loop,
+and the bookkeeping every fake CRM shares: rolling rate-limit windows and a daily quota."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any) -> AsyncIterator[str]:
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("fake server did not start")
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+class Window:
+    """At most ``limit`` accepted requests in any rolling ``interval`` seconds, as the CRM does."""
+
+    def __init__(self, limit: int, interval: float) -> None:
+        self.limit, self.interval = limit, interval
+        self._recent: deque[float] = deque()
+        self.accepted: list[float] = []  # every accepted request's time, for assertions
+        self.rejected = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        while self._recent and now - self._recent[0] >= self.interval:
+            self._recent.popleft()
+        if len(self._recent) >= self.limit:
+            self.rejected += 1
+            return False
+        self._recent.append(now)
+        self.accepted.append(now)
+        return True
+
+    @property
+    def remaining(self) -> int:
+        return max(self.limit - len(self._recent), 0)
+
+    def reset_in(self) -> float:
+        if not self._recent:
+            return 0.0
+        return max(self.interval - (time.monotonic() - self._recent[0]), 0.0)
+
+    def busiest(self) -> int:
+        """The most requests this window ever accepted within one interval."""
+        best, start = 0, 0
+        for end, at in enumerate(self.accepted):
+            while at - self.accepted[start] >= self.interval:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
+
+
+class Daily:
+    """A daily quota (requests or cost units) that resets at ``reset_at`` (epoch), then daily."""
+
+    def __init__(self, limit: float | None = None, reset_at: float | None = None) -> None:
+        self.limit = limit
+        self.reset_at = reset_at or time.time() + 86400
+        self.used = 0.0
+        self.rejected = 0
+
+    def spend(self, cost: float = 1) -> bool:
+        now = time.time()
+        while now >= self.reset_at:
+            self.used, self.reset_at = 0.0, self.reset_at + 86400
+        if self.limit is not None and self.used + cost > self.limit:
+            self.rejected += 1
+            return False
+        self.used += cost
+        return True
+
+    @property
+    def remaining(self) -> float | None:
+        return None if self.limit is None else max(self.limit - self.used, 0)
+
+
+class Faults:
+    """Scripted misbehaviour after a record was persisted: ``hang`` or ``500``, ``times`` times."""
+
+    def __init__(self) -> None:
+        self.mode: str | None = None
+        self.times = 0
+        self.release = asyncio.Event()
+        self.hit = asyncio.Event()
+
+    def set(self, mode: str | None, times: int = 1) -> None:
+        self.mode, self.times = mode, times
+
+    async def after_persist(self) -> bool:
+        """Run the fault, if one is due; True means: answer 500 instead of the real reply."""
+        if not self.mode or self.times <= 0:
+            return False
+        self.times -= 1
+        self.hit.set()
+        if self.mode == "hang":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.release.wait(), 120)
+            return True
+        return self.mode == "500"

@@ -1,0 +1,285 @@
+"""The CRM scenarios of the issue, through the real pipeline: signed Wildix events posted to a
+running relay, the dispatcher delivering to HubSpot and Pipedrive fakes on loopback. What is
+asserted is what the fake CRM holds: one record per call, with the right fields."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import msgspec
+import pytest
+import yaml
+
+from relay import AuthError
+from tests.conftest import make_settings, run_relay
+from tests.crm_calls import current_inbound_missed, current_outbound, legacy
+from tests.crm_support import (
+    EXPECTED,
+    FR_CALLER,
+    UK_CONTACT,
+    VENDORS,
+    Vendor,
+    duplicate,
+    post_all,
+    running,
+)
+
+REC = "https://pbx.example.org/recordings/2025.11.29-10.30.14-214.wav"
+ids = pytest.mark.parametrize("vendor", VENDORS, ids=lambda v: v.name)
+
+
+@ids
+async def test_outbound_completed_current_generation(db_url: str, vendor: Vendor) -> None:
+    fake = vendor.fake()
+    seeded = vendor.seed(fake)
+    events = current_outbound("it_out_1", UK_CONTACT, recording_url=REC)
+    async with running(fake) as url:
+        settings = make_settings(db_url, {"crm": vendor.block(fake, url)})
+        async with run_relay(settings) as relay:
+            await post_all(relay, events[:1], "q7m2xk")
+            await relay.settled()
+            if vendor.name == "hubspot":  # created at the first routed event, in progress
+                [call] = vendor.records(fake, "it_out_1")
+                assert call["properties"]["hs_call_status"] == "IN_PROGRESS"
+            else:  # a call log cannot be updated: nothing until the final data
+                assert vendor.records(fake, "it_out_1") == []
+            await post_all(relay, events[1:], "q7m2xk")
+            rows = await relay.settled()
+            assert all(r.state == "succeeded" for r in rows)
+    [record] = vendor.records(fake, "it_out_1")
+    assert len(vendor.all_records(fake)) == 1
+    assert vendor.outcome(record) == EXPECTED[vendor.name]["completed"]
+    assert vendor.person(record) == seeded["uk"]
+    if vendor.name == "hubspot":
+        props = record["properties"]
+        assert props["hs_call_direction"] == "OUTBOUND"
+        assert props["hs_call_duration"] == "180602"  # the final record's ms
+        assert props["hs_call_recording_url"] == REC
+        assert props["hs_call_disposition"] == "f240bbac-87c9-4f6e-bf70-924b57d47db7"
+        assert props["hs_timestamp"] == "2025-11-29T10:30:10.458Z"
+        assert props["hubspot_owner_id"] == seeded["owner"]
+        assert (props["hs_call_from_number"], props["hs_call_to_number"]) == ("214", UK_CONTACT)
+        assert props["hs_call_title"] == f"Outbound call to Olivia Hart ({UK_CONTACT})"
+        assert record["updates"] >= 1
+        posts = [entry for entry in fake.log if entry[:2] == ("POST", "/crm/v3/objects/calls")]
+        assert len(posts) == 1
+    else:
+        assert record["duration"] == "181"
+        assert (record["start_time"], record["end_time"]) == (
+            "2025-11-29 10:30:10",
+            "2025-11-29 10:33:11",
+        )
+        assert (record["from_phone_number"], record["to_phone_number"]) == ("214", UK_CONTACT)
+        assert str(record["user_id"]) == seeded["owner"]
+        assert REC in record["note"]
+        assert record["subject"] == f"Outbound call to Olivia Hart ({UK_CONTACT})"
+
+
+@ids
+async def test_inbound_missed_and_legacy_generation(db_url: str, vendor: Vendor) -> None:
+    fake = vendor.fake()
+    seeded = vendor.seed(fake)
+    calls: dict[str, Any] = {
+        "cur_missed": current_inbound_missed("cur_missed", FR_CALLER),
+        "leg_out": legacy("leg_out", UK_CONTACT, direction="outbound", answered=True),
+        "leg_missed": legacy("leg_missed", FR_CALLER, direction="inbound", answered=False),
+    }
+    async with running(fake) as url:
+        settings = make_settings(db_url, {"crm": vendor.block(fake, url)})
+        async with run_relay(settings) as relay:
+            for call_id, events in calls.items():
+                await post_all(relay, events, "h3p9ta" if call_id.startswith("leg") else "q7m2xk")
+            rows = await relay.settled()
+            assert all(r.state == "succeeded" for r in rows)
+    assert len(vendor.all_records(fake)) == 3
+    expect = EXPECTED[vendor.name]
+    [missed] = vendor.records(fake, "cur_missed")
+    assert vendor.outcome(missed) == expect["missed"]
+    assert vendor.person(missed) == seeded["fr"]
+    [out] = vendor.records(fake, "leg_out")
+    assert vendor.outcome(out) == expect["completed"]
+    assert vendor.person(out) == seeded["uk"]
+    assert vendor.seconds(out) == 125  # legacy has no durations: end time minus start time
+    [leg_missed] = vendor.records(fake, "leg_missed")
+    assert vendor.outcome(leg_missed) == expect["missed"]
+    assert vendor.person(leg_missed) == seeded["fr"]
+    if vendor.name == "hubspot":
+        assert missed["properties"]["hs_call_direction"] == "INBOUND"
+        assert missed["properties"]["hs_call_disposition"] == (
+            "73a0d17f-1163-4015-bdd5-ec830791da20"
+        )
+        assert missed["properties"]["hs_call_from_number"] == FR_CALLER
+        assert out["properties"]["hs_call_direction"] == "OUTBOUND"
+    else:
+        assert (missed["from_phone_number"], missed["to_phone_number"]) == (
+            FR_CALLER,
+            "+442030950000",
+        )
+        assert missed["duration"] == "28"
+
+
+@ids
+async def test_internal_call_writes_nothing(db_url: str, vendor: Vendor) -> None:
+    fake = vendor.fake()
+    vendor.seed(fake)
+    async with running(fake) as url:
+        settings = make_settings(db_url, {"crm": vendor.block(fake, url)})
+        async with run_relay(settings) as relay:
+            await post_all(relay, legacy("internal_1", None), "h3p9ta")
+            rows = await relay.settled()
+            assert len(rows) == 3 and all(r.state == "succeeded" for r in rows)
+    assert vendor.all_records(fake) == []
+    assert fake.log == []  # not even a lookup
+
+
+@ids
+async def test_reordered_and_duplicated_events_make_one_record(db_url: str, vendor: Vendor) -> None:
+    fake = vendor.fake()
+    vendor.seed(fake)
+    start, update, end, record = current_outbound("dup_1", UK_CONTACT, recording_url=REC)
+    async with running(fake) as url:
+        settings = make_settings(db_url, {"crm": vendor.block(fake, url)})
+        async with run_relay(settings) as relay:
+            # the final record overtakes the live end; every event arrives twice
+            for _, body in (start, update, record):
+                for copy in (body, duplicate(body)):
+                    assert (await relay.post(copy)).status_code == 200
+            await relay.settled()
+            [before] = vendor.records(fake, "dup_1")
+            snapshot = repr(before)
+            for copy in (end[1], duplicate(end[1])):  # the late live end changes nothing
+                assert (await relay.post(copy)).status_code == 200
+            rows = await relay.settled()
+            assert len(rows) == 8 and all(r.state == "succeeded" for r in rows)
+    [after] = vendor.records(fake, "dup_1")
+    assert repr(after) == snapshot
+    assert len(vendor.all_records(fake)) == 1
+    assert vendor.outcome(after) == EXPECTED[vendor.name]["completed"]
+    assert vendor.seconds(after) == (180.602 if vendor.name == "hubspot" else 181)
+
+
+async def test_unknown_number_follows_each_on_no_match_mode(db_url: str) -> None:
+    """One relay, three HubSpot accounts, one per mode; and Pipedrive creating a person."""
+    unknown = "+12025550143"
+    hub = Vendor("hubspot")
+    fakes = {mode: hub.fake() for mode in ("log_unlinked", "create_contact", "skip")}
+    pipe = Vendor("pipedrive")
+    fakes["pipedrive"] = pipe.fake()
+    for mode in ("log_unlinked", "create_contact", "skip"):
+        hub.seed(fakes[mode])
+    pipe.seed(fakes["pipedrive"])
+    async with (
+        running(fakes["log_unlinked"]) as u1,
+        running(fakes["create_contact"]) as u2,
+        running(fakes["skip"]) as u3,
+        running(fakes["pipedrive"]) as u4,
+    ):
+        connectors = {
+            "unlinked": hub.block(fakes["log_unlinked"], u1, on_no_match="log_unlinked"),
+            "create": hub.block(fakes["create_contact"], u2, on_no_match="create_contact"),
+            "skip": hub.block(fakes["skip"], u3, on_no_match="skip"),
+            "pipe": pipe.block(fakes["pipedrive"], u4, on_no_match="create_contact"),
+        }
+        async with run_relay(make_settings(db_url, connectors)) as relay:
+            await post_all(relay, current_outbound("nomatch_1", unknown), "q7m2xk")
+            rows = await relay.settled()
+            assert len(rows) == 16 and all(r.state == "succeeded" for r in rows)
+    [unlinked] = fakes["log_unlinked"].calls_for("nomatch_1")
+    assert unlinked["contacts"] == []
+    assert unlinked["properties"]["hs_call_to_number"] == unknown
+    [linked] = fakes["create_contact"].calls_for("nomatch_1")
+    [new] = [cid for cid, c in fakes["create_contact"].contacts.items() if c["phone"] == unknown]
+    assert linked["contacts"] == [new]
+    assert fakes["skip"].calls == {}
+    [log] = fakes["pipedrive"].logs_for("nomatch_1")
+    [person] = [p for p in fakes["pipedrive"].persons.values() if p["phones"] == [unknown]]
+    assert log["person_id"] == person["id"] and person["name"] == unknown
+
+
+async def test_per_leg_logs_each_leg_of_a_transferred_call(db_url: str) -> None:
+    hub = Vendor("hubspot")
+    whole, legs = hub.fake(), hub.fake()
+    for fake in (whole, legs):
+        hub.seed(fake)
+    *_, (_, record) = current_outbound("xfer_1", UK_CONTACT)
+    body = msgspec.json.decode(record)
+    second = copy.deepcopy(body["data"]["flows"][0])
+    second.update(
+        flowIndex=1,
+        startTime=second["endTime"],
+        endTime=second["endTime"] + 60_000,
+        duration=60_000,
+        talkTime=58_000,
+    )
+    second["caller"] = dict(second["caller"], phone="215", userExtension="215", name="Marco")
+    body["data"]["flows"].append(second)
+    async with running(whole) as u1, running(legs) as u2:
+        connectors = {"whole": hub.block(whole, u1), "legs": hub.block(legs, u2, per_leg=True)}
+        async with run_relay(make_settings(db_url, connectors)) as relay:
+            assert (await relay.post(msgspec.json.encode(body))).status_code == 200
+            rows = await relay.settled()
+            assert all(r.state == "succeeded" for r in rows)
+    [one] = whole.calls_for("xfer_1")
+    assert one["properties"]["hs_call_duration"] == str(180_602 + 60_000)  # legs summed
+    by_leg = sorted(legs.calls.values(), key=lambda c: c["properties"]["hs_call_from_number"])
+    assert [c["properties"]["hs_call_from_number"] for c in by_leg] == ["214", "215"]
+    assert [c["properties"]["hs_call_duration"] for c in by_leg] == ["180602", "60000"]
+
+
+async def test_pipedrive_without_final_records_logs_at_the_live_end(db_url: str) -> None:
+    vendor = Vendor("pipedrive")
+    fake = vendor.fake()
+    vendor.seed(fake)
+    *live, record = current_outbound("live_1", UK_CONTACT)
+    async with running(fake) as url:
+        block = vendor.block(fake, url, wait_for_record=False)
+        async with run_relay(make_settings(db_url, {"crm": block})) as relay:
+            await post_all(relay, live, "q7m2xk")
+            await relay.settled()
+            [log] = fake.logs_for("live_1")
+            assert log["outcome"] == "connected"  # the live update saw the call answered
+            # the live end came 180.6 s after the live start's data.start
+            assert log["duration"] == "181"
+            await post_all(relay, [record], "q7m2xk")  # a record after all: nothing twice
+            await relay.settled()
+    assert len(fake.call_logs) == 1
+
+
+@ids
+async def test_check_verifies_the_token(vendor: Vendor, tmp_path: Any) -> None:
+    import httpx
+
+    from relay import db
+    from relay.config import parse_config
+    from relay.connector import ConnectorContext, Limiters
+    from relay.plugins import connector_types
+    from relay.store import Store
+
+    fake = vendor.fake()
+    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/c.db")
+    await db.migrate(engine)
+    try:
+        async with running(fake) as url, httpx.AsyncClient() as http:
+            for token, ok in ((None, True), ("wrong-token", False)):
+                block = vendor.block(fake, url)
+                if token:
+                    block["token" if vendor.name == "hubspot" else "api_token"] = token
+                settings = parse_config(
+                    yaml.safe_dump({"connectors": {"crm": block}}),
+                    connector_types=connector_types(),
+                    env={},
+                )
+                inst = settings.connectors["crm"]
+                conn = inst.cls("crm", inst.options)
+                ctx = ConnectorContext(
+                    name="crm", http=http, store=Store(engine), limiters=Limiters()
+                )
+                if ok:
+                    await conn.check(ctx)
+                else:
+                    with pytest.raises(AuthError, match="rejected"):
+                        await conn.check(ctx)
+    finally:
+        await engine.dispose()
+    assert [status for _, _, status in fake.log] == [200, 401]
