@@ -17,8 +17,9 @@ from sqlalchemy.engine import make_url
 
 from relay import db, logs
 from relay.admin.cli import register as register_ops_commands
-from relay.config import ConfigError, Settings, SqsConfig, load_config, mask
+from relay.config import ConfigError, Settings, SqsConfig, load_config
 from relay.plugins import PluginError, collect_connectors, describe, plugin_manager
+from relay.secrets import mask
 from relay.signing import HEADER, sign
 
 

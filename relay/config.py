@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import msgspec
 import yaml
@@ -23,10 +23,6 @@ if TYPE_CHECKING:
 
 DEFAULT_PATH = "config.yaml"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_SECRET_NAME = re.compile(
-    r"token|secret|password|passwd|api_?key|private|credential|webhook_url|authorization",
-    re.I,
-)
 
 
 class ConfigError(Exception):
@@ -401,30 +397,3 @@ def _plugin_dirs(text: str, env: Mapping[str, str]) -> list[str]:
         return [interpolate(d, env, "$.plugins.dirs") for d in dirs]
     except (yaml.YAMLError, AttributeError):
         return []
-
-
-def is_secret_key(key: str) -> bool:
-    return bool(_SECRET_NAME.search(key))
-
-
-def mask(value: Any, key: str = "") -> Any:
-    """A copy with every secret-looking value replaced, for printing."""
-    if isinstance(value, dict):
-        return {k: mask(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask(v, key) for v in value]
-    if key and is_secret_key(key) and value not in (None, ""):
-        return "*****"
-    if isinstance(value, str) and "://" in value:
-        return _mask_url(value)
-    return value
-
-
-def _mask_url(url: str) -> str:
-    """Query strings and passwords in URLs often carry tokens."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password:
-        netloc = netloc.replace(f":{parts.password}@", ":*****@")
-    query = "*****" if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

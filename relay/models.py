@@ -171,3 +171,16 @@ class EventNumberRow(Base):
     event_id: Mapped[int] = mapped_column(
         BigId, ForeignKey("events.id", ondelete="CASCADE"), primary_key=True
     )
+
+
+events = EventRow.__table__
+deliveries = DeliveryRow.__table__
+attempts = AttemptRow.__table__
+links = LinkRow.__table__
+connector_state = ConnectorStateRow.__table__
+rejections = RejectionRow.__table__
+event_numbers = EventNumberRow.__table__
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
