@@ -12,10 +12,13 @@ import uvicorn
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
-    """Yields the base URL (``http://127.0.0.1:PORT``); stops the server on exit."""
+async def serve(app: Any, **options: Any) -> AsyncIterator[str]:
+    """Yields the base URL (``http://127.0.0.1:PORT``); stops the server on exit.
+
+    ``options`` go to uvicorn.Config (fakes pass ``lifespan="off"``, a short graceful timeout).
+    """
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False)
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, **options)
     )
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -1,5 +1,5 @@
-"""Serve an ASGI app (a fake vendor API) on 127.0.0.1:<free port> in the current event loop,
-and the bookkeeping every fake CRM shares: rolling rate-limit windows and a daily quota."""
+"""Serve a fake vendor API on 127.0.0.1:<free port> in the current event loop, and the
+bookkeeping every fake CRM shares: rolling rate-limit windows and a daily quota."""
 
 from __future__ import annotations
 
@@ -10,34 +10,14 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
-import uvicorn
+from tests.fakes import asgi
 
 
 @contextlib.asynccontextmanager
 async def serve(app: Any) -> AsyncIterator[str]:
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=0,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("fake server did not start")
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+    """A fake vendor API on loopback; it has no lifespan and shuts down fast."""
+    async with asgi.serve(app, lifespan="off", timeout_graceful_shutdown=1) as url:
+        yield url
 
 
 class Window:
