@@ -149,7 +149,7 @@ class SalesforceConnector(crm.oauth.OAuthConnector):
                 "iss": cfg.client_id,
                 "sub": cfg.username,
                 "aud": cfg.audience or cfg.login_url,
-                "exp": int(time.time()) + 180,  # Salesforce accepts at most 3 minutes ahead
+                "exp": int(time.time()) + 150,  # Salesforce accepts at most 3 minutes ahead
             }
             form = {"grant_type": JWT_GRANT, "assertion": jwt.encode(claims, self._key, "RS256")}
         else:

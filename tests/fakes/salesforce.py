@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from litestar import Litestar, Request, Response, get, patch, post
 
 from tests.fakes.oauth import Tokens
+from tests.fakes.salesforce_query import errors, soql, sosl
 from tests.fakes.server import Daily, Faults
 
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -48,23 +49,7 @@ TASK_FIELDS = {
     "Priority",
     "Type",
 }
-SOSL_RESERVED = set("&|!(){}[]^\"~*?:'+-")
-SOQL = re.compile(
-    r"SELECT (?P<fields>.+?) FROM (?P<obj>\w+)(?: WHERE (?P<where>.+?))?(?: LIMIT \d+)?"
-)
-CONDITION = re.compile(r"(\w+) = ('(?:[^'\\]|\\.)*'|true|false)")
 CALL_ID = re.compile(r"Wildix call (\S+)")
-
-
-def errors(status: int, code: str, message: str, fields: list[str] | None = None) -> Response[Any]:
-    item: dict[str, Any] = {"message": message, "errorCode": code}
-    if fields is not None:
-        item["fields"] = fields
-    return Response([item], status_code=status)
-
-
-def _digits(text: str | None) -> str:
-    return re.sub(r"\D", "", text or "")
 
 
 @dataclass
@@ -221,66 +206,13 @@ class FakeSalesforce:
             )
         return None
 
-    def _soql(self, query: str) -> list[dict[str, Any]] | Response[Any]:
-        match = SOQL.fullmatch(query.strip())
-        tables = {
+    def _tables(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return {
             "Task": self.tasks,
             "User": self.users,
             "Contact": self.contacts,
             "Lead": self.leads,
         }
-        if not match or match["obj"] not in tables:
-            return errors(400, "MALFORMED_QUERY", f"unexpected token: {query[:60]}")
-        conditions: dict[str, Any] = {}
-        if match["where"]:
-            parts = match["where"].split(" AND ")
-            for part in parts:
-                cond = CONDITION.fullmatch(part.strip())
-                if not cond:
-                    return errors(400, "MALFORMED_QUERY", f"unexpected token: {part[:60]}")
-                raw = cond[2]
-                value: Any = (
-                    raw == "true"
-                    if raw in ("true", "false")
-                    else re.sub(r"\\(.)", r"\1", raw[1:-1])
-                )
-                conditions[cond[1]] = value
-        fields = [f.strip() for f in match["fields"].split(",")]
-        rows = [
-            r
-            for r in tables[match["obj"]].values()
-            if all(r.get(k) == v for k, v in conditions.items())
-        ]
-        return [
-            {"attributes": {"type": match["obj"]}, **{f: r.get(f) for f in fields}} for r in rows
-        ]
-
-    def _sosl(self, query: str) -> list[dict[str, Any]] | Response[Any]:
-        match = re.fullmatch(r"FIND \{(.*)\} IN PHONE FIELDS RETURNING (.+)", query.strip())
-        if not match:
-            return errors(400, "MALFORMED_SEARCH", f"unexpected token: {query[:60]}")
-        terms, current, chars = [], "", iter(match[1])
-        for c in chars:
-            if c == "\\":
-                current += next(chars, "")
-            elif c in SOSL_RESERVED:
-                return errors(
-                    400,
-                    "MALFORMED_SEARCH",
-                    f"line 1:{len(current) + 6} no viable alternative at character '{c}'",
-                )
-            else:
-                current += c
-        terms = [_digits(t) for t in current.split(" OR ") if len(_digits(t)) >= 7]
-        found = []
-        for obj, spec in re.findall(r"(\w+)\(([^)]*)\)", match[2]):
-            fields = [f.strip() for f in spec.split(" WHERE ")[0].split(",")]
-            table = {"Contact": self.contacts, "Lead": self.leads}.get(obj, {})
-            for rec in table.values():
-                phones = [_digits(rec.get("Phone")), _digits(rec.get("MobilePhone"))]
-                if any(p and (p == t or p.endswith(t)) for p in phones for t in terms):
-                    found.append({"attributes": {"type": obj}, **{f: rec.get(f) for f in fields}})
-        return found
 
     # -- the API ---------------------------------------------------------------------------------
 
@@ -354,7 +286,7 @@ class FakeSalesforce:
             version = request.path_params["version"]
             if (denied := fake._guard(request, version)) is not None:
                 return fake._finish(request, denied)
-            rows = fake._soql(request.query_params.get("q", ""))
+            rows = soql(request.query_params.get("q", ""), fake._tables())
             if isinstance(rows, Response):
                 return fake._finish(request, rows)
             return fake._finish(
@@ -366,7 +298,7 @@ class FakeSalesforce:
             version = request.path_params["version"]
             if (denied := fake._guard(request, version)) is not None:
                 return fake._finish(request, denied)
-            found = fake._sosl(request.query_params.get("q", ""))
+            found = sosl(request.query_params.get("q", ""), fake._tables())
             if isinstance(found, Response):
                 return fake._finish(request, found)
             return fake._finish(request, Response({"searchRecords": found}))
