@@ -22,6 +22,8 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -98,6 +100,109 @@ def states(db: Path) -> dict[str, int]:
         return dict(conn.execute("select state, count(*) from deliveries group by state"))
 
 
+@dataclass
+class Day:
+    codes: list[int]  # webhook answers
+    posted: float  # seconds to post every event
+    elapsed: float  # seconds until every delivery settled
+    deliveries: dict[str, int]  # state → count
+
+
+async def run_day(rng: random.Random, plan: list, connectors: dict) -> Day:
+    """`relay serve` with these connectors (routed every call event), the plan's events posted
+    like Wildix would, interleaved across calls; returns once every delivery has settled."""
+    tmp = Path(tempfile.mkdtemp(prefix="crm_day_"))
+    db = tmp / "relay.db"
+    port = free_port()
+    data = config_dict(f"sqlite+aiosqlite:///{db}", connectors)
+    data["delivery"] = {"max_attempts": 10, "schedule": ["1s", "2s", "5s"], "timeout": "15s"}
+    data["logging"] = {"level": "WARNING", "format": "text"}
+    data["server"] = {"host": "127.0.0.1", "port": port}
+    (tmp / "relay.yaml").write_text(yaml.safe_dump(data))
+    log = (tmp / "relay.log").open("w")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "--config",
+        str(tmp / "relay.yaml"),
+        "serve",
+        cwd=ROOT,
+        stdout=log,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    t0 = time.monotonic()
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            while True:
+                try:
+                    if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+            # interleave the calls: a day's events arrive mixed, each call's in its order
+            queues = [collections.deque((integ, b) for b in sent) for _, _, integ, sent in plan]
+            stream = []
+            while any(queues):
+                q = rng.choice([q for q in queues if q])
+                stream.append(q.popleft())
+            sem = asyncio.Semaphore(8)
+
+            async def post(integ: str, body: bytes) -> int:
+                async with sem:
+                    r = await client.post(
+                        f"http://127.0.0.1:{port}/webhooks/{integ}",
+                        content=body,
+                        headers={
+                            "x-signature": sign(body, SECRET),
+                            "content-type": "application/json",
+                        },
+                    )
+                    return r.status_code
+
+            t_post = time.monotonic()
+            codes = []
+            for i in range(0, len(stream), 40):  # roughly in arrival order, 40 at a time
+                codes += await asyncio.gather(*(post(ig, b) for ig, b in stream[i : i + 40]))
+            posted = time.monotonic() - t_post
+        while True:
+            s = states(db)
+            if s and set(s) <= {"succeeded", "dead"}:
+                break
+            await asyncio.sleep(0.5)
+        elapsed = time.monotonic() - t0
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
+    return Day(codes, posted, elapsed, states(db))
+
+
+def print_day(calls: int, plan: list, day: Day) -> None:
+    kinds = collections.Counter(kind for _, kind, _, _ in plan)
+    print(f"calls: {calls} ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})")
+    print(
+        f"webhook posts: {len(day.codes)} ({collections.Counter(day.codes)}), posted in "
+        f"{day.posted:.1f}s; all delivered in {day.elapsed:.1f}s; deliveries {day.deliveries}"
+    )
+
+
+def print_records(name: str, plan: list, records: Callable[[str], list], total: int) -> None:
+    """How many CRM records each call got: 1 per external call, 0 per internal one."""
+    per_call: collections.Counter[int] = collections.Counter()
+    wrong = []
+    for cid, kind, _, _ in plan:
+        n = len(records(cid))
+        per_call[n] += 1
+        if n != (0 if kind == "internal" else 1):
+            wrong.append((cid, kind, n))
+    external = sum(1 for _, k, _, _ in plan if k != "internal")
+    print(
+        f"{name}: records per call {dict(sorted(per_call.items()))} "
+        f"(external calls {external} → exactly 1 each; internal {len(plan) - external} → 0); "
+        f"records in CRM {total}; calls not as expected: {wrong or 'none'}"
+    )
+
+
 async def main(calls: int, seed: int, hubspot_limit: int, pipedrive_limit: int) -> None:
     for name in ("", "uvicorn.error"):  # the fakes and httpx stay quiet
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -113,9 +218,6 @@ async def main(calls: int, seed: int, hubspot_limit: int, pipedrive_limit: int) 
         hub.add_contact(n, "Known", n[-4:])
         pipe.add_person(f"Known {n[-4:]}", n)
     plan = script(rng, calls, known, unknown)
-    tmp = Path(tempfile.mkdtemp(prefix="crm_day_"))
-    db = tmp / "relay.db"
-    port = free_port()
     async with serve(hub.app) as hub_url, serve(pipe.app) as pipe_url:
         connectors = {
             "hubspot": {
@@ -132,91 +234,14 @@ async def main(calls: int, seed: int, hubspot_limit: int, pipedrive_limit: int) 
                 "default_region": "GB",
             },
         }
-        data = config_dict(f"sqlite+aiosqlite:///{db}", connectors)
-        data["delivery"] = {"max_attempts": 10, "schedule": ["1s", "2s", "5s"], "timeout": "15s"}
-        data["logging"] = {"level": "WARNING", "format": "text"}
-        data["server"] = {"host": "127.0.0.1", "port": port}
-        (tmp / "relay.yaml").write_text(yaml.safe_dump(data))
-        log = (tmp / "relay.log").open("w")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "relay",
-            "--config",
-            str(tmp / "relay.yaml"),
-            "serve",
-            cwd=ROOT,
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        t0 = time.monotonic()
-        try:
-            async with httpx.AsyncClient(timeout=10) as client:
-                while True:
-                    try:
-                        if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        await asyncio.sleep(0.1)
-                # interleave the calls: a day's events arrive mixed, each call's in its order
-                queues = [collections.deque((integ, b) for b in sent) for _, _, integ, sent in plan]
-                stream = []
-                while any(queues):
-                    q = rng.choice([q for q in queues if q])
-                    stream.append(q.popleft())
-                sem = asyncio.Semaphore(8)
-
-                async def post(integ: str, body: bytes) -> int:
-                    async with sem:
-                        r = await client.post(
-                            f"http://127.0.0.1:{port}/webhooks/{integ}",
-                            content=body,
-                            headers={
-                                "x-signature": sign(body, SECRET),
-                                "content-type": "application/json",
-                            },
-                        )
-                        return r.status_code
-
-                t_post = time.monotonic()
-                codes = []
-                for i in range(0, len(stream), 40):  # roughly in arrival order, 40 at a time
-                    codes += await asyncio.gather(*(post(ig, b) for ig, b in stream[i : i + 40]))
-                posted = time.monotonic() - t_post
-            while True:
-                s = states(db)
-                if s and set(s) <= {"succeeded", "dead"}:
-                    break
-                await asyncio.sleep(0.5)
-            elapsed = time.monotonic() - t0
-        finally:
-            proc.terminate()
-            await asyncio.wait_for(proc.wait(), 30)
-    kinds = collections.Counter(kind for _, kind, _, _ in plan)
-    print(f"calls: {calls} ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})")
-    print(
-        f"webhook posts: {len(codes)} ({collections.Counter(codes)}), posted in {posted:.1f}s; "
-        f"all delivered in {elapsed:.1f}s; deliveries {states(db)}"
-    )
+        day = await run_day(rng, plan, connectors)
+    print_day(calls, plan, day)
     for name, fake, records in (
         ("hubspot", hub, hub.calls_for),
         ("pipedrive", pipe, pipe.logs_for),
     ):
-        per_call = collections.Counter()
-        wrong = []
-        for cid, kind, _, _ in plan:
-            n = len(records(cid))
-            want = 0 if kind == "internal" else 1
-            per_call[n] += 1
-            if n != want:
-                wrong.append((cid, kind, n))
-        external = sum(1 for _, k, _, _ in plan if k != "internal")
         total = len(fake.calls) if name == "hubspot" else len(fake.call_logs)
-        print(
-            f"{name}: records per call {dict(sorted(per_call.items()))} "
-            f"(external calls {external} → exactly 1 each; internal {kinds['internal']} → 0); "
-            f"records in CRM {total}; calls not as expected: {wrong or 'none'}"
-        )
+        print_records(name, plan, records, total)
         print(
             f"{name}: requests {len(fake.log)}; rejected for rate limits: burst "
             f"{fake.burst.rejected}, search {fake.search.rejected}, daily {fake.daily.rejected};"

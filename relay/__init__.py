@@ -5,6 +5,7 @@ Everything a plugin author needs is importable from here; first-party connectors
 
 from relay import crm  # the shared CRM layer (docs/crm.md)
 from relay.connector import Connector, ConnectorConfig, ConnectorContext, DeliveryContext
+from relay.crm import oauth as _crm_oauth  # noqa: F401  (crm.oauth: OAuth CRM connectors)
 from relay.errors import (
     AuthError,
     DeliveryError,
