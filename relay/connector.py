@@ -9,6 +9,7 @@ sandboxed template renderer and per-account rate limiters.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -28,7 +29,7 @@ class ConnectorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Base for a connector's YAML block; unknown keys are rejected with their path."""
 
 
-class Connector:
+class Connector(ABC):
     type: ClassVar[str]
     Config: ClassVar[type[ConnectorConfig]] = ConnectorConfig
 
@@ -36,17 +37,18 @@ class Connector:
         self.name = name
         self.config = config
 
-    async def start(self, ctx: ConnectorContext) -> None:
+    async def start(self, ctx: ConnectorContext) -> None:  # noqa: B027 - optional hook
         """Called once per process before the first delivery."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook
         """Called once at shutdown."""
 
-    async def check(self, ctx: ConnectorContext) -> None:
+    async def check(self, ctx: ConnectorContext) -> None:  # noqa: B027 - optional hook
         """Verify credentials/reachability (``relay check-config --online``); raise to fail."""
 
+    @abstractmethod
     async def deliver(self, event: Event, ctx: DeliveryContext) -> None:
-        raise NotImplementedError(f"{type(self).__name__} must implement deliver()")
+        """Deliver one event; the outcome contract is in relay.errors."""
 
 
 class _Bound(logging.LoggerAdapter):  # type: ignore[type-arg]

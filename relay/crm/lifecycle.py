@@ -80,7 +80,7 @@ class CrmConnector(CrmHttp, Connector):
 
     async def search_people(self, number: str, ctx: ConnectorContext) -> list[Person]:
         """Candidates for an E.164 number (broad is fine: matches are confirmed locally)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement search_people()")
 
     async def create_person(self, number: str, facts: Facts, ctx: ConnectorContext) -> Person:
         """For ``on_no_match: create_contact``."""
@@ -91,12 +91,14 @@ class CrmConnector(CrmHttp, Connector):
         return None
 
     async def create_activity(self, activity: Activity, ctx: DeliveryContext) -> str:
-        raise NotImplementedError
+        """Create the CRM record; return its id (written to links at once)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement create_activity()")
 
     async def update_activity(
         self, record_id: str, activity: Activity, ctx: DeliveryContext
     ) -> None:
-        raise NotImplementedError
+        """Only called when ``updates`` is True; a CRM that cannot update keeps this."""
+        raise PermanentError(f"{self.vendor} connector cannot update a record")
 
     async def find_activity(self, activity: Activity, ctx: DeliveryContext) -> str | None:
         """The id of a record carrying ``activity.marker``, if one exists (crash recovery)."""

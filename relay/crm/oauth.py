@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from abc import abstractmethod
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -62,9 +63,9 @@ class OAuthConnector(CrmConnector):
 
     # -- what an OAuth CRM implements ------------------------------------------------------------
 
+    @abstractmethod
     async def fetch_token(self, ctx: ConnectorContext) -> Token:
         """Mint a new access token (the CRM's token endpoint, via ``request_token``)."""
-        raise NotImplementedError
 
     def token_refused(self, error: str, description: str, status: int) -> DeliveryError:
         """The token endpoint said no (``invalid_grant``...): the error that tells what to fix."""
