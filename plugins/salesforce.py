@@ -279,8 +279,8 @@ class SalesforceConnector(crm.oauth.OAuthConnector):
     async def create_person(
         self, number: str, facts: crm.Facts, ctx: ConnectorContext
     ) -> crm.Person:
-        first, _, last = (facts.remote_name or "").rpartition(" ")
-        body = {"LastName": last or number, "Phone": number}
+        first, last = crm.split_name(facts.remote_name, number)
+        body = {"LastName": last, "Phone": number}
         if first:
             body["FirstName"] = first
         response = await self.call_api(

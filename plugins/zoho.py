@@ -217,8 +217,8 @@ class ZohoConnector(crm.oauth.OAuthConnector):
     async def create_person(
         self, number: str, facts: crm.Facts, ctx: ConnectorContext
     ) -> crm.Person:
-        first, _, last = (facts.remote_name or "").rpartition(" ")
-        record = {"Last_Name": last or number, "Phone": number}
+        first, last = crm.split_name(facts.remote_name, number)
+        record = {"Last_Name": last, "Phone": number}
         if first:
             record["First_Name"] = first
         response = await self.call_api(

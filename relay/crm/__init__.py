@@ -13,7 +13,14 @@ See docs/crm.md for the lifecycle and the adapter methods a CRM implements.
 
 from relay.config import Duration
 from relay.crm.config import DEFAULT_NOTES, DEFAULT_TITLE, CrmConfig, OnNoMatch, RateLimit
-from relay.crm.content import OUTCOME_LABELS, Activity, clock, marker, text_to_html
+from relay.crm.content import (
+    OUTCOME_LABELS,
+    Activity,
+    clock,
+    marker,
+    split_name,
+    text_to_html,
+)
 from relay.crm.facts import Facts
 from relay.crm.http import CrmHttp, Limited, json_object, next_reset
 from relay.crm.lifecycle import ActivityState, CallLink, CrmConnector
@@ -44,6 +51,7 @@ __all__ = [
     "national_digits",
     "next_reset",
     "pick",
+    "split_name",
     "text_to_html",
     "to_e164",
 ]

@@ -165,3 +165,9 @@ def build_activity(
         owner=owner,
         recording_urls=urls,
     )
+
+
+def split_name(full: str | None, fallback: str) -> tuple[str | None, str]:
+    """(first, last) for CRMs that require a last name; the number stands in when nameless."""
+    first, _, last = (full or "").rpartition(" ")
+    return first or None, last or fallback
