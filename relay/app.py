@@ -22,7 +22,7 @@ from relay.config import Settings
 from relay.dispatch import Connectors, Dispatcher
 from relay.ingest import Ingest
 from relay.sources.sqs import SqsConsumers, consumes_here
-from relay.sources.webhook import webhook, webhook_any
+from relay.sources.webhook import webhooks
 from relay.store import Store
 
 log = logging.getLogger("relay.app")
@@ -127,7 +127,7 @@ def create_app(
 
     admin = mount(settings)  # nothing unless admin.token is set
     return Litestar(
-        route_handlers=[webhook, webhook_any, healthz, readyz, *admin.route_handlers],
+        route_handlers=[webhooks, healthz, readyz, *admin.route_handlers],
         lifespan=[lifespan],
         middleware=admin.middleware,
         request_max_body_size=settings.server.max_body_size,

@@ -86,6 +86,12 @@ def _total(values: list[float | None]) -> float | None:
 # -- calls ------------------------------------------------------------------------------------
 
 _LEGACY_PHASES = {"call:start": "start", "call:update": "update", "call:end": "end"}
+_CURRENT_PHASES = {
+    "call:live:progress",
+    "call:live:completed",
+    "call:live:interrupted",
+    "call:completed",
+}
 _DIRECTIONS = {"INBOUND": "inbound", "OUTBOUND": "outbound", "INTERNAL": "internal"}
 _STATUSES = {"CONNECTING": "ringing", "RINGING": "ringing", "TALKING": "talking", "HOLD": "hold"}
 _STATUSES |= {s: s.lower() for s in ("COMPLETED", "MISSED", "BUSY", "FAILED")}
@@ -178,11 +184,22 @@ def _leg(flow: dict[str, Any], position: int) -> Leg:
     )
 
 
+def call_id_of(etype: str, envelope_id: str, raw_data: Any) -> str:
+    """The id every event about one call shares, without normalizing the rest (ingest needs
+    only this to order deliveries)."""
+    data = _obj(raw_data)
+    src = data
+    if etype not in _LEGACY_PHASES and etype not in _CURRENT_PHASES:
+        src = _obj(data.get("call")) or data  # transcription/summary: data.call if present
+    return _str(src.get("id")) or _str(data.get("id")) or envelope_id
+
+
 def call_view(etype: str, envelope_id: str, raw_data: Any) -> Call:
     """Every ``call:*`` type yields a Call (at least id + phase) so call_id always correlates."""
     data = _obj(raw_data)
+    call_id = call_id_of(etype, envelope_id, data)
     if etype in _LEGACY_PHASES:
-        return _legacy_call(envelope_id, _LEGACY_PHASES[etype], data)
+        return _legacy_call(call_id, _LEGACY_PHASES[etype], data)
     trigger = _str(data.get("eventTrigger"))
     src, final = data, None  # final: the status of an ended call when the legs say no better
     if etype == "call:live:progress":
@@ -213,7 +230,6 @@ def call_view(etype: str, envelope_id: str, raw_data: Any) -> Call:
         status = primary.status if primary.status in _FINAL_FAILURES else final
     if final is not None:
         status = _ended(status, _str(src.get("endCause")))
-    call_id = _str(src.get("id")) or _str(data.get("id")) or envelope_id
     transcription = trigger == "call.transcription" or "transcription" in etype
     return _assemble(call_id, "current", phase, status, src, legs, primary, transcription)
 
@@ -276,7 +292,7 @@ def _legacy_direction(leg: Leg) -> str:
     return "internal" if "local" in kinds else "unknown"
 
 
-def _legacy_call(envelope_id: str, phase: str, data: dict[str, Any]) -> Call:
+def _legacy_call(call_id: str, phase: str, data: dict[str, Any]) -> Call:
     """Legacy ``data`` is one flat leg; only direction, outcome and service need fixing up."""
     leg = _leg(data, 0)
     direction = _legacy_direction(leg)
@@ -299,7 +315,6 @@ def _legacy_call(envelope_id: str, phase: str, data: dict[str, Any]) -> Call:
         remote_number=remote_number,
         service_number=_str(data.get("service")),
     )
-    call_id = _str(data.get("id")) or envelope_id
     return _assemble(call_id, "legacy", phase, status, data, [leg], leg, False)
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay import numbers
+from relay.bulk import BulkInsert
 from relay.db import create_sync_engine
 from relay.models import (
     attempts,
@@ -82,6 +83,41 @@ class Store(DeliveryQueue):
         self.engine = engine
         self.dialect = engine.dialect.name
         self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        dialect = engine.dialect
+        self._bulk_events = BulkInsert(
+            events,
+            [
+                "integration_id",
+                "type",
+                "subject_id",
+                "call_id",
+                "body_sha256",
+                "raw",
+                "occurred_at",
+                "received_at",
+                "transport",
+                "transport_meta",
+            ],
+            dialect,
+            on_conflict=["integration_id", "body_sha256"],
+            returning=["id", "integration_id", "body_sha256"],
+        )
+        self._bulk_deliveries = BulkInsert(
+            deliveries,
+            [
+                "event_id",
+                "integration_id",
+                "connector",
+                "ordering_key",
+                "state",
+                "attempts",
+                "next_attempt_at",
+                "created_at",
+                "updated_at",
+            ],
+            dialect,
+        )
+        self._bulk_numbers = BulkInsert(event_numbers, ["event_id", "number"], dialect)
         self._writer: ThreadPoolExecutor | None = None
         self._sync_engine: Engine | None = None
         if self.dialect == "sqlite":
@@ -137,31 +173,23 @@ class Store(DeliveryQueue):
         for n, key in enumerate(keys):
             first.setdefault(key, n)
         rows = [
-            {
-                "integration_id": key[0],
-                "type": items[n].event.type,
-                "subject_id": items[n].event.id,
-                "call_id": items[n].event.call_id,
-                "body_sha256": key[1],
-                "raw": items[n].event.raw,
-                "occurred_at": items[n].event.time,
-                "received_at": now,
-                "transport": items[n].transport,
-                "transport_meta": items[n].meta or {},
-            }
+            (
+                key[0],
+                (event := items[n].event).type,
+                event.id,
+                event.call_id,
+                key[1],
+                event.raw,
+                event.time,
+                now,
+                items[n].transport,
+                items[n].meta or {},
+            )
             for key, n in first.items()
         ]
-        insert_events = (
-            self._insert(events)
-            .on_conflict_do_nothing(index_elements=["integration_id", "body_sha256"])
-            .returning(events.c.id, events.c.integration_id, events.c.body_sha256)
-        )
 
         def write(conn: Connection) -> list[Recorded]:
-            new = {
-                (r.integration_id, r.body_sha256): int(r.id)
-                for r in conn.execute(insert_events, rows)
-            }
+            new = {(r[1], r[2]): int(r[0]) for r in self._bulk_events.execute(conn, rows)}
             known = dict(new)
             if len(new) < len(first):
                 missing = {sha for key in first if key not in new for sha in key[1:]}
@@ -171,20 +199,24 @@ class Store(DeliveryQueue):
                     )
                 )
                 known |= {(r.integration_id, r.body_sha256): int(r.id) for r in found}
-            delivery_rows = [
-                row
-                for key, event_id in new.items()
-                for row in self._delivery_rows(event_id, items[first[key]], now)
-            ]
-            if delivery_rows:
-                conn.execute(insert(deliveries), delivery_rows)
-            number_rows = [
-                {"event_id": event_id, "number": number}
-                for key, event_id in new.items()
-                for number in numbers.in_data(items[first[key]].event.data)
-            ]
-            if number_rows:  # what the admin search by phone number looks up
-                conn.execute(insert(event_numbers), number_rows)
+            fresh = [(event_id, items[first[key]]) for key, event_id in new.items()]
+            self._bulk_deliveries.execute(
+                conn,
+                [
+                    row
+                    for event_id, item in fresh
+                    for row in self.delivery_rows(event_id, item.event, item.connectors, now)
+                ],
+            )
+            # what the admin search by phone number looks up
+            self._bulk_numbers.execute(
+                conn,
+                [
+                    (event_id, number)
+                    for event_id, item in fresh
+                    for number in numbers.in_data(item.event.data)
+                ],
+            )
             return [
                 Recorded(known[key], False, len(items[n].connectors))
                 if key in new and first[key] == n
@@ -195,22 +227,19 @@ class Store(DeliveryQueue):
         return await self.write(write)
 
     @staticmethod
-    def _delivery_rows(event_id: int, item: Incoming, now: datetime) -> list[dict[str, Any]]:
-        event = item.event
+    def delivery_rows(
+        event_id: int, event: Event, connectors: Sequence[str], now: datetime
+    ) -> list[tuple[Any, ...]]:
+        """New pending deliveries of one stored event, for ``add_deliveries``."""
+        iid = event.integration_id
         return [
-            {
-                "event_id": event_id,
-                "integration_id": event.integration_id,
-                "connector": name,
-                "ordering_key": ordering_key(name, event),
-                "state": "pending",
-                "attempts": 0,
-                "next_attempt_at": now,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for name in item.connectors
+            (event_id, iid, name, ordering_key(name, event), "pending", 0, now, now, now)
+            for name in connectors
         ]
+
+    async def add_deliveries(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Deliveries for events already stored (a replay), in one transaction."""
+        await self.write(lambda conn: self._bulk_deliveries.execute(conn, rows))
 
     async def record_rejection(
         self,

@@ -9,25 +9,32 @@ degrades to None, because a rejected webhook is lost after Wildix's few retries.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from functools import cached_property
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
-from relay.normalize import EPOCH, call_view, presence_view, sms_view
+from relay.normalize import EPOCH, call_id_of, call_view, presence_view, sms_view
 from relay.views import Call, Leg, Party, Presence, Recording, Sms
 
 __all__ = ["Call", "Event", "InvalidEvent", "Leg", "Party", "Presence", "Recording", "Sms", "parse"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class InvalidEvent(ValueError):
     """Body is not JSON or not a Wildix envelope (→ HTTP 400)."""
 
 
-class Event(msgspec.Struct, frozen=True):
-    """A received webhook: the envelope, the untouched body, and normalized views of it."""
+class Event(msgspec.Struct, frozen=True, dict=True):
+    """A received webhook: the envelope, the untouched body, and normalized views of it.
+
+    The views are built on first use: ingest only needs them when a route filters on them, and
+    normalizing a call costs more than verifying and decoding its body.
+    """
 
     id: str  # the SUBJECT id (the call id for calls): shared by every event about it
     type: str
@@ -37,18 +44,37 @@ class Event(msgspec.Struct, frozen=True):
     company: str | None
     data: Any
     raw: bytes
-    call: Call | None = None
-    presence: Presence | None = None
-    sms: Sms | None = None
 
-    @property
+    @cached_property
+    def call(self) -> Call | None:
+        return self._normalized(call_view, self.type, self.id) if self.type[:5] == "call:" else None
+
+    @cached_property
+    def presence(self) -> Presence | None:
+        kind = _PRESENCE_KINDS.get(self.type)
+        return self._normalized(presence_view, kind) if kind else None
+
+    @cached_property
+    def sms(self) -> Sms | None:
+        return self._normalized(sms_view) if self.type == "sms:status" else None
+
+    def _normalized(self, view: Callable[..., T], *args: Any) -> T | None:
+        try:
+            return view(*args, self.data)
+        except Exception:  # a normalizer bug must not turn a valid delivery into a lost one
+            log.exception("could not normalize %s event %s; keeping it raw", self.type, self.id)
+            return None
+
+    @cached_property
     def call_id(self) -> str | None:
-        return self.call.id if self.call is not None else None
+        """The id shared by every event about one call (what orders its deliveries)."""
+        return call_id_of(self.type, self.id, self.data) if self.type[:5] == "call:" else None
 
     def view(self) -> dict[str, Any]:
         """Plain builtins (a copy) for where-filters and templates, which must not see Structs."""
-        fields = (f for f in self.__struct_fields__ if f != "raw")
-        view: dict[str, Any] = msgspec.to_builtins({f: getattr(self, f) for f in fields})
+        fields = [f for f in self.__struct_fields__ if f != "raw"]
+        values = {f: getattr(self, f) for f in [*fields, "call", "presence", "sms"]}
+        view: dict[str, Any] = msgspec.to_builtins(values)
         return view
 
 
@@ -84,16 +110,6 @@ def parse(raw: bytes) -> Event:
         time = EPOCH + timedelta(milliseconds=env.time)
     except OverflowError:
         raise InvalidEvent("field 'time' is out of range") from None
-    call = presence = sms = None
-    try:
-        if env.type.startswith("call:"):
-            call = call_view(env.type, env.id, env.data)
-        elif env.type in _PRESENCE_KINDS:
-            presence = presence_view(_PRESENCE_KINDS[env.type], env.data)
-        elif env.type == "sms:status":
-            sms = sms_view(env.data)
-    except Exception:  # a normalizer bug must not turn a valid delivery into a lost one
-        log.exception("could not normalize %s event %s; keeping it raw", env.type, env.id)
     return Event(
         id=env.id,
         type=env.type,
@@ -103,9 +119,6 @@ def parse(raw: bytes) -> Event:
         company=env.company,
         data=env.data,
         raw=raw,
-        call=call,
-        presence=presence,
-        sms=sms,
     )
 
 

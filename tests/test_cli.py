@@ -119,8 +119,8 @@ def test_send_test_reaches_serve_the_store_and_the_connectors(
     proc.terminate()
     output, _ = proc.communicate(timeout=20)
     logged = [json.loads(x) for x in output.splitlines() if x.startswith("{")]
-    accepted = [x for x in logged if x.get("message") == "event accepted"]
-    assert len(accepted) == 2 and all(isinstance(x["event_id"], int) for x in accepted)
+    stored = [i for x in logged if x.get("message") == "events stored" for i in x["event_ids"]]
+    assert len(stored) == 2 and all(isinstance(i, int) for i in stored)
     delivered = [x for x in logged if x.get("message") == "delivered"]
     assert {x["connector"] for x in delivered} == {"demo-log", "demo-file"}
     assert SECRET not in output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import text
@@ -196,3 +197,32 @@ async def test_health_and_readiness(db_url: str) -> None:
             await conn.execute(text("UPDATE alembic_version SET version_num = 'old'"))
         stale = await relay.client.get(relay.url + "/readyz")
         assert stale.status_code == 503 and stale.json()["schema"] == "old"
+
+
+async def test_the_webhook_answers_only_posts_to_its_own_paths(db_url: str) -> None:
+    async with run_relay(make_settings(db_url, {"out": {"type": "log"}})) as relay:
+        got = await relay.client.get(relay.url + "/webhooks/q7m2xk")
+        assert got.status_code == 405 and got.headers["allow"] == "POST"
+        for path in ("/webhooks/q7m2xk/extra", "/webhooksq7m2xk"):
+            r = await relay.client.post(relay.url + path, content=fixture("call_completed"))
+            assert r.status_code == 404, path
+        assert (await relay.post(fixture("call_completed"))).json()["status"] == "accepted"
+        assert len(await relay.events()) == 1
+
+
+async def test_a_streamed_body_over_the_limit_is_413_without_a_length(db_url: str) -> None:
+    """No Content-Length to refuse up front: the limit still holds while reading."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            yield b"x" * 1024
+
+    settings = make_settings(
+        db_url, {"out": {"type": "log"}}, extra={"server": {"max_body_size": 4096}}
+    )
+    async with run_relay(settings) as relay:
+        r = await relay.client.post(relay.url + "/webhooks/q7m2xk", content=chunks())
+        assert r.status_code == 413 and "larger than 4096" in r.json()["error"]
+        assert await relay.events() == []
+        [rejected] = await relay.rows(rejections)
+        assert rejected.status_code == 413

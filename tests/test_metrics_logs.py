@@ -136,3 +136,23 @@ async def test_json_logs_carry_ids_mask_numbers_and_keep_secrets_out(
         assert "442071838750" not in text
         assert "+44********50" in line["message"]
     assert SECRET not in text and TOKEN not in text
+
+
+def test_json_lines_mask_numbers_in_texts_but_never_ids(captured_logs: io.StringIO) -> None:
+    logs.configure("INFO", "json", stream=captured_logs)
+    log = logging.getLogger("relay.test")
+    log.info(
+        "call from +442071838750",
+        extra={"event_ids": [12345678, 2071838750], "remote": {"numbers": ["00442071838750"]}},
+    )
+    try:
+        raise ValueError("no route for +442071838750")
+    except ValueError:
+        log.exception("failed")
+    first, second = (json.loads(line) for line in captured_logs.getvalue().splitlines())
+    assert first["message"] == "call from +44********50"
+    assert first["event_ids"] == [12345678, 2071838750]  # JSON numbers are ids, left alone
+    assert first["remote"] == {"numbers": ["004*********50"]}
+    assert first["level"] == "INFO" and first["logger"] == "relay.test"
+    assert first["time"].endswith("Z") and "T" in first["time"]
+    assert "442071838750" not in second["exc_info"] and "ValueError" in second["exc_info"]

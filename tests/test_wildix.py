@@ -84,6 +84,8 @@ def test_every_fixture_parses_and_keeps_its_bytes(name: str) -> None:
     assert (event.call is not None) is (family == "call")
     assert (event.presence is not None) is (family == "presence")
     assert (event.sms is not None) is (family == "sms")
+    # the cheap correlation id (ingest) and the normalized call's id are the same
+    assert event.call_id == (event.call.id if event.call else None)
 
 
 def test_call_completed_outbound_record() -> None:
@@ -358,6 +360,7 @@ def test_weird_values_in_real_bodies_never_raise(name: str) -> None:
             node[path[-1]] = junk
             event = parse(body(good["type"], data))
             assert event.call is not None, (path, junk)  # built, not rescued by the safety net
+            assert event.call_id == event.call.id, (path, junk)
 
 
 def test_transfer_primary_leg_and_totals() -> None:
@@ -577,8 +580,10 @@ def test_a_normalizer_bug_keeps_the_event(
     monkeypatch.setattr(wildix, "call_view", boom)
     raw = (fixtures_dir() / "call_completed.json").read_bytes()
     event = parse(raw)
-    assert event.call is None and event.call_id is None and event.raw == raw
+    assert event.call is None and event.raw == raw
     assert "could not normalize call:completed" in caplog.text
+    # the correlation id does not depend on the normalizer: ordering still holds
+    assert event.call_id == msgspec.json.decode(raw)["data"]["id"]
 
 
 def test_buffer_bodies_are_stored_as_bytes() -> None:

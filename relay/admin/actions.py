@@ -10,13 +10,13 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import case, func, insert, select, update
+from sqlalchemy import case, func, select, update
 
 from relay.admin import schemas as s
 from relay.admin.filters import EventFilter, event_conditions
 from relay.config import Settings
 from relay.ingest import Ingest
-from relay.store import Incoming, Store, deliveries, events, utcnow
+from relay.store import Store, deliveries, events, utcnow
 from relay.wildix import InvalidEvent, parse
 
 RETRYABLE = ("pending", "dead", "cancelled")
@@ -147,10 +147,9 @@ async def replay(
             if not targets:
                 skipped += 1
             created.update(targets)
-            new.extend(Store._delivery_rows(row.id, Incoming(event, targets, "replay"), now))
+            new.extend(store.delivery_rows(row.id, event, targets, now))
         if new and not request.dry_run:
-            async with store.engine.begin() as conn:
-                await conn.execute(insert(deliveries), new)
+            await store.add_deliveries(new)
         if progress is not None:
             progress(len(rows), total)
     return s.ReplayResult(
