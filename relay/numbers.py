@@ -20,6 +20,7 @@ _NOT_A_NUMBER_KEY = re.compile(r"(?:^id$|id$|Id$|_id$|time$|Time$|^pbx$|^company
 # In free text: a run of 7-15 digits, optionally after + or 00, that is not part of a longer
 # word, id or decimal (call ids look like ``it_w204517_1764412210.77``).
 _EMBEDDED = re.compile(r"\+(\d{7,15})(?!\d)")  # e.g. in recording file names
+_NUMBER_CHARS = "+0123456789-(). \t\n\r\f\v"
 _IN_TEXT = re.compile(r"(?<![\w.+])(\+?\d{7,15})(?![\w.])")
 
 
@@ -35,25 +36,28 @@ def normalize(number: str) -> str | None:
     return compact
 
 
-def _walk(value: Any, key: str, out: set[str]) -> None:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _walk(v, str(k), out)
-    elif isinstance(value, list):
-        for v in value:
-            _walk(v, key, out)
-    elif isinstance(value, str) and not _NOT_A_NUMBER_KEY.search(key):
-        number = normalize(value)
-        if number is not None:
-            out.add(number)
-        elif "+" in value:
-            out.update(_EMBEDDED.findall(value))
-
-
 def in_data(data: Any) -> set[str]:
-    """Every phone number in a decoded Wildix ``data`` object."""
+    """Every phone number in a decoded Wildix ``data`` object.
+
+    Runs for every stored event, so it walks with a stack rather than recursion and looks at a
+    key only for a string that could be a number.
+    """
     out: set[str] = set()
-    _walk(data, "", out)
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        key, value = stack.pop()
+        kind = type(value)
+        if kind is dict:
+            stack.extend((str(k), v) for k, v in value.items())
+        elif kind is list:
+            stack.extend((key, v) for v in value)
+        elif kind is str and len(value) >= 7:
+            # strip: nothing but digits, + and separators (cheaper than any regex)
+            if not value.strip(_NUMBER_CHARS) and (number := normalize(value)):
+                if not _NOT_A_NUMBER_KEY.search(key):
+                    out.add(number)
+            elif "+" in value and not _NOT_A_NUMBER_KEY.search(key):
+                out.update(_EMBEDDED.findall(value))
     return out
 
 
