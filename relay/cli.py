@@ -87,13 +87,14 @@ def serve(
     """Run the HTTP ingest (and, by default, the dispatcher and SQS consumers) in this process."""
     import uvicorn
 
-    from relay.app import create_app
+    from relay.app import create_app, tune_gc
 
     settings = _settings(ctx)
     _logs(settings)
     if not db.is_sqlite(settings.database.url):
         asyncio.run(_require_schema(settings))
     app = create_app(settings, dispatch=not no_dispatch, sqs=sqs)
+    tune_gc()
     uvicorn.run(
         app,
         host=host or settings.server.host,
@@ -148,7 +149,7 @@ def worker(ctx: click.Context, metrics_port: int | None, sqs: bool | None) -> No
 
 async def _worker(settings: Settings, sqs: bool | None = None) -> None:
     from relay.admin.lifecycle import purge_forever
-    from relay.app import http_client
+    from relay.app import http_client, tune_gc
     from relay.dispatch import Connectors, Dispatcher
     from relay.ingest import Ingest
     from relay.sources.sqs import SqsConsumers, consumes_here
@@ -164,6 +165,7 @@ async def _worker(settings: Settings, sqs: bool | None = None) -> None:
         connectors = Connectors(settings, store, http)
         await connectors.start()
         dispatcher = Dispatcher(connectors)
+        tune_gc()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
