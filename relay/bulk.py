@@ -64,24 +64,39 @@ class BulkInsert:
                 lambda n: ", ".join(["(" + ", ".join("?" * width) + ")"] * n)
             )
 
-    def execute(self, conn: Connection, rows: Sequence[Sequence[Any]]) -> list[Row[Any]]:
-        """Insert ``rows`` (tuples in column order, Python values); the RETURNING rows, if any."""
-        if not rows:
+    def prepare(self, rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+        """Rows (tuples in column order, Python values) → driver values, column by column.
+
+        Pure Python, so callers do it before taking the database: on SQLite the transaction
+        runs on the writer thread, which should hold the GIL as little as possible.
+        """
+        columns: list[list[Any]] = []
+        for column, proc in zip(zip(*rows, strict=True), self.processors, strict=True):
+            if proc is None:
+                columns.append(list(column))
+            elif all(value is column[0] for value in column):  # e.g. one "now" for all rows
+                columns.append([proc(column[0])] * len(column))
+            else:
+                columns.append([proc(value) for value in column])
+        return columns
+
+    def run(self, conn: Connection, columns: list[list[Any]]) -> list[Row[Any]]:
+        """Insert prepared columns; the RETURNING rows, if any."""
+        if not columns or not columns[0]:
             return []
-        columns = [
-            [proc(value) for value in column] if proc else list(column)
-            for column, proc in zip(zip(*rows, strict=True), self.processors, strict=True)
-        ]
         if self.postgresql:
             result = conn.exec_driver_sql(self._pg_sql, tuple(columns))
             return list(result) if self.returning else []
-        processed = list(zip(*columns, strict=True))
+        rows = list(zip(*columns, strict=True))
         out: list[Row[Any]] = []
-        for start in range(0, len(processed), self._chunk):
-            chunk = processed[start : start + self._chunk]
+        for start in range(0, len(rows), self._chunk):
+            chunk = rows[start : start + self._chunk]
             flat = tuple(value for row in chunk for value in row)
             sql = f"{self._head} VALUES {self._values(len(chunk))}{self._tail}"
             result = conn.exec_driver_sql(sql, flat)
             if self.returning:
                 out.extend(result)
         return out
+
+    def execute(self, conn: Connection, rows: Sequence[Sequence[Any]]) -> list[Row[Any]]:
+        return self.run(conn, self.prepare(rows)) if rows else []

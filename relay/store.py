@@ -78,6 +78,18 @@ class Recorded:
     deliveries: int
 
 
+def _owned(
+    columns: list[list[Any]], owners: list[tuple[str, str]], ids: dict[tuple[str, str], int]
+) -> list[list[Any]]:
+    """Prepared child rows (first column: the event id) of the events just inserted."""
+    if not columns:
+        return columns
+    if all(owner in ids for owner in owners):
+        return [[ids[owner] for owner in owners], *columns[1:]]
+    keep = [n for n, owner in enumerate(owners) if owner in ids]
+    return [[ids[owners[n]] for n in keep], *([col[n] for n in keep] for col in columns[1:])]
+
+
 class Store(DeliveryQueue):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -166,30 +178,49 @@ class Store(DeliveryQueue):
 
         Dedupe is on the body's SHA-256 per integration, exact inside the batch (the first copy
         is accepted, later ones are duplicates) and across batches (the unique constraint).
+        Every row is built before the transaction: only the SQL runs inside it.
         """
         now = utcnow()
         keys = [(i.event.integration_id, hashlib.sha256(i.event.raw).hexdigest()) for i in items]
         first: dict[tuple[str, str], int] = {}
         for n, key in enumerate(keys):
             first.setdefault(key, n)
-        rows = [
-            (
-                key[0],
-                (event := items[n].event).type,
-                event.id,
-                event.call_id,
-                key[1],
-                event.raw,
-                event.time,
-                now,
-                items[n].transport,
-                items[n].meta or {},
-            )
-            for key, n in first.items()
-        ]
+        candidates = [(key, items[n]) for key, n in first.items()]
+        event_columns = self._bulk_events.prepare(
+            [
+                (
+                    key[0],
+                    (event := item.event).type,
+                    event.id,
+                    event.call_id,
+                    key[1],
+                    event.raw,
+                    event.time,
+                    now,
+                    item.transport,
+                    item.meta or {},
+                )
+                for key, item in candidates
+            ]
+        )
+        # deliveries and phone numbers of every candidate; the event id is filled in once known,
+        # and a duplicate's rows are dropped
+        owners: list[tuple[str, str]] = []
+        delivery_rows: list[tuple[Any, ...]] = []
+        number_owners: list[tuple[str, str]] = []
+        number_rows: list[tuple[Any, ...]] = []
+        for key, item in candidates:
+            rows = self.delivery_rows(0, item.event, item.connectors, now)
+            delivery_rows += rows
+            owners += [key] * len(rows)
+            found = numbers.in_data(item.event.data)  # what the admin search by number uses
+            number_rows += [(0, number) for number in found]
+            number_owners += [key] * len(found)
+        delivery_columns = self._bulk_deliveries.prepare(delivery_rows) if delivery_rows else []
+        number_columns = self._bulk_numbers.prepare(number_rows) if number_rows else []
 
         def write(conn: Connection) -> list[Recorded]:
-            new = {(r[1], r[2]): int(r[0]) for r in self._bulk_events.execute(conn, rows)}
+            new = {(r[1], r[2]): int(r[0]) for r in self._bulk_events.run(conn, event_columns)}
             known = dict(new)
             if len(new) < len(first):
                 missing = {sha for key in first if key not in new for sha in key[1:]}
@@ -199,24 +230,8 @@ class Store(DeliveryQueue):
                     )
                 )
                 known |= {(r.integration_id, r.body_sha256): int(r.id) for r in found}
-            fresh = [(event_id, items[first[key]]) for key, event_id in new.items()]
-            self._bulk_deliveries.execute(
-                conn,
-                [
-                    row
-                    for event_id, item in fresh
-                    for row in self.delivery_rows(event_id, item.event, item.connectors, now)
-                ],
-            )
-            # what the admin search by phone number looks up
-            self._bulk_numbers.execute(
-                conn,
-                [
-                    (event_id, number)
-                    for event_id, item in fresh
-                    for number in numbers.in_data(item.event.data)
-                ],
-            )
+            self._bulk_deliveries.run(conn, _owned(delivery_columns, owners, new))
+            self._bulk_numbers.run(conn, _owned(number_columns, number_owners, new))
             return [
                 Recorded(known[key], False, len(items[n].connectors))
                 if key in new and first[key] == n

@@ -86,6 +86,28 @@ async def test_concurrent_arrivals_share_one_transaction_and_dedupe_exactly(stor
     await writer.close()
 
 
+async def test_a_batch_mixing_stored_and_new_bodies_adds_rows_for_the_new_ones_only(
+    store: Store,
+) -> None:
+    stored = await store.record_batch(
+        [Incoming(parse(body(n)), ["a", "b"], "webhook") for n in range(3)]
+    )
+    numbers_per_event = await count(store, "event_numbers") // 3
+    assert numbers_per_event >= 1  # the fixture's caller and callee
+    mixed = [Incoming(parse(body(n)), ["a", "b"], "webhook") for n in (0, 3, 1, 4, 2, 5)]
+    results = await store.record_batch(mixed)
+    assert [r.duplicate for r in results] == [True, False, True, False, True, False]
+    assert [results[n].event_id for n in (0, 2, 4)] == [r.event_id for r in stored]
+    assert await count(store, "events") == 6
+    assert await count(store, "deliveries") == 12
+    assert await count(store, "event_numbers") == 6 * numbers_per_event
+    async with store.engine.connect() as conn:
+        owners = (await conn.execute(text("SELECT DISTINCT event_id FROM deliveries"))).all()
+    assert {row[0] for row in owners} == {r.event_id for r in stored} | {
+        results[n].event_id for n in (1, 3, 5)
+    }
+
+
 async def test_a_failed_commit_fails_every_waiter_of_its_batch_and_stores_none(
     store: Store,
 ) -> None:
