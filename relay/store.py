@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -63,12 +63,22 @@ def ordering_key(connector: str, event: Event) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Incoming:
-    """A verified event on its way into the store, with the connectors it was routed to."""
+    """A verified event on its way into the store, with the connectors it was routed to.
+
+    Its digest and phone numbers are worked out when it is made, by the request that brings it:
+    that work then overlaps with the commit of the batch before, instead of lengthening its own.
+    """
 
     event: Event
     connectors: Sequence[str]
     transport: str
     meta: dict[str, Any] | None = None
+    sha256: str = field(init=False)
+    numbers: set[str] = field(init=False)  # what the admin search by phone number looks up
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha256", hashlib.sha256(self.event.raw).hexdigest())
+        object.__setattr__(self, "numbers", numbers.in_data(self.event.data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +191,7 @@ class Store(DeliveryQueue):
         Every row is built before the transaction: only the SQL runs inside it.
         """
         now = utcnow()
-        keys = [(i.event.integration_id, hashlib.sha256(i.event.raw).hexdigest()) for i in items]
+        keys = [(i.event.integration_id, i.sha256) for i in items]
         first: dict[tuple[str, str], int] = {}
         for n, key in enumerate(keys):
             first.setdefault(key, n)
@@ -213,9 +223,8 @@ class Store(DeliveryQueue):
             rows = self.delivery_rows(0, item.event, item.connectors, now)
             delivery_rows += rows
             owners += [key] * len(rows)
-            found = numbers.in_data(item.event.data)  # what the admin search by number uses
-            number_rows += [(0, number) for number in found]
-            number_owners += [key] * len(found)
+            number_rows += [(0, number) for number in item.numbers]
+            number_owners += [key] * len(item.numbers)
         delivery_columns = self._bulk_deliveries.prepare(delivery_rows) if delivery_rows else []
         number_columns = self._bulk_numbers.prepare(number_rows) if number_rows else []
 
