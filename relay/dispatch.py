@@ -17,11 +17,11 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import partial
 
 import httpx
 
 from relay import metrics
-from relay.batching import Batcher
 from relay.config import DeliveryPolicy, Settings
 from relay.connector import Connector, ConnectorContext, DeliveryContext, Limiters
 from relay.errors import PauseConnector, PermanentError, RetryableError, excerpt
@@ -56,28 +56,29 @@ class Connectors:
         self.policies: dict[str, DeliveryPolicy] = {
             name: inst.policy for name, inst in settings.connectors.items()
         }
+        # Each connector's long-lived context; a delivery's context is derived from it.
+        self.contexts: dict[str, ConnectorContext] = {
+            name: self.context(name) for name in self.instances
+        }
+        self._integration_names = {iid: i.name for iid, i in settings.integrations.items()}
 
     def context(self, name: str) -> ConnectorContext:
         return ConnectorContext(name=name, http=self.http, store=self.store, limiters=self.limiters)
 
     def delivery_context(self, claim: Claim) -> DeliveryContext:
-        integ = self.settings.integrations.get(claim.integration_id)
-        return DeliveryContext(
-            name=claim.connector,
-            http=self.http,
-            store=self.store,
-            limiters=self.limiters,
+        return DeliveryContext.for_delivery(
+            self.contexts[claim.connector],
             attempt=claim.attempt,
             delivery_id=claim.delivery_id,
             event_id=claim.event_id,
             integration_id=claim.integration_id,
-            integration_name=integ.name if integ else None,
+            integration_name=self._integration_names.get(claim.integration_id),
         )
 
     async def start(self) -> None:
         for name, connector in self.instances.items():
             try:
-                await connector.start(self.context(name))
+                await connector.start(self.contexts[name])
             except Exception:  # its deliveries will fail and retry; the others must still run
                 log.exception("connector failed to start", extra={"connector": name})
 
@@ -87,6 +88,11 @@ class Connectors:
                 await connector.close()
             except Exception:
                 log.exception("connector failed to close", extra={"connector": name})
+
+
+# Outcomes commit in batches: one transaction for many finished deliveries.
+MAX_COMMIT = 500
+COMMIT_TRIES = 5
 
 
 class Dispatcher:
@@ -102,8 +108,10 @@ class Dispatcher:
         }
         self._paused_cache: dict[str, datetime] = {}
         self._paused_at = -math.inf
-        # Outcomes commit in batches: one transaction for many finished deliveries.
-        self._completions: Batcher[tuple[Claim, Outcome], None] = Batcher(self._commit)
+        # Finished deliveries wait here for the next commit; one flusher task commits them.
+        self._finished: list[tuple[Claim, Outcome]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._loggers = {name: ctx.log.logger for name, ctx in connectors.contexts.items()}
 
     def wake(self) -> None:
         """Something new may be due (an event was stored, a delivery finished)."""
@@ -130,6 +138,13 @@ class Dispatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
 
+    def _claimable(self, name: str, policy: DeliveryPolicy) -> int:
+        """How many to claim now: claim in batches, not one row per finished delivery."""
+        free = policy.concurrency - len(self._inflight[name])
+        if free <= 0 or (free < policy.concurrency and free < policy.concurrency // 2):
+            return 0
+        return free
+
     async def _claim_round(self) -> bool:
         """Claim for every connector with spare capacity; True if it should go again at once."""
         paused = await self._paused()
@@ -137,16 +152,18 @@ class Dispatcher:
         for name, policy in self.connectors.policies.items():
             if name in paused or self._stopping:
                 continue
-            running = self._inflight[name]
-            free = policy.concurrency - len(running)
-            if free <= 0 or (running and free < policy.concurrency // 2):
-                continue  # claim in batches, not one row per finished delivery
+            free = self._claimable(name, policy)
+            if not free:
+                continue
             lease = policy.timeout + self.settings.lease
             claims = await self.store.claim(name, free, worker=self.worker, lease=lease)
+            running = self._inflight[name]
+            connector = self.connectors.instances[name]
             for claim in claims:
-                task = asyncio.create_task(self._deliver(claim, policy))
+                ctx = self.connectors.delivery_context(claim)
+                task = asyncio.create_task(self._deliver(claim, policy, connector, ctx))
                 running[claim.delivery_id] = task
-                task.add_done_callback(lambda _t, n=name, i=claim.delivery_id: self._done(n, i))
+                task.add_done_callback(partial(self._done, name, claim.delivery_id))
             again = again or (len(claims) == free)
         return again
 
@@ -156,22 +173,26 @@ class Dispatcher:
         if now - self._paused_at >= self.settings.poll_interval:
             self._paused_cache = await self.store.paused_connectors()
             self._paused_at = now
+        if not self._paused_cache:
+            return self._paused_cache
         until = utcnow()
         return {name: t for name, t in self._paused_cache.items() if t > until}
 
-    def _done(self, name: str, delivery_id: int) -> None:
+    def _done(self, name: str, delivery_id: int, _task: asyncio.Task[None]) -> None:
         self._inflight[name].pop(delivery_id, None)
-        self._wake.set()
+        # Waking the claim loop per finished delivery would cost a loop turn each; it only
+        # has work once a connector has room for a batch.
+        if self._claimable(name, self.connectors.policies[name]):
+            self._wake.set()
 
-    async def _deliver(self, claim: Claim, policy: DeliveryPolicy) -> None:
-        connector = self.connectors.instances[claim.connector]
-        ctx = self.connectors.delivery_context(claim)
+    async def _deliver(
+        self, claim: Claim, policy: DeliveryPolicy, connector: Connector, ctx: DeliveryContext
+    ) -> None:
         started, t0 = utcnow(), time.perf_counter()
         try:
             event = parse(claim.raw)
             async with asyncio.timeout(policy.timeout):
                 await connector.deliver(event, ctx)
-            kind, error, code, retry_after, pause = "succeeded", None, ctx.status_code, None, None
         except PauseConnector as exc:
             kind, error, code, retry_after, pause = (
                 "paused",
@@ -201,10 +222,22 @@ class Dispatcher:
             ctx.log.exception("connector raised %s", type(exc).__name__)
             kind, error, code = "retry", f"{type(exc).__name__}: {exc}", ctx.status_code
             retry_after, pause = None, None
+        else:  # the common case, kept short: no error to shape, one log line
+            duration_ms = int((time.perf_counter() - t0) * 1000)
+            outcome = Outcome("succeeded", "succeeded", started, duration_ms, None, ctx.status_code)
+            logger = self._loggers[claim.connector]
+            if logger.isEnabledFor(logging.INFO):
+                extra = ctx.log_fields()
+                extra["outcome"], extra["status_code"] = "succeeded", ctx.status_code
+                extra["duration_ms"] = duration_ms
+                logger.info("delivered", extra=extra)
+            metrics.observe_attempt(claim.connector, "succeeded", duration_ms)
+            self._finish(claim, outcome)
+            return
         outcome = self._outcome(claim, policy, kind, started, t0, error, code, retry_after, pause)
         self._log(ctx, outcome)
         metrics.observe_attempt(claim.connector, outcome.kind, outcome.duration_ms)
-        await self._finish(claim, outcome)
+        self._finish(claim, outcome)
 
     @staticmethod
     def _outcome(
@@ -268,46 +301,67 @@ class Dispatcher:
                 extra=extra,
             )
 
-    async def _commit(self, done: Sequence[tuple[Claim, Outcome]]) -> list[None]:
-        moved = await self.store.finish_batch(done, worker=self.worker)
-        for claim, outcome in done:  # our own pauses take effect here at once
+    def _finish(self, claim: Claim, outcome: Outcome) -> None:
+        """Queue the outcome for the next commit; the delivery's slot is free from now on."""
+        if outcome.pause_until is not None:  # our own pause holds back our next claims at once
+            self._paused_cache[claim.connector] = outcome.pause_until
+        self._finished.append((claim, outcome))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush(), name="relay-dispatch-commit")
+
+    async def _flush(self) -> None:
+        """Commit finished outcomes until none are left; those that pile up meanwhile go next."""
+        try:
+            while self._finished:
+                batch = self._finished[:MAX_COMMIT]
+                del self._finished[:MAX_COMMIT]
+                await self._commit(batch)
+        finally:
+            self._flusher = None
+
+    async def _commit(self, done: Sequence[tuple[Claim, Outcome]]) -> None:
+        for attempt in range(COMMIT_TRIES):
+            try:
+                moved = await self.store.finish_batch(done, worker=self.worker)
+                break
+            except Exception as exc:  # lease expiry will hand them out again if we never manage
+                log.error(
+                    "recording %d outcomes failed (%s), retrying",
+                    len(done),
+                    exc,
+                    extra={"worker": self.worker},
+                )
+                if attempt == COMMIT_TRIES - 1:
+                    return
+                await asyncio.sleep(0.2 * 2**attempt)
+        for claim, outcome in done:  # the database has them now: a re-read will find them
             if outcome.pause_until is not None:
                 self._paused_cache[claim.connector] = outcome.pause_until
-        if 0 <= moved < len(done):  # -1: the driver cannot count executemany rows
+        self._wake.set()  # later deliveries of the same calls are free to go now
+        if moved < len(done):
             log.warning(
                 "%d deliveries' leases were taken over before completion",
                 len(done) - moved,
                 extra={"worker": self.worker},
             )
-        return [None] * len(done)
 
-    async def _finish(self, claim: Claim, outcome: Outcome) -> None:
-        for attempt in range(5):
-            try:
-                await self._completions.submit((claim, outcome))
-                return
-            except Exception as exc:  # lease expiry will hand it out again if we never manage
-                log.error(
-                    "recording outcome failed (%s), retrying",
-                    exc,
-                    extra={"delivery_id": claim.delivery_id},
-                )
-                await asyncio.sleep(0.2 * 2**attempt)
+    async def _drain(self) -> None:
+        """Wait for every finished outcome to be committed."""
+        while self._flusher is not None:
+            await asyncio.shield(self._flusher)
 
     async def stop(self) -> None:
         """Stop claiming; in-flight deliveries get the grace period, then are released."""
         self._stopping = True
         self._wake.set()
         tasks = {i: t for running in self._inflight.values() for i, t in running.items()}
-        if not tasks:
-            await self._completions.close()
-            return
-        _, pending = await asyncio.wait(tasks.values(), timeout=self.settings.shutdown_grace)
-        if pending:
-            ids = [i for i, t in tasks.items() if t in pending]
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            released = await self.store.release(ids, worker=self.worker)
-            log.warning("released %d unfinished deliveries at shutdown", released)
-        await self._completions.close()
+        if tasks:
+            _, pending = await asyncio.wait(tasks.values(), timeout=self.settings.shutdown_grace)
+            if pending:
+                ids = [i for i, t in tasks.items() if t in pending]
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                released = await self.store.release(ids, worker=self.worker)
+                log.warning("released %d unfinished deliveries at shutdown", released)
+        await self._drain()
