@@ -25,6 +25,7 @@ from relay import metrics
 from relay.config import DeliveryPolicy, Settings
 from relay.connector import Connector, ConnectorContext, DeliveryContext, Limiters
 from relay.errors import PauseConnector, PermanentError, RetryableError, excerpt
+from relay.queue import aware
 from relay.store import Claim, Outcome, Store, utcnow
 from relay.wildix import InvalidEvent, parse
 
@@ -157,6 +158,9 @@ class Dispatcher:
                 continue
             lease = policy.timeout + self.settings.lease
             claims = await self.store.claim(name, free, worker=self.worker, lease=lease)
+            if self._stopping:  # stop() began while we claimed: hand them straight back
+                await self.store.release([c.delivery_id for c in claims], worker=self.worker)
+                return False
             running = self._inflight[name]
             connector = self.connectors.instances[name]
             for claim in claims:
@@ -304,7 +308,7 @@ class Dispatcher:
     def _finish(self, claim: Claim, outcome: Outcome) -> None:
         """Queue the outcome for the next commit; the delivery's slot is free from now on."""
         if outcome.pause_until is not None:  # our own pause holds back our next claims at once
-            self._paused_cache[claim.connector] = outcome.pause_until
+            self._paused_cache[claim.connector] = aware(outcome.pause_until)
         self._finished.append((claim, outcome))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush(), name="relay-dispatch-commit")
@@ -336,7 +340,7 @@ class Dispatcher:
                 await asyncio.sleep(0.2 * 2**attempt)
         for claim, outcome in done:  # the database has them now: a re-read will find them
             if outcome.pause_until is not None:
-                self._paused_cache[claim.connector] = outcome.pause_until
+                self._paused_cache[claim.connector] = aware(outcome.pause_until)
         self._wake.set()  # later deliveries of the same calls are free to go now
         if moved < len(done):
             log.warning(

@@ -153,7 +153,9 @@ def sqlite_time(value: datetime | None) -> str | None:
     writes compare and read back exactly like SQLAlchemy's."""
     if value is None:
         return None
-    return aware(value).astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    if value.tzinfo is not UTC:
+        value = aware(value).astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _next_state(outcome: Outcome, now: datetime) -> tuple[int, datetime | None, datetime | None]:
