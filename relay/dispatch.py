@@ -112,6 +112,8 @@ class Dispatcher:
         # Finished deliveries wait here for the next commit; one flusher task commits them.
         self._finished: list[tuple[Claim, Outcome]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._more = asyncio.Event()  # an outcome was queued, or the last delivery ended
+        self._running = 0  # deliveries in flight, all connectors
         self._loggers = {name: ctx.log.logger for name, ctx in connectors.contexts.items()}
 
     def wake(self) -> None:
@@ -163,6 +165,7 @@ class Dispatcher:
                 return False
             running = self._inflight[name]
             connector = self.connectors.instances[name]
+            self._running += len(claims)
             for claim in claims:
                 ctx = self.connectors.delivery_context(claim)
                 task = asyncio.create_task(self._deliver(claim, policy, connector, ctx))
@@ -184,6 +187,9 @@ class Dispatcher:
 
     def _done(self, name: str, delivery_id: int, _task: asyncio.Task[None]) -> None:
         self._inflight[name].pop(delivery_id, None)
+        self._running -= 1
+        if not self._running:  # a flusher waiting for more outcomes may let its writer go
+            self._more.set()
         # Waking the claim loop per finished delivery would cost a loop turn each; it only
         # has work once a connector has room for a batch.
         if self._claimable(name, self.connectors.policies[name]):
@@ -310,34 +316,53 @@ class Dispatcher:
         if outcome.pause_until is not None:  # our own pause holds back our next claims at once
             self._paused_cache[claim.connector] = aware(outcome.pause_until)
         self._finished.append((claim, outcome))
+        self._more.set()
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush(), name="relay-dispatch-commit")
 
     async def _flush(self) -> None:
-        """Commit finished outcomes until none are left; those that pile up meanwhile go next."""
+        """Commit finished outcomes, each batch what finished during the previous commit.
+
+        The writer (a database connection) is kept while deliveries are running, so a busy
+        dispatcher does not pay a pool checkout per commit. A batch that cannot be committed
+        is retried with backoff, then given up: lease expiry hands its deliveries out again.
+        """
+        failures = 0
         try:
             while self._finished:
-                batch = self._finished[:MAX_COMMIT]
-                del self._finished[:MAX_COMMIT]
-                await self._commit(batch)
+                size = 0
+                try:
+                    async with self.store.outcome_writer(self.worker) as write:
+                        while self._finished or self._running:
+                            if not self._finished:
+                                self._more.clear()
+                                await self._more.wait()
+                                continue
+                            batch = self._finished[:MAX_COMMIT]
+                            size = len(batch)
+                            moved = await write(batch)
+                            del self._finished[:size]
+                            size = failures = 0
+                            self._committed(batch, moved)
+                except Exception as exc:
+                    failures += 1
+                    size = size or min(len(self._finished), MAX_COMMIT)
+                    log.error(
+                        "recording %d outcomes failed (%s), %s",
+                        size,
+                        exc,
+                        "giving up" if failures == COMMIT_TRIES else "retrying",
+                        extra={"worker": self.worker},
+                    )
+                    if failures == COMMIT_TRIES:
+                        del self._finished[:size]
+                        failures = 0
+                    else:
+                        await asyncio.sleep(0.2 * 2 ** (failures - 1))
         finally:
             self._flusher = None
 
-    async def _commit(self, done: Sequence[tuple[Claim, Outcome]]) -> None:
-        for attempt in range(COMMIT_TRIES):
-            try:
-                moved = await self.store.finish_batch(done, worker=self.worker)
-                break
-            except Exception as exc:  # lease expiry will hand them out again if we never manage
-                log.error(
-                    "recording %d outcomes failed (%s), retrying",
-                    len(done),
-                    exc,
-                    extra={"worker": self.worker},
-                )
-                if attempt == COMMIT_TRIES - 1:
-                    return
-                await asyncio.sleep(0.2 * 2**attempt)
+    def _committed(self, done: Sequence[tuple[Claim, Outcome]], moved: int) -> None:
         for claim, outcome in done:  # the database has them now: a re-read will find them
             if outcome.pause_until is not None:
                 self._paused_cache[claim.connector] = aware(outcome.pause_until)
