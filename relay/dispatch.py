@@ -104,8 +104,15 @@ class Dispatcher:
         self.worker = worker or worker_id()
         self._wake = asyncio.Event()
         self._stopping = False
+        # Per connector: every claimed delivery's task, the ids of those still waiting for one
+        # of the connector's ``concurrency`` slots, and the slots.
         self._inflight: dict[str, dict[int, asyncio.Task[None]]] = {
             name: {} for name in connectors.instances
+        }
+        self._waiting: dict[str, set[int]] = {name: set() for name in connectors.instances}
+        self._slots = {
+            name: asyncio.Semaphore(policy.concurrency)
+            for name, policy in connectors.policies.items()
         }
         self._paused_cache: dict[str, datetime] = {}
         self._paused_at = -math.inf
@@ -142,9 +149,15 @@ class Dispatcher:
                     await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
 
     def _claimable(self, name: str, policy: DeliveryPolicy) -> int:
-        """How many to claim now: claim in batches, not one row per finished delivery."""
-        free = policy.concurrency - len(self._inflight[name])
-        if free <= 0 or (free < policy.concurrency and free < policy.concurrency // 2):
+        """How many to claim now: in batches, not one row per finished delivery.
+
+        Up to half the concurrency again is claimed ahead, waiting for a slot: fast deliveries
+        finish in step, and without a next batch at hand every slot would sit idle for the
+        claim's round trips.
+        """
+        ahead = policy.concurrency + policy.concurrency // 2
+        free = ahead - len(self._inflight[name])
+        if free <= 0 or (free < ahead and free < max(1, policy.concurrency // 2)):
             return 0
         return free
 
@@ -163,13 +176,15 @@ class Dispatcher:
             if self._stopping:  # stop() began while we claimed: hand them straight back
                 await self.store.release([c.delivery_id for c in claims], worker=self.worker)
                 return False
-            running = self._inflight[name]
+            running, waiting = self._inflight[name], self._waiting[name]
             connector = self.connectors.instances[name]
             self._running += len(claims)
+            claimed_at = time.monotonic()
             for claim in claims:
                 ctx = self.connectors.delivery_context(claim)
-                task = asyncio.create_task(self._deliver(claim, policy, connector, ctx))
+                task = asyncio.create_task(self._deliver(claim, policy, connector, ctx, claimed_at))
                 running[claim.delivery_id] = task
+                waiting.add(claim.delivery_id)
                 task.add_done_callback(partial(self._done, name, claim.delivery_id))
             again = again or (len(claims) == free)
         return again
@@ -196,6 +211,27 @@ class Dispatcher:
             self._wake.set()
 
     async def _deliver(
+        self,
+        claim: Claim,
+        policy: DeliveryPolicy,
+        connector: Connector,
+        ctx: DeliveryContext,
+        claimed_at: float,
+    ) -> None:
+        """Wait for one of the connector's slots, then attempt the delivery."""
+        slots = self._slots[claim.connector]
+        await slots.acquire()
+        try:
+            self._waiting[claim.connector].discard(claim.delivery_id)
+            if time.monotonic() - claimed_at > self.settings.lease / 2:
+                # waited so long that the lease might run out mid-attempt: let it be re-claimed
+                await self.store.release([claim.delivery_id], worker=self.worker)
+                return
+            await self._attempt(claim, policy, connector, ctx)
+        finally:
+            slots.release()
+
+    async def _attempt(
         self, claim: Claim, policy: DeliveryPolicy, connector: Connector, ctx: DeliveryContext
     ) -> None:
         started, t0 = utcnow(), time.perf_counter()
@@ -380,17 +416,30 @@ class Dispatcher:
             await asyncio.shield(self._flusher)
 
     async def stop(self) -> None:
-        """Stop claiming; in-flight deliveries get the grace period, then are released."""
+        """Stop claiming; in-flight deliveries get the grace period, then are released.
+
+        Claims still waiting for a slot are released at once, without an attempt.
+        """
         self._stopping = True
         self._wake.set()
+        unstarted = {
+            i: t
+            for name, tasks in self._inflight.items()
+            for i, t in tasks.items()
+            if i in self._waiting[name]
+        }
+        for task in unstarted.values():
+            task.cancel()
+        await asyncio.gather(*unstarted.values(), return_exceptions=True)
+        ids = list(unstarted)
         tasks = {i: t for running in self._inflight.values() for i, t in running.items()}
         if tasks:
             _, pending = await asyncio.wait(tasks.values(), timeout=self.settings.shutdown_grace)
-            if pending:
-                ids = [i for i, t in tasks.items() if t in pending]
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-                released = await self.store.release(ids, worker=self.worker)
-                log.warning("released %d unfinished deliveries at shutdown", released)
+            ids += [i for i, t in tasks.items() if t in pending]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if ids:
+            released = await self.store.release(ids, worker=self.worker)
+            log.warning("released %d unfinished deliveries at shutdown", released)
         await self._drain()
