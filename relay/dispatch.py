@@ -25,7 +25,7 @@ from relay import metrics
 from relay.config import DeliveryPolicy, Settings
 from relay.connector import Connector, ConnectorContext, DeliveryContext, Limiters
 from relay.errors import PauseConnector, PermanentError, RetryableError, excerpt
-from relay.queue import aware
+from relay.queue import QueueSession, aware
 from relay.store import Claim, Outcome, Store, utcnow
 from relay.wildix import InvalidEvent, parse
 
@@ -135,18 +135,30 @@ class Dispatcher:
         log.info("dispatcher started", extra={"worker": self.worker})
         failures = 0
         while not self._stopping:
-            self._wake.clear()
             try:
-                busy = await self._claim_round()
-                failures = 0
+                # one connection for claims while deliveries are in flight (see Store.session)
+                async with self.store.session() as db:
+                    while not self._stopping:
+                        self._wake.clear()
+                        busy = await self._claim_round(db)
+                        failures = 0
+                        if busy:
+                            continue
+                        if not self._running:
+                            break
+                        await self._idle()
             except Exception as exc:  # the database is away: back off, keep the loop alive
                 failures += 1
                 log.error("claiming deliveries failed: %s", exc, extra={"worker": self.worker})
-                busy = False
                 await asyncio.sleep(min(30.0, 0.5 * 2**failures))
-            if not busy and not self._stopping:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+                continue
+            if not self._stopping:
+                await self._idle()
+
+    async def _idle(self) -> None:
+        """Until something may be due: a wake-up, or the poll interval."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
 
     def _claimable(self, name: str, policy: DeliveryPolicy) -> int:
         """How many to claim now: in batches, not one row per finished delivery.
@@ -161,7 +173,7 @@ class Dispatcher:
             return 0
         return free
 
-    async def _claim_round(self) -> bool:
+    async def _claim_round(self, db: QueueSession) -> bool:
         """Claim for every connector with spare capacity; True if it should go again at once."""
         paused = await self._paused()
         again = False
@@ -172,7 +184,7 @@ class Dispatcher:
             if not free:
                 continue
             lease = policy.timeout + self.settings.lease
-            claims = await self.store.claim(name, free, worker=self.worker, lease=lease)
+            claims = await db.claim(name, free, worker=self.worker, lease=lease)
             if self._stopping:  # stop() began while we claimed: hand them straight back
                 await self.store.release([c.delivery_id for c in claims], worker=self.worker)
                 return False
@@ -368,7 +380,7 @@ class Dispatcher:
             while self._finished:
                 size = 0
                 try:
-                    async with self.store.outcome_writer(self.worker) as write:
+                    async with self.store.session() as db:
                         while self._finished or self._running:
                             if not self._finished:
                                 self._more.clear()
@@ -376,7 +388,7 @@ class Dispatcher:
                                 continue
                             batch = self._finished[:MAX_COMMIT]
                             size = len(batch)
-                            moved = await write(batch)
+                            moved = await db.finish_batch(batch, worker=self.worker)
                             del self._finished[:size]
                             size = failures = 0
                             self._committed(batch, moved)

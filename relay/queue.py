@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
@@ -175,10 +175,6 @@ def _pauses(done: Sequence[tuple[Claim, Outcome]]) -> list[tuple[str, datetime, 
     ]
 
 
-# Records a batch of outcomes; returns how many deliveries it moved on (see ``finish_batch``).
-OutcomeWriter = Callable[[Sequence[tuple[Claim, Outcome]]], Awaitable[int]]
-
-
 class DeliveryQueue:
     """The dispatch side of the store; ``Store`` provides ``write``, ``dialect`` and ``engine``."""
 
@@ -209,21 +205,10 @@ class DeliveryQueue:
         """
         if limit <= 0:
             return []
-        now = utcnow()
-        until = now + timedelta(seconds=lease)
         if self.dialect == "postgresql":
-
-            async def pg(conn: asyncpg.Connection) -> list[Any]:
-                return await conn.fetch(PG_CLAIM, connector, now, limit, until, worker)
-
-            rows = await self._pg(pg)
-            rows.sort(key=itemgetter(0))
-            return [
-                Claim(r[0], r[1], connector, r[2], r[3], r[4])
-                for r in rows  # (id, event_id, integration_id, attempts, raw)
-            ]
-
-        at, lease_to = sqlite_time(now), sqlite_time(until)
+            return await self._pg(lambda conn: _pg_claim(conn, connector, limit, worker, lease))
+        now = utcnow()
+        at, lease_to = sqlite_time(now), sqlite_time(now + timedelta(seconds=lease))
 
         def write(conn: Connection) -> list[Claim]:
             cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
@@ -257,7 +242,7 @@ class DeliveryQueue:
         if not done:
             return 0
         if self.dialect == "postgresql":
-            return await self._pg(lambda conn: self._pg_finish(conn, done, worker))
+            return await self._pg(lambda conn: _pg_finish(conn, done, worker))
         now = utcnow()
         pauses = _pauses(done)
         at = sqlite_time(now)
@@ -300,56 +285,24 @@ class DeliveryQueue:
         return await self.write(write)
 
     @contextlib.asynccontextmanager
-    async def outcome_writer(self, worker: str) -> AsyncIterator[OutcomeWriter]:
-        """``finish_batch`` for a run of batches on one connection.
+    async def session(self) -> AsyncIterator[QueueSession]:
+        """``claim`` and ``finish_batch`` for a run of calls on one connection.
 
-        On PostgreSQL every pool checkout pings the server first (three round trips, more CPU
-        than the finish statement itself), so a busy dispatcher keeps one connection for as long
-        as outcomes keep coming. A failure discards that connection.
+        On PostgreSQL every pool checkout pings the server first (three round trips, more than
+        the claim or finish statement itself, and each waits its turn in a busy event loop), so
+        a busy dispatcher keeps one connection for as long as it has work. A failure discards
+        the connection. SQLite's single writer thread needs no such thing.
         """
         if self.dialect != "postgresql":
-            yield lambda done: self.finish_batch(done, worker=worker)
+            yield self
             return
         async with self.engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
             try:
-                yield lambda done: self._pg_finish(raw, done, worker)  # type: ignore[arg-type]
+                yield PgSession(raw)  # type: ignore[arg-type]
             except BaseException:
                 await conn.invalidate()
                 raise
-
-    @staticmethod
-    async def _pg_finish(
-        conn: asyncpg.Connection, done: Sequence[tuple[Claim, Outcome]], worker: str
-    ) -> int:
-        if not done:
-            return 0
-        now = utcnow()
-        pauses = _pauses(done)
-        ids, states, errors, refunds, nexts, dones = [], [], [], [], [], []
-        numbers, started, durations, kinds, codes = [], [], [], [], []
-        for claim, outcome in done:
-            refund, next_at, done_at = _next_state(outcome, now)
-            ids.append(claim.delivery_id)
-            states.append(outcome.state)
-            errors.append(outcome.error)
-            refunds.append(refund)
-            nexts.append(aware(next_at) if next_at is not None else None)
-            dones.append(done_at)
-            numbers.append(claim.attempt)
-            started.append(aware(outcome.started_at))
-            durations.append(outcome.duration_ms)
-            kinds.append(outcome.kind)
-            codes.append(outcome.status_code)
-        args = (ids, states, errors, refunds, nexts, dones, now, worker)
-        args += (numbers, started, durations, kinds, codes)
-        if not pauses:  # one statement: atomic without a transaction round trip
-            return int(await conn.fetchval(PG_FINISH, *args))
-        async with conn.transaction():
-            moved = int(await conn.fetchval(PG_FINISH, *args))
-            for connector, until, reason in pauses:
-                await conn.execute(PG_PAUSE, connector, aware(until), reason, now)
-            return moved
 
     async def release(self, delivery_ids: Sequence[int], *, worker: str) -> int:
         """Hand unfinished claims back (graceful shutdown) without counting an attempt."""
@@ -382,3 +335,69 @@ class DeliveryQueue:
                 )
             )
             return {r.connector: r.paused_until for r in rows}
+
+
+class QueueSession(Protocol):
+    async def claim(
+        self, connector: str, limit: int, *, worker: str, lease: float
+    ) -> list[Claim]: ...
+
+    async def finish_batch(self, done: Sequence[tuple[Claim, Outcome]], *, worker: str) -> int: ...
+
+
+class PgSession:
+    """The queue's hot statements on one held asyncpg connection (see ``DeliveryQueue.session``)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def claim(self, connector: str, limit: int, *, worker: str, lease: float) -> list[Claim]:
+        if limit <= 0:
+            return []
+        return await _pg_claim(self.conn, connector, limit, worker, lease)
+
+    async def finish_batch(self, done: Sequence[tuple[Claim, Outcome]], *, worker: str) -> int:
+        return await _pg_finish(self.conn, done, worker)
+
+
+async def _pg_claim(
+    conn: asyncpg.Connection, connector: str, limit: int, worker: str, lease: float
+) -> list[Claim]:
+    now = utcnow()
+    rows = await conn.fetch(PG_CLAIM, connector, now, limit, now + timedelta(seconds=lease), worker)
+    rows.sort(key=itemgetter(0))
+    # (id, event_id, integration_id, attempts, raw)
+    return [Claim(r[0], r[1], connector, r[2], r[3], r[4]) for r in rows]
+
+
+async def _pg_finish(
+    conn: asyncpg.Connection, done: Sequence[tuple[Claim, Outcome]], worker: str
+) -> int:
+    if not done:
+        return 0
+    now = utcnow()
+    pauses = _pauses(done)
+    ids, states, errors, refunds, nexts, dones = [], [], [], [], [], []
+    numbers, started, durations, kinds, codes = [], [], [], [], []
+    for claim, outcome in done:
+        refund, next_at, done_at = _next_state(outcome, now)
+        ids.append(claim.delivery_id)
+        states.append(outcome.state)
+        errors.append(outcome.error)
+        refunds.append(refund)
+        nexts.append(aware(next_at) if next_at is not None else None)
+        dones.append(done_at)
+        numbers.append(claim.attempt)
+        started.append(aware(outcome.started_at))
+        durations.append(outcome.duration_ms)
+        kinds.append(outcome.kind)
+        codes.append(outcome.status_code)
+    args = (ids, states, errors, refunds, nexts, dones, now, worker)
+    args += (numbers, started, durations, kinds, codes)
+    if not pauses:  # one statement: atomic without a transaction round trip
+        return int(await conn.fetchval(PG_FINISH, *args))
+    async with conn.transaction():
+        moved = int(await conn.fetchval(PG_FINISH, *args))
+        for connector, until, reason in pauses:
+            await conn.execute(PG_PAUSE, connector, aware(until), reason, now)
+        return moved
