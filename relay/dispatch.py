@@ -238,6 +238,7 @@ class Dispatcher:
             if time.monotonic() - claimed_at > self.settings.lease / 2:
                 # waited so long that the lease might run out mid-attempt: let it be re-claimed
                 await self.store.release([claim.delivery_id], worker=self.worker)
+                ctx.log.info("claim waited too long for a free slot; released unattempted")
                 return
             await self._attempt(claim, policy, connector, ctx)
         finally:

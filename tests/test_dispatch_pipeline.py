@@ -1,0 +1,115 @@
+"""The dispatcher's pipeline: claims taken ahead of free slots never break a connector's
+concurrency bound, and claims that never got a slot go back to the queue unattempted."""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from tests.conftest import fixture, make_settings, run_relay
+from tests.fakes.receiver import Receiver
+
+PROBE = textwrap.dedent(
+    '''
+    """Reports how many of its deliveries run at once, then holds each a moment."""
+    import asyncio
+
+    from relay import Connector, ConnectorConfig, DeliveryContext, Event, hookimpl
+
+
+    class ProbeConfig(ConnectorConfig):
+        url: str
+        hold: float = 0.1
+
+
+    class Probe(Connector):
+        type = "probe"
+        Config = ProbeConfig
+        running = 0
+
+        async def deliver(self, event: Event, ctx: DeliveryContext) -> None:
+            Probe.running += 1
+            try:
+                body = {"running": Probe.running, "delivery": ctx.delivery_id}
+                ctx.check_response(await ctx.http.post(self.config.url, json=body), "probe")
+                await asyncio.sleep(self.config.hold)
+            finally:
+                Probe.running -= 1
+
+
+    @hookimpl
+    def register_connectors(register):
+        register(Probe)
+    '''
+)
+
+
+def call_body(call_id: str) -> bytes:
+    body = msgspec.json.decode(fixture("call_completed"))
+    body["id"] = body["data"]["id"] = call_id
+    return msgspec.json.encode(body)
+
+
+async def store_backlog(settings: object, count: int) -> None:
+    """Events stored with no dispatcher running, so the next one finds a backlog."""
+    async with run_relay(settings, dispatch=False) as relay:  # type: ignore[arg-type]
+        for n in range(count):
+            assert (await relay.post(call_body(f"call-{n}"))).status_code == 200
+
+
+async def test_claims_taken_ahead_wait_for_a_slot(db_url: str, tmp_path: Path) -> None:
+    (tmp_path / "probe.py").write_text(PROBE)
+    async with Receiver() as receiver:
+        block = {"type": "probe", "url": receiver.url, "delivery": {"concurrency": 2}}
+        settings = make_settings(db_url, {"out": block}, plugin_dirs=[str(tmp_path)])
+        await store_backlog(settings, 9)
+        async with run_relay(settings) as relay:
+            rows = await relay.settled()
+        assert [r.state for r in rows] == ["succeeded"] * 9
+        assert all(r.attempts == 1 for r in rows)
+        seen = [r.json() for r in receiver.requests]
+        assert sorted(s["delivery"] for s in seen) == sorted(r.id for r in rows)
+        assert max(s["running"] for s in seen) == 2  # both slots used, never a third
+
+
+async def test_stop_releases_claims_that_never_got_a_slot(db_url: str) -> None:
+    async with Receiver() as receiver:
+        receiver.delay(30)
+        block = {
+            "type": "webhook",
+            "url": receiver.url,
+            "delivery": {"concurrency": 2, "timeout": "60s"},
+        }
+        settings = make_settings(
+            db_url, {"slow": block}, extra={"dispatch": {"shutdown_grace": "300ms"}}
+        )
+        await store_backlog(settings, 3)
+        async with run_relay(settings):
+            await receiver.wait_for(2)  # both slots busy; the third claim waits for one
+        async with run_relay(settings, dispatch=False) as relay:
+            rows = await relay.deliveries()
+            assert [(r.state, r.attempts, r.leased_by) for r in rows] == [("pending", 0, None)] * 3
+            for row in rows:
+                assert await relay.attempts(row.id) == []
+        assert len(receiver.requests) == 2
+
+
+async def test_a_claim_that_waited_past_half_its_lease_margin_is_released(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Receiver() as receiver:
+        receiver.delay(1.5)  # the test lease margin is 2 s: a claim may wait 1 s for a slot
+        block = {"type": "webhook", "url": receiver.url, "delivery": {"concurrency": 2}}
+        settings = make_settings(db_url, {"out": block})
+        await store_backlog(settings, 3)
+        with caplog.at_level(logging.INFO, logger="relay.connector.out"):
+            async with run_relay(settings) as relay:
+                rows = await relay.settled(timeout=30)
+        assert [(r.state, r.attempts) for r in rows] == [("succeeded", 1)] * 3
+        assert len(receiver.requests) == 3  # released, not attempted twice
+        released = [r for r in caplog.records if "released unattempted" in r.getMessage()]
+        assert released and all(r.levelno == logging.INFO for r in released)
