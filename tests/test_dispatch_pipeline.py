@@ -7,8 +7,10 @@ import logging
 import textwrap
 from pathlib import Path
 
+import asyncpg
 import msgspec
 import pytest
+from sqlalchemy.engine import make_url
 
 from tests.conftest import fixture, make_settings, run_relay
 from tests.fakes.receiver import Receiver
@@ -113,3 +115,33 @@ async def test_a_claim_that_waited_past_half_its_lease_margin_is_released(
         assert len(receiver.requests) == 3  # released, not attempted twice
         released = [r for r in caplog.records if "released unattempted" in r.getMessage()]
         assert released and all(r.levelno == logging.INFO for r in released)
+
+
+async def test_dispatch_recovers_when_its_held_connections_are_killed(pg_url: str) -> None:
+    async with Receiver() as receiver:
+        receiver.delay(0.3)
+        block = {"type": "webhook", "url": receiver.url, "delivery": {"concurrency": 1}}
+        settings = make_settings(pg_url, {"out": block})
+        async with run_relay(settings) as relay:
+            for n in range(6):
+                assert (await relay.post(call_body(f"call-{n}"))).status_code == 200
+
+            async def some_succeeded() -> bool:
+                return any(r.state == "succeeded" for r in await relay.deliveries())
+
+            # one delivery recorded, the next in flight: claims and commits hold connections
+            await relay.wait_until(some_succeeded, what="a first delivery")
+            dsn = make_url(pg_url).set(drivername="postgresql")
+            conn = await asyncpg.connect(dsn.render_as_string(hide_password=False))
+            try:
+                killed = await conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            finally:
+                await conn.close()
+            assert killed >= 2
+            rows = await relay.settled(timeout=60)
+        assert [r.state for r in rows] == ["succeeded"] * 6
+        delivered = {int(r.headers["x-relay-delivery-id"]) for r in receiver.requests}
+        assert delivered == {r.id for r in rows}
