@@ -235,14 +235,23 @@ class Dispatcher:
         await slots.acquire()
         try:
             self._waiting[claim.connector].discard(claim.delivery_id)
-            if time.monotonic() - claimed_at > self.settings.lease / 2:
-                # waited so long that the lease might run out mid-attempt: let it be re-claimed
+            why = self._give_back(claim.connector, claimed_at)
+            if why:
                 await self.store.release([claim.delivery_id], worker=self.worker)
-                ctx.log.info("claim waited too long for a free slot; released unattempted")
+                ctx.log.info("claim released unattempted: %s", why)
                 return
             await self._attempt(claim, policy, connector, ctx)
         finally:
             slots.release()
+
+    def _give_back(self, connector: str, claimed_at: float) -> str | None:
+        """Why a claim that waited for a slot should go back to the queue instead of running."""
+        if time.monotonic() - claimed_at > self.settings.lease / 2:
+            return "it waited so long for a free slot that its lease could run out mid-attempt"
+        pause = self._paused_cache.get(connector)
+        if pause is not None and pause > utcnow():
+            return "the connector was paused while it waited for a free slot"
+        return None
 
     async def _attempt(
         self, claim: Claim, policy: DeliveryPolicy, connector: Connector, ctx: DeliveryContext

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -113,7 +114,7 @@ async def test_a_claim_that_waited_past_half_its_lease_margin_is_released(
                 rows = await relay.settled(timeout=30)
         assert [(r.state, r.attempts) for r in rows] == [("succeeded", 1)] * 3
         assert len(receiver.requests) == 3  # released, not attempted twice
-        released = [r for r in caplog.records if "released unattempted" in r.getMessage()]
+        released = [r for r in caplog.records if "lease could run out" in r.getMessage()]
         assert released and all(r.levelno == logging.INFO for r in released)
 
 
@@ -145,3 +146,51 @@ async def test_dispatch_recovers_when_its_held_connections_are_killed(pg_url: st
         assert [r.state for r in rows] == ["succeeded"] * 6
         delivered = {int(r.headers["x-relay-delivery-id"]) for r in receiver.requests}
         assert delivered == {r.id for r in rows}
+
+
+QUOTA = textwrap.dedent(
+    '''
+    """Says the account is out of quota for an hour, after telling the receiver it was asked."""
+    from relay import Connector, ConnectorConfig, DeliveryContext, Event, PauseConnector, hookimpl
+
+
+    class QuotaConfig(ConnectorConfig):
+        url: str
+
+
+    class Quota(Connector):
+        type = "quota"
+        Config = QuotaConfig
+
+        async def deliver(self, event: Event, ctx: DeliveryContext) -> None:
+            await ctx.http.post(self.config.url, json={"delivery": ctx.delivery_id})
+            raise PauseConnector("out of quota", 3600, status_code=429)
+
+
+    @hookimpl
+    def register_connectors(register):
+        register(Quota)
+    '''
+)
+
+
+async def test_claims_waiting_for_a_slot_are_not_attempted_once_paused(
+    db_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "quota.py").write_text(QUOTA)
+    async with Receiver() as receiver:
+        block = {"type": "quota", "url": receiver.url, "delivery": {"concurrency": 2}}
+        settings = make_settings(db_url, {"out": block}, plugin_dirs=[str(tmp_path)])
+        await store_backlog(settings, 3)
+        async with run_relay(settings) as relay:
+
+            async def none_running() -> list[Any] | None:
+                rows = await relay.deliveries()
+                return rows if all(r.state == "pending" for r in rows) else None
+
+            await receiver.wait_for(2)
+            rows = await relay.wait_until(none_running, what="the claims to come back")
+            history = [[a.outcome for a in await relay.attempts(r.id)] for r in rows]
+        assert sorted(history) == [[], ["paused"], ["paused"]]
+        assert [(r.attempts, r.leased_by) for r in rows] == [(0, None)] * 3
+        assert len(receiver.requests) == 2  # the third never reached the paused account
