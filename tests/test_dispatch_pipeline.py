@@ -194,3 +194,25 @@ async def test_claims_waiting_for_a_slot_are_not_attempted_once_paused(
         assert sorted(history) == [[], ["paused"], ["paused"]]
         assert [(r.attempts, r.leased_by) for r in rows] == [(0, None)] * 3
         assert len(receiver.requests) == 2  # the third never reached the paused account
+
+
+async def test_an_attempt_past_its_delivery_timeout_is_cut_off_and_retried(db_url: str) -> None:
+    async with Receiver() as receiver:
+        receiver.delay(30)  # longer than the delivery timeout, shorter than the webhook's own
+        block = {
+            "type": "webhook",
+            "url": receiver.url,
+            "timeout": 60,
+            "delivery": {"timeout": "3s"},
+        }
+        async with run_relay(make_settings(db_url, {"out": block})) as relay:
+            await relay.post(call_body("call-slow"))
+            await receiver.wait_for(1)
+            receiver.delay(0)
+            [row] = await relay.settled(timeout=30)
+            tries = await relay.attempts(row.id)
+        assert (row.state, row.attempts) == ("succeeded", 2)
+        assert [(a.outcome, a.error) for a in tries] == [
+            ("retry", "timed out after 3s"),
+            ("succeeded", None),
+        ]
