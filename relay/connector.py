@@ -131,6 +131,15 @@ class ConnectorContext:
 
 
 class DeliveryContext(ConnectorContext):
+    # Made once per attempt, so the dispatcher builds it with ``for_delivery`` from its
+    # connector's long-lived context, and the bound logger is made only when a connector logs.
+    attempt: int
+    delivery_id: int
+    event_id: int
+    integration_id: str
+    integration_name: str | None
+    status_code: int | None
+
     def __init__(
         self,
         *,
@@ -142,22 +151,60 @@ class DeliveryContext(ConnectorContext):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self._base_log = self.__dict__.pop("_log")  # what the base class set: bound per delivery
         self.attempt = attempt
         self.delivery_id = delivery_id
         self.event_id = event_id
         self.integration_id = integration_id
         self.integration_name = integration_name
-        self.status_code: int | None = None
-        self.log = _Bound(
-            self.log.logger,
-            {
-                "connector": self.name,
-                "delivery_id": delivery_id,
-                "event_id": event_id,
-                "integration": integration_id,
-                "attempt": attempt,
-            },
-        )
+        self.status_code = None
+
+    @classmethod
+    def for_delivery(
+        cls,
+        base: ConnectorContext,
+        *,
+        attempt: int,
+        delivery_id: int,
+        event_id: int,
+        integration_id: str,
+        integration_name: str | None,
+    ) -> DeliveryContext:
+        """A context sharing ``base``'s client, state, links and limiters: cheap per attempt."""
+        ctx = cls.__new__(cls)
+        d = ctx.__dict__
+        d.update(base.__dict__)
+        d["_base_log"] = d.pop("log") if "log" in d else d["_base_log"]
+        d.pop("_log", None)
+        d["attempt"] = attempt
+        d["delivery_id"] = delivery_id
+        d["event_id"] = event_id
+        d["integration_id"] = integration_id
+        d["integration_name"] = integration_name
+        d["status_code"] = None
+        return ctx
+
+    @property
+    def log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+        """The connector's logger with this delivery's ids on every line."""
+        bound = self.__dict__.get("_log")
+        if bound is None:
+            bound = self._log = _Bound(self._base_log.logger, self.log_fields())
+        return bound
+
+    @log.setter
+    def log(self, value: logging.LoggerAdapter) -> None:  # type: ignore[type-arg]
+        self._log = value
+
+    def log_fields(self) -> dict[str, Any]:
+        """The ids every log line about this delivery carries."""
+        return {
+            "connector": self.name,
+            "delivery_id": self.delivery_id,
+            "event_id": self.event_id,
+            "integration": self.integration_id,
+            "attempt": self.attempt,
+        }
 
     def check_response(self, response: httpx.Response, what: str = "") -> httpx.Response:
         """Record the status for the attempt history, then apply the outcome contract."""

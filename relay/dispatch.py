@@ -17,14 +17,15 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import partial
 
 import httpx
 
 from relay import metrics
-from relay.batching import Batcher
 from relay.config import DeliveryPolicy, Settings
 from relay.connector import Connector, ConnectorContext, DeliveryContext, Limiters
 from relay.errors import PauseConnector, PermanentError, RetryableError, excerpt
+from relay.queue import QueueSession, aware
 from relay.store import Claim, Outcome, Store, utcnow
 from relay.wildix import InvalidEvent, parse
 
@@ -56,28 +57,29 @@ class Connectors:
         self.policies: dict[str, DeliveryPolicy] = {
             name: inst.policy for name, inst in settings.connectors.items()
         }
+        # Each connector's long-lived context; a delivery's context is derived from it.
+        self.contexts: dict[str, ConnectorContext] = {
+            name: self.context(name) for name in self.instances
+        }
+        self._integration_names = {iid: i.name for iid, i in settings.integrations.items()}
 
     def context(self, name: str) -> ConnectorContext:
         return ConnectorContext(name=name, http=self.http, store=self.store, limiters=self.limiters)
 
     def delivery_context(self, claim: Claim) -> DeliveryContext:
-        integ = self.settings.integrations.get(claim.integration_id)
-        return DeliveryContext(
-            name=claim.connector,
-            http=self.http,
-            store=self.store,
-            limiters=self.limiters,
+        return DeliveryContext.for_delivery(
+            self.contexts[claim.connector],
             attempt=claim.attempt,
             delivery_id=claim.delivery_id,
             event_id=claim.event_id,
             integration_id=claim.integration_id,
-            integration_name=integ.name if integ else None,
+            integration_name=self._integration_names.get(claim.integration_id),
         )
 
     async def start(self) -> None:
         for name, connector in self.instances.items():
             try:
-                await connector.start(self.context(name))
+                await connector.start(self.contexts[name])
             except Exception:  # its deliveries will fail and retry; the others must still run
                 log.exception("connector failed to start", extra={"connector": name})
 
@@ -89,6 +91,12 @@ class Connectors:
                 log.exception("connector failed to close", extra={"connector": name})
 
 
+# Outcomes commit in batches: one transaction for many finished deliveries.
+MAX_COMMIT = 500
+COMMIT_TRIES = 5
+WATCH_TICK = 1.0  # seconds between looks at the attempts' deadlines
+
+
 class Dispatcher:
     def __init__(self, connectors: Connectors, *, worker: str | None = None) -> None:
         self.connectors = connectors
@@ -97,13 +105,27 @@ class Dispatcher:
         self.worker = worker or worker_id()
         self._wake = asyncio.Event()
         self._stopping = False
+        # Per connector: every claimed delivery's task, the ids of those still waiting for one
+        # of the connector's ``concurrency`` slots, and the slots.
         self._inflight: dict[str, dict[int, asyncio.Task[None]]] = {
             name: {} for name in connectors.instances
         }
+        self._waiting: dict[str, set[int]] = {name: set() for name in connectors.instances}
+        self._slots = {
+            name: asyncio.Semaphore(policy.concurrency)
+            for name, policy in connectors.policies.items()
+        }
         self._paused_cache: dict[str, datetime] = {}
         self._paused_at = -math.inf
-        # Outcomes commit in batches: one transaction for many finished deliveries.
-        self._completions: Batcher[tuple[Claim, Outcome], None] = Batcher(self._commit)
+        # Finished deliveries wait here for the next commit; one flusher task commits them.
+        self._finished: list[tuple[Claim, Outcome]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._more = asyncio.Event()  # an outcome was queued, or the last delivery ended
+        self._running = 0  # deliveries in flight, all connectors
+        self._loggers = {name: ctx.log.logger for name, ctx in connectors.contexts.items()}
+        # Running attempts' time limits and their deadlines (loop time); see _time_limit.
+        self._limits: dict[asyncio.Timeout, float] = {}
+        self._watchdog: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         """Something new may be due (an event was stored, a delivery finished)."""
@@ -117,36 +139,69 @@ class Dispatcher:
         log.info("dispatcher started", extra={"worker": self.worker})
         failures = 0
         while not self._stopping:
-            self._wake.clear()
             try:
-                busy = await self._claim_round()
-                failures = 0
+                # one connection for claims while deliveries are in flight (see Store.session)
+                async with self.store.session() as db:
+                    while not self._stopping:
+                        self._wake.clear()
+                        busy = await self._claim_round(db)
+                        failures = 0
+                        if busy:
+                            continue
+                        if not self._running:
+                            break
+                        await self._idle()
             except Exception as exc:  # the database is away: back off, keep the loop alive
                 failures += 1
                 log.error("claiming deliveries failed: %s", exc, extra={"worker": self.worker})
-                busy = False
                 await asyncio.sleep(min(30.0, 0.5 * 2**failures))
-            if not busy and not self._stopping:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+                continue
+            if not self._stopping:
+                await self._idle()
 
-    async def _claim_round(self) -> bool:
+    async def _idle(self) -> None:
+        """Until something may be due: a wake-up, or the poll interval."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+
+    def _claimable(self, name: str, policy: DeliveryPolicy) -> int:
+        """How many to claim now: in batches, not one row per finished delivery.
+
+        Up to half the concurrency again is claimed ahead, waiting for a slot: fast deliveries
+        finish in step, and without a next batch at hand every slot would sit idle for the
+        claim's round trips.
+        """
+        ahead = policy.concurrency + policy.concurrency // 2
+        free = ahead - len(self._inflight[name])
+        if free <= 0 or (free < ahead and free < max(1, policy.concurrency // 2)):
+            return 0
+        return free
+
+    async def _claim_round(self, db: QueueSession) -> bool:
         """Claim for every connector with spare capacity; True if it should go again at once."""
         paused = await self._paused()
         again = False
         for name, policy in self.connectors.policies.items():
             if name in paused or self._stopping:
                 continue
-            running = self._inflight[name]
-            free = policy.concurrency - len(running)
-            if free <= 0 or (running and free < policy.concurrency // 2):
-                continue  # claim in batches, not one row per finished delivery
+            free = self._claimable(name, policy)
+            if not free:
+                continue
             lease = policy.timeout + self.settings.lease
-            claims = await self.store.claim(name, free, worker=self.worker, lease=lease)
+            claims = await db.claim(name, free, worker=self.worker, lease=lease)
+            if self._stopping:  # stop() began while we claimed: hand them straight back
+                await self.store.release([c.delivery_id for c in claims], worker=self.worker)
+                return False
+            running, waiting = self._inflight[name], self._waiting[name]
+            connector = self.connectors.instances[name]
+            self._running += len(claims)
+            claimed_at = time.monotonic()
             for claim in claims:
-                task = asyncio.create_task(self._deliver(claim, policy))
+                ctx = self.connectors.delivery_context(claim)
+                task = asyncio.create_task(self._deliver(claim, policy, connector, ctx, claimed_at))
                 running[claim.delivery_id] = task
-                task.add_done_callback(lambda _t, n=name, i=claim.delivery_id: self._done(n, i))
+                waiting.add(claim.delivery_id)
+                task.add_done_callback(partial(self._done, name, claim.delivery_id))
             again = again or (len(claims) == free)
         return again
 
@@ -156,22 +211,92 @@ class Dispatcher:
         if now - self._paused_at >= self.settings.poll_interval:
             self._paused_cache = await self.store.paused_connectors()
             self._paused_at = now
+        if not self._paused_cache:
+            return self._paused_cache
         until = utcnow()
         return {name: t for name, t in self._paused_cache.items() if t > until}
 
-    def _done(self, name: str, delivery_id: int) -> None:
+    def _done(self, name: str, delivery_id: int, _task: asyncio.Task[None]) -> None:
         self._inflight[name].pop(delivery_id, None)
-        self._wake.set()
+        self._running -= 1
+        if not self._running:  # a flusher waiting for more outcomes may let its writer go
+            self._more.set()
+        # Waking the claim loop per finished delivery would cost a loop turn each; it only
+        # has work once a connector has room for a batch.
+        if self._claimable(name, self.connectors.policies[name]):
+            self._wake.set()
 
-    async def _deliver(self, claim: Claim, policy: DeliveryPolicy) -> None:
-        connector = self.connectors.instances[claim.connector]
-        ctx = self.connectors.delivery_context(claim)
+    async def _deliver(
+        self,
+        claim: Claim,
+        policy: DeliveryPolicy,
+        connector: Connector,
+        ctx: DeliveryContext,
+        claimed_at: float,
+    ) -> None:
+        """Wait for one of the connector's slots, then attempt the delivery."""
+        slots = self._slots[claim.connector]
+        await slots.acquire()
+        try:
+            self._waiting[claim.connector].discard(claim.delivery_id)
+            why = self._give_back(claim.connector, claimed_at)
+            if why:
+                await self.store.release([claim.delivery_id], worker=self.worker)
+                ctx.log.info("claim released unattempted: %s", why)
+                return
+            await self._attempt(claim, policy, connector, ctx)
+        finally:
+            slots.release()
+
+    def _time_limit(self, seconds: float) -> asyncio.Timeout:
+        """``asyncio.timeout(seconds)``, with its timer armed only shortly before it is due.
+
+        A timer per attempt is a push onto the event loop's timer heap, and the attempts that
+        finish in milliseconds leave their cancelled timers there by the thousand: this was
+        ~6% of the dispatch loop. The watchdog arms the timers of the few attempts still
+        running close to their deadline, so they fire exactly when asyncio.timeout would.
+        """
+        if seconds <= 2 * WATCH_TICK:
+            return asyncio.timeout(seconds)
+        limit = asyncio.timeout(None)
+        self._limits[limit] = asyncio.get_running_loop().time() + seconds
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch(), name="relay-dispatch-timeouts")
+        return limit
+
+    async def _watch(self) -> None:
+        """Arm the timeouts falling due within the next two ticks, while attempts run."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._limits:
+                await asyncio.sleep(WATCH_TICK)
+                soon = loop.time() + 2 * WATCH_TICK
+                for limit, deadline in self._limits.items():
+                    if deadline < soon and limit.when() is None:
+                        limit.reschedule(deadline)
+        finally:
+            self._watchdog = None
+
+    def _give_back(self, connector: str, claimed_at: float) -> str | None:
+        """Why a claim that waited for a slot should go back to the queue instead of running."""
+        if time.monotonic() - claimed_at > self.settings.lease / 2:
+            return "it waited so long for a free slot that its lease could run out mid-attempt"
+        pause = self._paused_cache.get(connector)
+        if pause is not None and pause > utcnow():
+            return "the connector was paused while it waited for a free slot"
+        return None
+
+    async def _attempt(
+        self, claim: Claim, policy: DeliveryPolicy, connector: Connector, ctx: DeliveryContext
+    ) -> None:
         started, t0 = utcnow(), time.perf_counter()
         try:
             event = parse(claim.raw)
-            async with asyncio.timeout(policy.timeout):
-                await connector.deliver(event, ctx)
-            kind, error, code, retry_after, pause = "succeeded", None, ctx.status_code, None, None
+            async with self._time_limit(policy.timeout) as limit:
+                try:
+                    await connector.deliver(event, ctx)
+                finally:
+                    self._limits.pop(limit, None)
         except PauseConnector as exc:
             kind, error, code, retry_after, pause = (
                 "paused",
@@ -201,10 +326,22 @@ class Dispatcher:
             ctx.log.exception("connector raised %s", type(exc).__name__)
             kind, error, code = "retry", f"{type(exc).__name__}: {exc}", ctx.status_code
             retry_after, pause = None, None
+        else:  # the common case, kept short: no error to shape, one log line
+            duration_ms = int((time.perf_counter() - t0) * 1000)
+            outcome = Outcome("succeeded", "succeeded", started, duration_ms, None, ctx.status_code)
+            logger = self._loggers[claim.connector]
+            if logger.isEnabledFor(logging.INFO):
+                extra = ctx.log_fields()
+                extra["outcome"], extra["status_code"] = "succeeded", ctx.status_code
+                extra["duration_ms"] = duration_ms
+                logger.info("delivered", extra=extra)
+            metrics.observe_attempt(claim.connector, "succeeded", duration_ms)
+            self._finish(claim, outcome)
+            return
         outcome = self._outcome(claim, policy, kind, started, t0, error, code, retry_after, pause)
         self._log(ctx, outcome)
         metrics.observe_attempt(claim.connector, outcome.kind, outcome.duration_ms)
-        await self._finish(claim, outcome)
+        self._finish(claim, outcome)
 
     @staticmethod
     def _outcome(
@@ -268,46 +405,101 @@ class Dispatcher:
                 extra=extra,
             )
 
-    async def _commit(self, done: Sequence[tuple[Claim, Outcome]]) -> list[None]:
-        moved = await self.store.finish_batch(done, worker=self.worker)
-        for claim, outcome in done:  # our own pauses take effect here at once
+    def _finish(self, claim: Claim, outcome: Outcome) -> None:
+        """Queue the outcome for the next commit; the delivery's slot is free from now on."""
+        if outcome.pause_until is not None:  # our own pause holds back our next claims at once
+            self._paused_cache[claim.connector] = aware(outcome.pause_until)
+        self._finished.append((claim, outcome))
+        self._more.set()
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush(), name="relay-dispatch-commit")
+
+    async def _flush(self) -> None:
+        """Commit finished outcomes, each batch what finished during the previous commit.
+
+        The writer (a database connection) is kept while deliveries are running, so a busy
+        dispatcher does not pay a pool checkout per commit. A batch that cannot be committed
+        is retried with backoff, then given up: lease expiry hands its deliveries out again.
+        """
+        failures = 0
+        try:
+            while self._finished:
+                size = 0
+                try:
+                    async with self.store.session() as db:
+                        while self._finished or self._running:
+                            if not self._finished:
+                                self._more.clear()
+                                await self._more.wait()
+                                continue
+                            batch = self._finished[:MAX_COMMIT]
+                            size = len(batch)
+                            moved = await db.finish_batch(batch, worker=self.worker)
+                            del self._finished[:size]
+                            size = failures = 0
+                            self._committed(batch, moved)
+                except Exception as exc:
+                    failures += 1
+                    size = size or min(len(self._finished), MAX_COMMIT)
+                    log.error(
+                        "recording %d outcomes failed (%s), %s",
+                        size,
+                        exc,
+                        "giving up" if failures == COMMIT_TRIES else "retrying",
+                        extra={"worker": self.worker},
+                    )
+                    if failures == COMMIT_TRIES:
+                        del self._finished[:size]
+                        failures = 0
+                    else:
+                        await asyncio.sleep(0.2 * 2 ** (failures - 1))
+        finally:
+            self._flusher = None
+
+    def _committed(self, done: Sequence[tuple[Claim, Outcome]], moved: int) -> None:
+        for claim, outcome in done:  # the database has them now: a re-read will find them
             if outcome.pause_until is not None:
-                self._paused_cache[claim.connector] = outcome.pause_until
-        if 0 <= moved < len(done):  # -1: the driver cannot count executemany rows
+                self._paused_cache[claim.connector] = aware(outcome.pause_until)
+        self._wake.set()  # later deliveries of the same calls are free to go now
+        if moved < len(done):
             log.warning(
                 "%d deliveries' leases were taken over before completion",
                 len(done) - moved,
                 extra={"worker": self.worker},
             )
-        return [None] * len(done)
 
-    async def _finish(self, claim: Claim, outcome: Outcome) -> None:
-        for attempt in range(5):
-            try:
-                await self._completions.submit((claim, outcome))
-                return
-            except Exception as exc:  # lease expiry will hand it out again if we never manage
-                log.error(
-                    "recording outcome failed (%s), retrying",
-                    exc,
-                    extra={"delivery_id": claim.delivery_id},
-                )
-                await asyncio.sleep(0.2 * 2**attempt)
+    async def _drain(self) -> None:
+        """Wait for every finished outcome to be committed."""
+        while self._flusher is not None:
+            await asyncio.shield(self._flusher)
 
     async def stop(self) -> None:
-        """Stop claiming; in-flight deliveries get the grace period, then are released."""
+        """Stop claiming; in-flight deliveries get the grace period, then are released.
+
+        Claims still waiting for a slot are released at once, without an attempt.
+        """
         self._stopping = True
         self._wake.set()
+        unstarted = {
+            i: t
+            for name, tasks in self._inflight.items()
+            for i, t in tasks.items()
+            if i in self._waiting[name]
+        }
+        for task in unstarted.values():
+            task.cancel()
+        await asyncio.gather(*unstarted.values(), return_exceptions=True)
+        ids = list(unstarted)
         tasks = {i: t for running in self._inflight.values() for i, t in running.items()}
-        if not tasks:
-            await self._completions.close()
-            return
-        _, pending = await asyncio.wait(tasks.values(), timeout=self.settings.shutdown_grace)
-        if pending:
-            ids = [i for i, t in tasks.items() if t in pending]
+        if tasks:
+            _, pending = await asyncio.wait(tasks.values(), timeout=self.settings.shutdown_grace)
+            ids += [i for i, t in tasks.items() if t in pending]
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if ids:
             released = await self.store.release(ids, worker=self.worker)
             log.warning("released %d unfinished deliveries at shutdown", released)
-        await self._completions.close()
+        await self._drain()
+        if self._watchdog is not None:  # nothing left to watch: do not wait out its tick
+            self._watchdog.cancel()

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -73,9 +74,17 @@ def integration_label(integration_id: str | None, known: Iterable[str]) -> str:
     return integration_id if integration_id and integration_id in known else "unknown"
 
 
+_ATTEMPT_SERIES: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
 def observe_attempt(connector: str, outcome: str, duration_ms: int) -> None:
-    DELIVERIES.labels(connector, outcome).inc()
-    ATTEMPT_SECONDS.labels(connector).observe(duration_ms / 1000)
+    """Count one attempt; the labelled series are looked up once, as this runs per delivery."""
+    series = _ATTEMPT_SERIES.get((connector, outcome))
+    if series is None:
+        series = (DELIVERIES.labels(connector, outcome), ATTEMPT_SECONDS.labels(connector))
+        _ATTEMPT_SERIES[(connector, outcome)] = series
+    series[0].inc()
+    series[1].observe(duration_ms / 1000)
 
 
 @dataclass(frozen=True)

@@ -7,24 +7,21 @@ concurrent workers skip each other's rows (``FOR UPDATE SKIP LOCKED``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from datetime import UTC, datetime, timedelta
+from operator import itemgetter
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from sqlalchemy import and_, bindparam, func, insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import aliased
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay.models import (
-    DeliveryRow,
-    UTCDateTime,
-    attempts,
-    connector_state,
-    deliveries,
-    events,
-    utcnow,
-)
+from relay.models import connector_state, deliveries, utcnow
+
+if TYPE_CHECKING:
+    import asyncpg
 
 T = TypeVar("T")
 
@@ -57,15 +54,147 @@ class Outcome:
     pause_until: datetime | None = None
 
 
+# The hot statements are plain SQL run on the driver with positional parameters: they run a few
+# hundred times a second, and SQLAlchemy's statement building and per-row parameter processing
+# cost more CPU than the database does. Everything else (release, pauses read) stays in Core.
+#
+# A claim picks due rows in index order and stops at its limit; a row waits while an earlier
+# delivery with the same ordering key is still active. Expired leases (a crashed worker's) are
+# picked before due pending rows.
+_EARLIER = (
+    "NOT EXISTS (SELECT 1 FROM deliveries AS e WHERE e.ordering_key = d.ordering_key"
+    " AND e.id < d.id AND e.state IN ('pending', 'running'))"
+)
+_PICK_EXPIRED = (
+    "SELECT d.id FROM deliveries AS d WHERE d.connector = {c} AND d.state = 'running'"
+    f" AND d.lease_until < {{now}} AND {_EARLIER} ORDER BY d.lease_until, d.id LIMIT {{n}}"
+)
+_PICK_DUE = (
+    "SELECT d.id FROM deliveries AS d WHERE d.connector = {c} AND d.state = 'pending'"
+    f" AND d.next_attempt_at <= {{now}} AND {_EARLIER} ORDER BY d.next_attempt_at, d.id"
+    " LIMIT {n}"
+)
+_LEASE = (
+    "UPDATE deliveries SET state = 'running', attempts = deliveries.attempts + 1,"
+    " lease_until = {until}, leased_by = {worker}, updated_at = {now}"
+)
+
+# PostgreSQL: one statement, so one round trip in autocommit. The CTEs are read lazily, so the
+# due-row pick only locks what the expired pick left room for; ``= ANY(ARRAY(...))`` keeps the
+# update on the primary key even under a generic plan (an ``IN (subquery LIMIT $n)`` is estimated
+# at 10% of the table and planned as a sequential scan of deliveries).
+PG_CLAIM = (
+    "WITH expired AS ("
+    + _PICK_EXPIRED.format(c="$1", now="$2", n="$3")
+    + " FOR UPDATE SKIP LOCKED), due AS ("
+    + _PICK_DUE.format(c="$1", now="$2", n="$3")
+    + " FOR UPDATE SKIP LOCKED), picked AS ("
+    "SELECT id FROM expired UNION ALL SELECT id FROM due LIMIT $3) "
+    + _LEASE.format(until="$4", worker="$5", now="$2")
+    + " FROM events AS ev WHERE deliveries.id = ANY(ARRAY(SELECT id FROM picked))"
+    " AND ev.id = deliveries.event_id"
+    " RETURNING deliveries.id, deliveries.event_id, deliveries.integration_id,"
+    " deliveries.attempts, ev.raw"
+)
+# One statement for a whole batch of outcomes: move the deliveries we still hold, record every
+# attempt. $1..$6 are per delivery, $9..$12 per attempt (the error, $3, is shared).
+PG_FINISH = (
+    "WITH v AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[],"
+    " $5::timestamptz[], $6::timestamptz[]) AS v(id, state, error, refund, next_at, done_at)),"
+    " moved AS (UPDATE deliveries AS d SET state = v.state, last_error = v.error,"
+    " attempts = d.attempts - v.refund, next_attempt_at = coalesce(v.next_at, d.next_attempt_at),"
+    " completed_at = v.done_at, lease_until = NULL, leased_by = NULL, updated_at = $7"
+    " FROM v WHERE d.id = v.id AND d.id = ANY($1::bigint[]) AND d.state = 'running'"
+    " AND d.leased_by = $8::text RETURNING 1),"
+    " history AS (INSERT INTO attempts"
+    " (delivery_id, number, started_at, duration_ms, outcome, status_code, error, worker)"
+    " SELECT h.*, $8::text FROM unnest($1::bigint[], $9::int[], $10::timestamptz[], $11::int[],"
+    " $12::text[], $13::int[], $3::text[]) AS h)"
+    " SELECT count(*) FROM moved"
+)
+SQLITE_CLAIM_EXPIRED = (
+    _LEASE.format(until="?", worker="?", now="?")
+    + " WHERE id IN ("
+    + _PICK_EXPIRED.format(c="?", now="?", n="?")
+    + ") RETURNING id, event_id, integration_id, attempts"
+)
+SQLITE_CLAIM_DUE = (
+    _LEASE.format(until="?", worker="?", now="?")
+    + " WHERE id IN ("
+    + _PICK_DUE.format(c="?", now="?", n="?")
+    + ") RETURNING id, event_id, integration_id, attempts"
+)
+SQLITE_FINISH = (
+    "UPDATE deliveries SET state = ?, last_error = ?, attempts = attempts - ?,"
+    " next_attempt_at = coalesce(?, next_attempt_at), completed_at = ?, lease_until = NULL,"
+    " leased_by = NULL, updated_at = ? WHERE id = ? AND state = 'running' AND leased_by = ?"
+)
+SQLITE_ATTEMPT = (
+    "INSERT INTO attempts"
+    " (delivery_id, number, started_at, duration_ms, outcome, status_code, error, worker)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_PAUSE = (
+    "INSERT INTO connector_state (connector, state, paused_until, pause_reason, updated_at)"
+    " VALUES ({}, '{{}}', {}, {}, {}) ON CONFLICT (connector) DO UPDATE SET"
+    " paused_until = excluded.paused_until, pause_reason = excluded.pause_reason,"
+    " updated_at = excluded.updated_at"
+)
+PG_PAUSE = _PAUSE.format("$1", "$2", "$3", "$4")
+SQLITE_PAUSE = _PAUSE.format("?", "?", "?", "?")
+
+
+def aware(value: datetime) -> datetime:
+    """UTC-aware, as ``UTCDateTime`` stores it: a naive datetime is taken to be UTC already."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def sqlite_time(value: datetime | None) -> str | None:
+    """The text ``UTCDateTime`` stores on SQLite (naive UTC, always with microseconds), so raw
+    writes compare and read back exactly like SQLAlchemy's."""
+    if value is None:
+        return None
+    if value.tzinfo is not UTC:
+        value = aware(value).astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _next_state(outcome: Outcome, now: datetime) -> tuple[int, datetime | None, datetime | None]:
+    """(attempts refund, next attempt, completed at) for a delivery's row."""
+    refund = 1 if outcome.kind == "paused" else 0  # waiting out a quota is not a failed attempt
+    if outcome.state == "pending":
+        return refund, outcome.next_attempt_at or now, None
+    return refund, None, now
+
+
+def _pauses(done: Sequence[tuple[Claim, Outcome]]) -> list[tuple[str, datetime, str | None]]:
+    return [
+        (claim.connector, outcome.pause_until, outcome.error)
+        for claim, outcome in done
+        if outcome.pause_until is not None
+    ]
+
+
 class DeliveryQueue:
-    """The dispatch side of the store; ``Store`` provides ``write``, ``dialect`` and ``_insert``."""
+    """The dispatch side of the store; ``Store`` provides ``write``, ``dialect`` and ``engine``."""
 
     dialect: str
-    _insert: Any
+    engine: AsyncEngine
 
     if TYPE_CHECKING:
 
         async def write(self, work: Callable[[Connection], T]) -> T: ...
+
+    async def _pg(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run ``work`` on a pooled connection's asyncpg driver (autocommit unless it opens a
+        transaction); a connection that fails mid-way is discarded, not returned to the pool."""
+        async with self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            try:
+                return await work(raw.driver_connection)  # type: ignore[arg-type]
+            except BaseException:
+                await conn.invalidate()
+                raise
 
     async def claim(self, connector: str, limit: int, *, worker: str, lease: float) -> list[Claim]:
         """Lease up to ``limit`` due deliveries whose earlier siblings (same key) are done.
@@ -76,59 +205,29 @@ class DeliveryQueue:
         """
         if limit <= 0:
             return []
+        if self.dialect == "postgresql":
+            return await self._pg(lambda conn: _pg_claim(conn, connector, limit, worker, lease))
         now = utcnow()
-        d = deliveries.alias("d")
-        e = aliased(DeliveryRow)
-        earlier = (
-            select(1)
-            .where(e.ordering_key == d.c.ordering_key, e.id < d.c.id, e.state.in_(ACTIVE))
-            .exists()
-        )
+        at, lease_to = sqlite_time(now), sqlite_time(now + timedelta(seconds=lease))
 
-        def take(due: Any, order: list[Any], n: int) -> Any:
-            pick = select(d.c.id).where(d.c.connector == connector, due, ~earlier)
-            pick = pick.order_by(*order).limit(n)
-            if self.dialect == "postgresql":
-                pick = pick.with_for_update(skip_locked=True)
-            return (
-                update(deliveries)
-                .where(deliveries.c.id.in_(pick.scalar_subquery()))
-                .values(
-                    state="running",
-                    attempts=deliveries.c.attempts + 1,
-                    lease_until=now + timedelta(seconds=lease),
-                    leased_by=worker,
-                    updated_at=now,
-                )
-                .returning(
-                    deliveries.c.id,
-                    deliveries.c.event_id,
-                    deliveries.c.integration_id,
-                    deliveries.c.attempts,
-                )
-            )
-
-        expired = and_(d.c.state == "running", d.c.lease_until < now)
-        pending = and_(d.c.state == "pending", d.c.next_attempt_at <= now)
-
-        def write(conn: Connection) -> tuple[list[Any], dict[int, bytes]]:
-            rows = list(conn.execute(take(expired, [d.c.lease_until, d.c.id], limit)))
+        def write(conn: Connection) -> list[Claim]:
+            cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            rows = cur.execute(
+                SQLITE_CLAIM_EXPIRED, (lease_to, worker, at, connector, at, limit)
+            ).fetchall()
             if len(rows) < limit:
-                order = [d.c.next_attempt_at, d.c.id]
-                rows += conn.execute(take(pending, order, limit - len(rows))).all()
+                rows += cur.execute(
+                    SQLITE_CLAIM_DUE, (lease_to, worker, at, connector, at, limit - len(rows))
+                ).fetchall()
             if not rows:
-                return [], {}
-            wanted = events.c.id.in_({r.event_id for r in rows})
-            return rows, dict(conn.execute(select(events.c.id, events.c.raw).where(wanted)).all())
+                return []
+            ids = list({r[1] for r in rows})
+            marks = ",".join("?" * len(ids))
+            bodies = dict(cur.execute(f"SELECT id, raw FROM events WHERE id IN ({marks})", ids))
+            rows.sort(key=itemgetter(0))
+            return [Claim(r[0], r[1], connector, r[2], r[3], bytes(bodies[r[1]])) for r in rows]
 
-        rows, bodies = await self.write(write)
-        rows.sort(key=lambda r: r.id)
-        return [
-            Claim(
-                r.id, r.event_id, connector, r.integration_id, r.attempts, bytes(bodies[r.event_id])
-            )
-            for r in rows
-        ]
+        return await self.write(write)
 
     async def finish(self, claim: Claim, outcome: Outcome, *, worker: str) -> bool:
         """Record one attempt; see ``finish_batch``."""
@@ -140,64 +239,70 @@ class DeliveryQueue:
         A row whose lease another worker has taken over is left alone (its attempt is still
         recorded as history); returns how many deliveries this worker actually moved on.
         """
+        if not done:
+            return 0
+        if self.dialect == "postgresql":
+            return await self._pg(lambda conn: _pg_finish(conn, done, worker))
         now = utcnow()
-        moves = [
-            {
-                "b_id": claim.delivery_id,
-                "b_worker": worker,
-                "b_state": outcome.state,
-                "b_error": outcome.error,
-                # waiting out a quota is not a failed attempt
-                "b_refund": 1 if outcome.kind == "paused" else 0,
-                "b_next": (outcome.next_attempt_at or now) if outcome.state == "pending" else None,
-                "b_completed": None if outcome.state == "pending" else now,
-                "b_now": now,
-            }
-            for claim, outcome in done
-        ]
-        history = [
-            {
-                "delivery_id": claim.delivery_id,
-                "number": claim.attempt,
-                "started_at": outcome.started_at,
-                "duration_ms": outcome.duration_ms,
-                "outcome": outcome.kind,
-                "status_code": outcome.status_code,
-                "error": outcome.error,
-                "worker": worker,
-            }
-            for claim, outcome in done
-        ]
-        move = (
-            update(deliveries)
-            .where(
-                deliveries.c.id == bindparam("b_id"),
-                deliveries.c.state == "running",
-                deliveries.c.leased_by == bindparam("b_worker"),
+        pauses = _pauses(done)
+        at = sqlite_time(now)
+        moves, history = [], []
+        for claim, outcome in done:
+            refund, next_at, done_at = _next_state(outcome, now)
+            moves.append(
+                (
+                    outcome.state,
+                    outcome.error,
+                    refund,
+                    sqlite_time(next_at),
+                    sqlite_time(done_at),
+                    at,
+                    claim.delivery_id,
+                    worker,
+                )
             )
-            .values(
-                state=bindparam("b_state"),
-                last_error=bindparam("b_error"),
-                attempts=deliveries.c.attempts - bindparam("b_refund"),
-                next_attempt_at=func.coalesce(
-                    bindparam("b_next", type_=UTCDateTime()), deliveries.c.next_attempt_at
-                ),
-                completed_at=bindparam("b_completed", type_=UTCDateTime()),
-                lease_until=None,
-                leased_by=None,
-                updated_at=bindparam("b_now", type_=UTCDateTime()),
+            history.append(
+                (
+                    claim.delivery_id,
+                    claim.attempt,
+                    sqlite_time(outcome.started_at),
+                    outcome.duration_ms,
+                    outcome.kind,
+                    outcome.status_code,
+                    outcome.error,
+                    worker,
+                )
             )
-        )
 
         def write(conn: Connection) -> int:
-            moved = conn.execute(move, moves).rowcount
-            conn.execute(insert(attempts), history)
-            for claim, outcome in done:
-                if outcome.pause_until is not None:
-                    conn.execute(self._pause(claim.connector, outcome.pause_until, outcome.error))
-            return moved
+            cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            moved = cur.executemany(SQLITE_FINISH, moves).rowcount
+            cur.executemany(SQLITE_ATTEMPT, history)
+            for connector, until, reason in pauses:
+                cur.execute(SQLITE_PAUSE, (connector, sqlite_time(until), reason, at))
+            return int(moved)
 
         return await self.write(write)
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[QueueSession]:
+        """``claim`` and ``finish_batch`` for a run of calls on one connection.
+
+        On PostgreSQL every pool checkout pings the server first (three round trips, more than
+        the claim or finish statement itself, and each waits its turn in a busy event loop), so
+        a busy dispatcher keeps one connection for as long as it has work. A failure discards
+        the connection. SQLite's single writer thread needs no such thing.
+        """
+        if self.dialect != "postgresql":
+            yield self
+            return
+        async with self.engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            try:
+                yield PgSession(raw)  # type: ignore[arg-type]
+            except BaseException:
+                await conn.invalidate()
+                raise
 
     async def release(self, delivery_ids: Sequence[int], *, worker: str) -> int:
         """Hand unfinished claims back (graceful shutdown) without counting an attempt."""
@@ -231,16 +336,68 @@ class DeliveryQueue:
             )
             return {r.connector: r.paused_until for r in rows}
 
-    def _pause(self, connector: str, until: datetime, reason: str | None) -> Any:
-        stmt = self._insert(connector_state).values(
-            connector=connector,
-            state={},
-            paused_until=until,
-            pause_reason=reason,
-            updated_at=utcnow(),
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["connector"],
-            set_={"paused_until": until, "pause_reason": reason, "updated_at": utcnow()},
-        )
-        return stmt
+
+class QueueSession(Protocol):
+    async def claim(
+        self, connector: str, limit: int, *, worker: str, lease: float
+    ) -> list[Claim]: ...
+
+    async def finish_batch(self, done: Sequence[tuple[Claim, Outcome]], *, worker: str) -> int: ...
+
+
+class PgSession:
+    """The queue's hot statements on one held asyncpg connection (see ``DeliveryQueue.session``)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def claim(self, connector: str, limit: int, *, worker: str, lease: float) -> list[Claim]:
+        if limit <= 0:
+            return []
+        return await _pg_claim(self.conn, connector, limit, worker, lease)
+
+    async def finish_batch(self, done: Sequence[tuple[Claim, Outcome]], *, worker: str) -> int:
+        return await _pg_finish(self.conn, done, worker)
+
+
+async def _pg_claim(
+    conn: asyncpg.Connection, connector: str, limit: int, worker: str, lease: float
+) -> list[Claim]:
+    now = utcnow()
+    rows = await conn.fetch(PG_CLAIM, connector, now, limit, now + timedelta(seconds=lease), worker)
+    rows.sort(key=itemgetter(0))
+    # (id, event_id, integration_id, attempts, raw)
+    return [Claim(r[0], r[1], connector, r[2], r[3], r[4]) for r in rows]
+
+
+async def _pg_finish(
+    conn: asyncpg.Connection, done: Sequence[tuple[Claim, Outcome]], worker: str
+) -> int:
+    if not done:
+        return 0
+    now = utcnow()
+    pauses = _pauses(done)
+    ids, states, errors, refunds, nexts, dones = [], [], [], [], [], []
+    numbers, started, durations, kinds, codes = [], [], [], [], []
+    for claim, outcome in done:
+        refund, next_at, done_at = _next_state(outcome, now)
+        ids.append(claim.delivery_id)
+        states.append(outcome.state)
+        errors.append(outcome.error)
+        refunds.append(refund)
+        nexts.append(aware(next_at) if next_at is not None else None)
+        dones.append(done_at)
+        numbers.append(claim.attempt)
+        started.append(aware(outcome.started_at))
+        durations.append(outcome.duration_ms)
+        kinds.append(outcome.kind)
+        codes.append(outcome.status_code)
+    args = (ids, states, errors, refunds, nexts, dones, now, worker)
+    args += (numbers, started, durations, kinds, codes)
+    if not pauses:  # one statement: atomic without a transaction round trip
+        return int(await conn.fetchval(PG_FINISH, *args))
+    async with conn.transaction():
+        moved = int(await conn.fetchval(PG_FINISH, *args))
+        for connector, until, reason in pauses:
+            await conn.execute(PG_PAUSE, connector, aware(until), reason, now)
+        return moved
