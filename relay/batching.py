@@ -1,4 +1,4 @@
-"""Many concurrent writers, one transaction: the group-commit pattern behind ingest and dispatch.
+"""Many concurrent writers, one transaction: the group-commit pattern behind ingest.
 
 While one batch commits, the next accumulates, so a burst costs a handful of commits instead of
 one per item, and a quiet moment adds no wait. Each caller is answered only after the commit that
