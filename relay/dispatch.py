@@ -11,12 +11,11 @@ import contextlib
 import logging
 import math
 import os
-import random
 import socket
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 
 import httpx
@@ -24,8 +23,10 @@ import httpx
 from relay import metrics
 from relay.config import DeliveryPolicy, Settings
 from relay.connector import Connector, ConnectorContext, DeliveryContext, Limiters
-from relay.errors import PauseConnector, PermanentError, RetryableError, excerpt
+from relay.deadlines import Deadlines
+from relay.errors import PauseConnector, PermanentError, RetryableError
 from relay.queue import QueueSession, aware
+from relay.retry import attempt_outcome
 from relay.store import Claim, Outcome, Store, utcnow
 from relay.wildix import InvalidEvent, parse
 
@@ -34,13 +35,6 @@ log = logging.getLogger("relay.dispatch")
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def retry_delay(policy: DeliveryPolicy, attempt: int, retry_after: float | None) -> float:
-    """The schedule's delay for this attempt with jitter; the target's Retry-After wins if later."""
-    base = policy.schedule[min(attempt, len(policy.schedule)) - 1]
-    delay = base * random.uniform(1 - policy.jitter, 1 + policy.jitter)
-    return max(delay, retry_after or 0.0)
 
 
 class Connectors:
@@ -123,9 +117,7 @@ class Dispatcher:
         self._more = asyncio.Event()  # an outcome was queued, or the last delivery ended
         self._running = 0  # deliveries in flight, all connectors
         self._loggers = {name: ctx.log.logger for name, ctx in connectors.contexts.items()}
-        # Running attempts' time limits and their deadlines (loop time); see _time_limit.
-        self._limits: dict[asyncio.Timeout, float] = {}
-        self._watchdog: asyncio.Task[None] | None = None
+        self._deadlines = Deadlines(WATCH_TICK)
 
     def wake(self) -> None:
         """Something new may be due (an event was stored, a delivery finished)."""
@@ -248,35 +240,6 @@ class Dispatcher:
         finally:
             slots.release()
 
-    def _time_limit(self, seconds: float) -> asyncio.Timeout:
-        """``asyncio.timeout(seconds)``, with its timer armed only shortly before it is due.
-
-        A timer per attempt is a push onto the event loop's timer heap, and the attempts that
-        finish in milliseconds leave their cancelled timers there by the thousand: this was
-        ~6% of the dispatch loop. The watchdog arms the timers of the few attempts still
-        running close to their deadline, so they fire exactly when asyncio.timeout would.
-        """
-        if seconds <= 2 * WATCH_TICK:
-            return asyncio.timeout(seconds)
-        limit = asyncio.timeout(None)
-        self._limits[limit] = asyncio.get_running_loop().time() + seconds
-        if self._watchdog is None:
-            self._watchdog = asyncio.create_task(self._watch(), name="relay-dispatch-timeouts")
-        return limit
-
-    async def _watch(self) -> None:
-        """Arm the timeouts falling due within the next two ticks, while attempts run."""
-        loop = asyncio.get_running_loop()
-        try:
-            while self._limits:
-                await asyncio.sleep(WATCH_TICK)
-                soon = loop.time() + 2 * WATCH_TICK
-                for limit, deadline in self._limits.items():
-                    if deadline < soon and limit.when() is None:
-                        limit.reschedule(deadline)
-        finally:
-            self._watchdog = None
-
     def _give_back(self, connector: str, claimed_at: float) -> str | None:
         """Why a claim that waited for a slot should go back to the queue instead of running."""
         if time.monotonic() - claimed_at > self.settings.lease / 2:
@@ -292,11 +255,11 @@ class Dispatcher:
         started, t0 = utcnow(), time.perf_counter()
         try:
             event = parse(claim.raw)
-            async with self._time_limit(policy.timeout) as limit:
+            async with self._deadlines.timeout(policy.timeout) as limit:
                 try:
                     await connector.deliver(event, ctx)
                 finally:
-                    self._limits.pop(limit, None)
+                    self._deadlines.forget(limit)
         except PauseConnector as exc:
             kind, error, code, retry_after, pause = (
                 "paused",
@@ -338,52 +301,10 @@ class Dispatcher:
             metrics.observe_attempt(claim.connector, "succeeded", duration_ms)
             self._finish(claim, outcome)
             return
-        outcome = self._outcome(claim, policy, kind, started, t0, error, code, retry_after, pause)
+        outcome = attempt_outcome(claim, policy, kind, started, t0, error, code, retry_after, pause)
         self._log(ctx, outcome)
         metrics.observe_attempt(claim.connector, outcome.kind, outcome.duration_ms)
         self._finish(claim, outcome)
-
-    @staticmethod
-    def _outcome(
-        claim: Claim,
-        policy: DeliveryPolicy,
-        kind: str,
-        started: datetime,
-        t0: float,
-        error: str | None,
-        code: int | None,
-        retry_after: float | None,
-        pause: datetime | None,
-    ) -> Outcome:
-        duration_ms = int((time.perf_counter() - t0) * 1000)
-        error = excerpt(error, 2000) if error else None
-        if kind == "retry" and claim.attempt >= policy.max_attempts:
-            kind, error = "dead", f"gave up after {claim.attempt} attempts: {error}"
-        if kind == "succeeded":
-            return Outcome("succeeded", kind, started, duration_ms, status_code=code)
-        if kind == "dead":
-            return Outcome("dead", kind, started, duration_ms, status_code=code, error=error)
-        if kind == "paused":
-            return Outcome(
-                "pending",
-                kind,
-                started,
-                duration_ms,
-                next_attempt_at=pause,
-                status_code=code,
-                error=error,
-                pause_until=pause,
-            )
-        delay = retry_delay(policy, claim.attempt, retry_after)
-        return Outcome(
-            "pending",
-            kind,
-            started,
-            duration_ms,
-            next_attempt_at=utcnow() + timedelta(seconds=delay),
-            status_code=code,
-            error=error,
-        )
 
     @staticmethod
     def _log(ctx: DeliveryContext, outcome: Outcome) -> None:
@@ -501,5 +422,4 @@ class Dispatcher:
             released = await self.store.release(ids, worker=self.worker)
             log.warning("released %d unfinished deliveries at shutdown", released)
         await self._drain()
-        if self._watchdog is not None:  # nothing left to watch: do not wait out its tick
-            self._watchdog.cancel()
+        self._deadlines.close()
