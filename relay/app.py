@@ -20,8 +20,9 @@ from relay.admin import mount
 from relay.admin.lifecycle import purge_forever
 from relay.admin.queries import Queries
 from relay.config import Settings
-from relay.dispatch import Connectors, Dispatcher
+from relay.dispatch import Dispatcher
 from relay.ingest import Ingest
+from relay.instances import Connectors
 from relay.sources.sqs import SqsConsumers, consumes_here
 from relay.sources.webhook import webhooks
 from relay.store import Store

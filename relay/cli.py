@@ -150,8 +150,9 @@ def worker(ctx: click.Context, metrics_port: int | None, sqs: bool | None) -> No
 async def _worker(settings: Settings, sqs: bool | None = None) -> None:
     from relay.admin.lifecycle import purge_forever
     from relay.app import http_client, tune_gc
-    from relay.dispatch import Connectors, Dispatcher
+    from relay.dispatch import Dispatcher
     from relay.ingest import Ingest
+    from relay.instances import Connectors
     from relay.sources.sqs import SqsConsumers, consumes_here
     from relay.store import Store
 
@@ -250,7 +251,7 @@ def check_config(ctx: click.Context, online: bool) -> None:
 
 async def _online_checks(settings: Settings) -> int:
     from relay.app import http_client
-    from relay.dispatch import Connectors
+    from relay.instances import Connectors
     from relay.store import Store
 
     engine = db.create_engine(settings.database.url)
