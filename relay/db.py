@@ -13,7 +13,7 @@ from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, SingletonThreadPool
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -26,7 +26,9 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def _sqlite_pragmas(engine: Engine) -> None:
+def _sqlite_pragmas(
+    engine: Engine, *, busy_timeout_ms: int = 10000, checkpoint: bool = True
+) -> None:
     """One file, several connections: WAL lets readers run beside the writer, and busy_timeout
     turns "database is locked" into a short wait."""
 
@@ -34,9 +36,11 @@ def _sqlite_pragmas(engine: Engine) -> None:
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
+        if not checkpoint:
+            cur.execute("PRAGMA wal_autocheckpoint=0")
         cur.close()
 
 
@@ -44,6 +48,28 @@ def create_sync_engine(url: URL) -> Engine:
     """The plain-driver twin of an aiosqlite engine, for the store's writer thread."""
     engine = sa_create_engine(url.set(drivername="sqlite"))
     _sqlite_pragmas(engine)
+    return engine
+
+
+def create_inline_engine(url: URL) -> Engine:
+    """A plain-driver SQLite engine for short write transactions run on the event loop itself.
+
+    It must never make the loop wait: ``BEGIN IMMEDIATE`` takes the write lock up front and,
+    with no busy timeout, fails at once when another connection holds it (the caller then
+    goes to the writer thread, which may wait). It never checkpoints the WAL either (a
+    checkpoint copies pages and syncs the file, ~10 ms): the store runs those off the loop.
+    """
+    engine = sa_create_engine(url.set(drivername="sqlite"), poolclass=SingletonThreadPool)
+    _sqlite_pragmas(engine, busy_timeout_ms=0, checkpoint=False)
+
+    @event.listens_for(engine, "connect")
+    def _manual_begin(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # the driver's own deferred BEGIN stays out
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
     return engine
 
 

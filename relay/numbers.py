@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import lru_cache
+from itertools import repeat
 from typing import Any
 
 import msgspec
@@ -24,6 +26,7 @@ _NUMBER_CHARS = "+0123456789-(). \t\n\r\f\v"
 _IN_TEXT = re.compile(r"(?<![\w.+])(\+?\d{7,15})(?![\w.])")
 
 
+@lru_cache(maxsize=8192)  # the same few numbers recur in every event of a call, and across calls
 def normalize(number: str) -> str | None:
     """``"+44 20 7183 8750"`` → ``"442071838750"``; None if it does not look like a number."""
     compact = _SEPARATORS.sub("", number.strip())
@@ -36,28 +39,35 @@ def normalize(number: str) -> str | None:
     return compact
 
 
+@lru_cache(maxsize=1024)
+def _may_hold_number(key: str) -> bool:
+    return not _NOT_A_NUMBER_KEY.search(key)
+
+
 def in_data(data: Any) -> set[str]:
     """Every phone number in a decoded Wildix ``data`` object.
 
-    Runs for every stored event, so it walks with a stack rather than recursion and looks at a
-    key only for a string that could be a number.
+    Runs for every stored event, so it walks with a stack rather than
+    recursion, stacks only containers, and looks further at a string only if it could hold one.
     """
     out: set[str] = set()
-    stack: list[tuple[str, Any]] = [("", data)]
+    stack: list[tuple[str, Any]] = [("", [data])]
     while stack:
-        key, value = stack.pop()
-        kind = type(value)
-        if kind is dict:
-            stack.extend((str(k), v) for k, v in value.items())
-        elif kind is list:
-            stack.extend((key, v) for v in value)
-        elif kind is str and len(value) >= 7:
-            # strip: nothing but digits, + and separators (cheaper than any regex)
-            if not value.strip(_NUMBER_CHARS) and (number := normalize(value)):
-                if not _NOT_A_NUMBER_KEY.search(key):
-                    out.add(number)
-            elif "+" in value and not _NOT_A_NUMBER_KEY.search(key):
-                out.update(_EMBEDDED.findall(value))
+        key, node = stack.pop()
+        items = node.items() if type(node) is dict else zip(repeat(key), node)
+        for k, value in items:
+            kind = type(value)
+            if kind is str:
+                if len(value) < 7:
+                    continue
+                # nothing but digits, + and separators (cheaper than any regex)
+                if not value.strip(_NUMBER_CHARS) and (number := normalize(value)):
+                    if _may_hold_number(k):
+                        out.add(number)
+                elif "+" in value and _may_hold_number(k):
+                    out.update(_EMBEDDED.findall(value))
+            elif kind is dict or kind is list:
+                stack.append((k, value))
     return out
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -11,7 +14,7 @@ from sqlalchemy import text
 
 from relay import db
 from relay.ingest import group_commit
-from relay.store import Incoming, Store
+from relay.store import CHECKPOINT_EVERY, Incoming, Store
 from relay.wildix import parse
 from tests.conftest import fixture, make_settings, run_relay
 from tests.fakes.receiver import Receiver
@@ -54,11 +57,19 @@ async def poison_trigger(store: Store) -> None:
 
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[Store]:
-    engine = db.create_engine(db_url)
+    async with open_store(db_url) as store:
+        yield store
+
+
+@contextlib.asynccontextmanager
+async def open_store(url: str) -> AsyncIterator[Store]:
+    engine = db.create_engine(url)
     await db.ensure_schema(engine, auto_migrate=True)
     store = Store(engine)
-    yield store
-    await store.close()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 async def count(store: Store, table: str) -> int:
@@ -152,3 +163,85 @@ async def test_under_200_concurrent_requests_every_200_is_stored_and_every_503_i
             assert all(r.status_code == 503 for r in poisoned)
             accepted = [r.json()["event_id"] for r in responses if r.status_code == 200]
             assert len(set(accepted)) == len(stored)
+
+
+async def test_concurrent_batches_of_the_same_bodies_store_each_once(store: Store) -> None:
+    """Two writers racing on the same bodies (two PostgreSQL connections; SQLite's loop and its
+    writer thread take turns): one event and one set of deliveries per body, both answered with
+    its id, and exactly one of them told it was new."""
+    for round_ in range(5):
+        batch = [Incoming(parse(body(100 * round_ + n)), ["a", "b"], "webhook") for n in range(20)]
+        twin = [Incoming(parse(item.event.raw), ["a", "b"], "webhook") for item in batch]
+        one, two = await asyncio.gather(store.record_batch(batch), store.record_batch(twin))
+        assert [r.event_id for r in one] == [r.event_id for r in two]
+        assert all(a.duplicate != b.duplicate for a, b in zip(one, two, strict=True))
+        assert {r.deliveries for r in one + two if not r.duplicate} == {2}
+    assert await count(store, "events") == 100
+    assert await count(store, "deliveries") == 200
+
+
+async def test_sqlite_ingest_waits_off_the_event_loop_while_another_writer_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    """Ingest runs its transaction on the event loop only when the write lock is free at once;
+    held by another process (a worker, the CLI), the wait happens on the writer thread."""
+    path = tmp_path / "relay.db"
+    async with open_store(f"sqlite+aiosqlite:///{path}") as store:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # the write lock, as another process would hold it
+        pending = asyncio.create_task(
+            store.record_batch([Incoming(parse(body(1)), ["a"], "webhook")])
+        )
+        await asyncio.sleep(0.2)  # the loop runs on (or this would not return) ...
+        assert not pending.done()  # ... while the batch waits for the lock
+        other.execute("COMMIT")
+        other.close()
+        [recorded] = await pending
+        assert not recorded.duplicate
+        assert await count(store, "events") == 1
+
+
+async def test_sqlite_wal_is_checkpointed_into_the_database_file(tmp_path: Path) -> None:
+    """Ingest's own connection never checkpoints (it would stall the event loop); the writer
+    thread does, every CHECKPOINT_EVERY commits, so the WAL does not grow without end."""
+    path = tmp_path / "relay.db"
+    async with open_store(f"sqlite+aiosqlite:///{path}") as store:
+        before = path.stat().st_size
+        for n in range(CHECKPOINT_EVERY - 1):
+            await store.record_batch([Incoming(parse(body(n)), ["a"], "webhook")])
+        await store.write(lambda conn: None)  # the writer thread has nothing queued before this
+        assert path.stat().st_size == before  # every page written so far is in the WAL only
+        await store.record_batch([Incoming(parse(body(10_000)), ["a"], "webhook")])
+        await store.write(lambda conn: None)  # runs after the checkpoint it queued
+        assert path.stat().st_size > before
+        assert await count(store, "events") == CHECKPOINT_EVERY
+
+
+@pytest.mark.postgres
+async def test_postgres_ingest_survives_the_server_dropping_its_connections(pg_url: str) -> None:
+    async with open_store(pg_url) as store:
+        await store.record_batch([Incoming(parse(body(1)), ["a"], "webhook")])
+        async with store.engine.connect() as conn:
+            killed = await conn.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        assert killed >= 1  # the connection ingest holds between batches
+        [recorded] = await store.record_batch([Incoming(parse(body(2)), ["a"], "webhook")])
+        assert not recorded.duplicate
+        assert await count(store, "events") == 2
+
+
+@pytest.mark.postgres
+async def test_postgres_ingest_returns_idle_connections_to_the_pool(pg_url: str) -> None:
+    async with open_store(pg_url) as store:
+        held = store._pg_ingest.held  # type: ignore[union-attr]
+        held.idle = 0.05
+        await store.record_batch([Incoming(parse(body(1)), ["a"], "webhook")])
+        assert store.engine.pool.checkedout() == 1  # kept for the next batch
+        await asyncio.sleep(0.3)
+        assert store.engine.pool.checkedout() == 0
+        await store.record_batch([Incoming(parse(body(2)), ["a"], "webhook")])
+        assert await count(store, "events") == 2

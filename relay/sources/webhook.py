@@ -17,10 +17,10 @@ from typing import Any
 import msgspec
 from litestar import asgi
 from litestar.types import Receive, Scope, Send
-from sqlalchemy.exc import SQLAlchemyError
 
 from relay.ingest import Ingest
 from relay.signing import verify
+from relay.store import STORE_ERRORS
 from relay.wildix import InvalidEvent, parse
 
 log = logging.getLogger("relay.webhook")
@@ -127,7 +127,7 @@ async def _receive(
 
     try:
         recorded = await ingest.accept(event, transport="webhook", meta={"remote": request.remote})
-    except (SQLAlchemyError, OSError) as exc:
+    except STORE_ERRORS as exc:
         ingest.rejected[(iid, "store unavailable")] += 1
         ingest.count_refusal(iid, "unavailable")
         log.error("store unavailable, answering 503: %s", exc, extra={"integration": iid})

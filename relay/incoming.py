@@ -1,0 +1,80 @@
+"""What ingest hands the store, and what it gets back."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay import numbers
+from relay.wildix import Event
+
+Key = tuple[str, str]  # (integration_id, body_sha256): what dedupe compares
+
+
+def ordering_key(connector: str, event: Event) -> str:
+    """Deliveries of one subject (a call, a user's presence) to one connector run in order."""
+    return f"{connector}|{event.integration_id}|{event.call_id or event.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A verified event on its way into the store, with the connectors it was routed to.
+
+    Its digest and phone numbers are worked out when it is made, by the request that brings it:
+    that work then overlaps with the commit of the batch before, instead of lengthening its own.
+    """
+
+    event: Event
+    connectors: Sequence[str]
+    transport: str
+    meta: dict[str, Any] | None = None
+    sha256: str = field(init=False)
+    numbers: set[str] = field(init=False)  # what the admin search by phone number looks up
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha256", hashlib.sha256(self.event.raw).hexdigest())
+        object.__setattr__(self, "numbers", numbers.in_data(self.event.data))
+
+    @property
+    def key(self) -> Key:
+        return (self.event.integration_id, self.sha256)
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    event_id: int
+    duplicate: bool
+    deliveries: int
+
+
+def event_row(item: Incoming) -> tuple[Any, ...]:
+    """An event's values in EVENT_COLUMNS order."""
+    event = item.event
+    return (
+        event.integration_id,
+        event.type,
+        event.id,
+        event.call_id,
+        item.sha256,
+        event.raw,
+        event.time,
+        item.transport,
+        item.meta or {},
+    )
+
+
+# every events column an ingest writes, in event_row's order, but received_at (one value for a
+# whole batch)
+EVENT_COLUMNS = [
+    "integration_id",
+    "type",
+    "subject_id",
+    "call_id",
+    "body_sha256",
+    "raw",
+    "occurred_at",
+    "transport",
+    "transport_meta",
+]
