@@ -45,10 +45,10 @@ def _may_hold_number(key: str) -> bool:
 
 
 def in_data(data: Any) -> set[str]:
-    """Every phone number in a decoded Wildix ``data`` object.
+    """Every phone number in a decoded Wildix ``data`` object (decoded JSON: keys are str).
 
-    Runs for every stored event, so it walks with a stack rather than
-    recursion, stacks only containers, and looks further at a string only if it could hold one.
+    Runs for every stored event, so it walks with a stack rather than recursion, stacks only
+    containers, and looks further at a string only if it could hold a number.
     """
     out: set[str] = set()
     stack: list[tuple[str, Any]] = [("", [data])]
