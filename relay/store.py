@@ -1,7 +1,8 @@
 """The durable store: events with their deliveries, connector links and state, rejections.
 
 Every write that acknowledges something to the outside world (an HTTP 200, an SQS delete, a
-connector's success) is one transaction. The dispatch side (claims, outcomes) is relay.queue.
+connector's success) is one transaction. The dispatch side (claims, outcomes) is relay.queue;
+PostgreSQL's ingest statement is relay.pg_ingest.
 """
 
 from __future__ import annotations
