@@ -30,7 +30,10 @@ def _sqlite_pragmas(
     engine: Engine, *, busy_timeout_ms: int = 10000, checkpoint: bool = True
 ) -> None:
     """One file, several connections: WAL lets readers run beside the writer, and busy_timeout
-    turns "database is locked" into a short wait."""
+    turns "database is locked" into a short wait. ``synchronous=NORMAL``: a commit survives a
+    crash of relay, not a power cut (the WAL is synced at checkpoints); FULL would sync at every
+    commit and cost about 20% of ingest throughput. PostgreSQL is the choice where that matters.
+    """
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -144,8 +144,8 @@ class Store(DeliveryQueue):
 
         A writer thread shares the GIL with the loop: while the loop parses requests, each of the
         dozen GIL hand-offs in a transaction waits its turn, and a 1 ms commit took 3 ms. On the
-        loop, a batch's SQL (about 1.5 ms for 32 events, no fsync in WAL mode) simply runs, and
-        ingest gets about a quarter more done. WAL checkpoints go to the writer thread.
+        loop, a batch's SQL (about 1.5 ms for 32 events; no sync to disk, see relay.db) simply
+        runs, and ingest gets about a quarter more done. WAL checkpoints go to the writer thread.
 
         While the writer thread has work (the dispatcher's claims and outcomes), the batch joins
         its queue instead: two writers in one process would meet on the file lock, and SQLite's
