@@ -28,7 +28,7 @@ class HeldConnections:
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         """The plain driver connection, in autocommit: one statement is one transaction."""
-        conn = self._free.pop()[0] if self._free else await self.engine.connect()
+        conn = await self._take()
         try:
             raw = (await conn.get_raw_connection()).driver_connection
             yield raw  # type: ignore[misc]
@@ -40,6 +40,17 @@ class HeldConnections:
         self._free.append((conn, loop.time()))
         if self._sweep is None:
             self._sweep = loop.call_later(self.idle, self._release_idle)
+
+    async def _take(self) -> AsyncConnection:
+        """A free held connection the server has not closed meanwhile, or a new checkout."""
+        while self._free:
+            conn = self._free.pop()[0]
+            raw = (await conn.get_raw_connection()).driver_connection
+            if not raw.is_closed():  # type: ignore[union-attr]
+                return conn
+            await conn.invalidate()
+            await conn.close()
+        return await self.engine.connect()
 
     def _release_idle(self) -> None:
         loop = asyncio.get_running_loop()

@@ -25,10 +25,12 @@ _DELIVERIES = len(EVENT_COLUMNS) + 1  # $10: key, connector, ordering_key
 _NUMBERS = _DELIVERIES + len(_KEY) + 2  # $14: key, number
 _NOW = f"${_NUMBERS + len(_KEY) + 1}"  # $17
 # what a connection that died while held raises on its next use
+# (InternalClientError: the server's goodbye arrived while the connection sat idle)
 _LOST = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     OSError,
 )
 

@@ -63,7 +63,13 @@ T = TypeVar("T")
 log = logging.getLogger("relay.store")
 # What a failed store write raises: SQLAlchemy's errors, and the driver's own on the statements
 # that bypass SQLAlchemy (PostgreSQL ingest); the disk or the network may fail underneath both.
-STORE_ERRORS = (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+STORE_ERRORS = (
+    SQLAlchemyError,
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 CHECKPOINT_EVERY = 50  # inline commits between two WAL checkpoints (~25 pages each at 32 events)
 
 
