@@ -64,12 +64,21 @@ async def store_backlog(settings: object, count: int) -> None:
             assert (await relay.post(call_body(f"call-{n}"))).status_code == 200
 
 
+async def plugin_backlog(
+    db_url: str, tmp_path: Path, name: str, source: str, receiver: Receiver, count: int
+) -> Any:
+    """Settings with the single-file plugin ``name`` (two slots) sending to ``receiver``, and
+    ``count`` events already stored for it."""
+    (tmp_path / f"{name}.py").write_text(source)
+    block = {"type": name, "url": receiver.url, "delivery": {"concurrency": 2}}
+    settings = make_settings(db_url, {"out": block}, plugin_dirs=[str(tmp_path)])
+    await store_backlog(settings, count)
+    return settings
+
+
 async def test_claims_taken_ahead_wait_for_a_slot(db_url: str, tmp_path: Path) -> None:
-    (tmp_path / "probe.py").write_text(PROBE)
     async with Receiver() as receiver:
-        block = {"type": "probe", "url": receiver.url, "delivery": {"concurrency": 2}}
-        settings = make_settings(db_url, {"out": block}, plugin_dirs=[str(tmp_path)])
-        await store_backlog(settings, 9)
+        settings = await plugin_backlog(db_url, tmp_path, "probe", PROBE, receiver, 9)
         async with run_relay(settings) as relay:
             rows = await relay.settled()
         assert [r.state for r in rows] == ["succeeded"] * 9
@@ -177,11 +186,8 @@ QUOTA = textwrap.dedent(
 async def test_claims_waiting_for_a_slot_are_not_attempted_once_paused(
     db_url: str, tmp_path: Path
 ) -> None:
-    (tmp_path / "quota.py").write_text(QUOTA)
     async with Receiver() as receiver:
-        block = {"type": "quota", "url": receiver.url, "delivery": {"concurrency": 2}}
-        settings = make_settings(db_url, {"out": block}, plugin_dirs=[str(tmp_path)])
-        await store_backlog(settings, 3)
+        settings = await plugin_backlog(db_url, tmp_path, "quota", QUOTA, receiver, 3)
         async with run_relay(settings) as relay:
 
             async def none_running() -> list[Any] | None:
