@@ -20,7 +20,7 @@ import msgspec
 import psutil
 import yaml
 
-from relay.signing import sign
+from relay.wildix.signature import sign
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "relay" / "fixtures" / "call_completed.json"

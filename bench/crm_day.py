@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from relay.signing import sign
+from relay.wildix.signature import sign
 from tests.conftest import SECRET, config_dict
 from tests.crm_calls import current_inbound_missed, current_outbound, legacy
 from tests.crm_support import duplicate

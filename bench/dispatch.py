@@ -35,8 +35,9 @@ from bench.common import (
     server,
     wrk,
 )
-from relay import db
-from relay.store import Incoming, Store
+from relay.store import db
+from relay.store.records import Store
+from relay.store.rows import Incoming
 from relay.wildix import parse
 
 

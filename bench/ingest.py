@@ -27,7 +27,7 @@ from bench.common import (
     uvicorn_cmd,
     wrk,
 )
-from relay import db
+from relay.store import db
 
 
 def line(label: str, r: dict[str, float], ceiling: float | None = None) -> str:

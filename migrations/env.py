@@ -8,8 +8,8 @@ import os
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from relay.db import create_engine
-from relay.models import Base
+from relay.store.db import create_engine
+from relay.store.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

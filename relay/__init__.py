@@ -16,7 +16,7 @@ from relay.errors import (
     raise_for_response,
 )
 from relay.hookspecs import hookimpl
-from relay.notify import (
+from relay.messages import (
     MESSAGE_KINDS,
     TemplateFile,
     check_template,

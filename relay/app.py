@@ -15,17 +15,17 @@ from litestar import Litestar, Response, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 
-from relay import db
 from relay.admin import mount
-from relay.admin.lifecycle import purge_forever
 from relay.admin.queries import Queries
+from relay.admin.retention import purge_forever
 from relay.config import Settings
-from relay.dispatch import Dispatcher
-from relay.ingest import Ingest
-from relay.instances import Connectors
-from relay.sources.sqs import SqsConsumers, consumes_here
-from relay.sources.webhook import webhooks
-from relay.store import Store
+from relay.dispatch.connector_pool import Connectors
+from relay.dispatch.dispatcher import Dispatcher
+from relay.ingest.accept import Ingest
+from relay.ingest.sqs_consumer import SqsConsumers, consumes_here
+from relay.ingest.webhook_endpoint import webhooks
+from relay.store import db
+from relay.store.records import Store
 
 log = logging.getLogger("relay.app")
 
@@ -69,7 +69,7 @@ def tune_gc() -> None:
 
     Each request allocates thousands of short-lived objects, so with the default thresholds a
     full collection walks every object the process holds every few seconds: that pause was the
-    ingest p99 (bench/ingest: 62 ms → 13 ms). Objects alive at start-up (modules, config) are
+    ingest p99 (bench/README.md has the figures). Objects alive at start-up (modules, config) are
     frozen out of collection; cyclic garbage is still collected, just in larger
     rounds, and reference counting frees everything else at once as before.
     """

@@ -383,7 +383,7 @@ def load_config(
     except OSError as exc:
         raise ConfigError("$", f"cannot read {file}: {exc.strerror}") from None
     if connector_types is None:
-        from relay.plugins import connector_types as load_types
+        from relay.registry import connector_types as load_types
 
         connector_types = load_types(_plugin_dirs(text, env))
     return parse_config(text, connector_types=connector_types, env=env, source=str(file))

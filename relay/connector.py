@@ -21,7 +21,7 @@ from relay import templates
 from relay.errors import raise_for_response
 
 if TYPE_CHECKING:
-    from relay.store import Store
+    from relay.store.records import Store
     from relay.wildix import Event
 
 

@@ -14,7 +14,7 @@ from typing import IO, Any
 
 import msgspec
 
-from relay.numbers import mask
+from relay.wildix.numbers import mask
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is a field.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {

@@ -19,12 +19,14 @@ import yaml
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from relay import db
 from relay.app import create_app
 from relay.config import Settings, parse_config
-from relay.plugins import connector_types
-from relay.signing import sign
-from relay.store import Store, attempts, deliveries, events
+from relay.registry import connector_types
+from relay.store import db
+from relay.store.records import Store
+from relay.store.tables import attempts, deliveries, events
+from relay.wildix import samples
+from relay.wildix.signature import sign
 from tests.fakes.asgi import serve
 
 PG_URL = os.environ.get("RELAY_TEST_DATABASE_URL")
@@ -32,11 +34,8 @@ SECRET = "R8vYq2LmTz0pWn4XcKs7JdHf5Bg1Ae"
 
 
 def fixtures_dir() -> Path:
-    env = os.environ.get("RELAY_FIXTURES_DIR")
-    if env:
-        return Path(env)
-    shared = Path(__file__).resolve().parents[2] / "shared" / "wildix" / "fixtures"
-    return shared if shared.is_dir() else Path(__file__).resolve().parents[1] / "relay" / "fixtures"
+    """The Wildix samples shipped in the package (relay/wildix/samples)."""
+    return Path(str(samples()))
 
 
 def fixture(name: str) -> bytes:

@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 
 from relay.cli import main
 from relay.config import ConfigError, parse_config
-from relay.plugins import connector_types
+from relay.registry import connector_types
 
 TYPES = connector_types()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.admin import actions
-from relay.store import links
+from relay.store.tables import links
 from tests.conftest import RunningRelay
 from tests.crm_support import AGENT_EMAIL
 from tests.fakes.salesforce import TEST_KEY_PEM, FakeSalesforce

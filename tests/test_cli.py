@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from relay import db
+from relay.store import db
 from tests.conftest import SECRET, postgres_database
 
 RELAY = [sys.executable, "-m", "relay"]
@@ -142,7 +142,11 @@ def test_plugins_lists_the_builtin_connector_types(tmp_path: Path) -> None:
     config = write(tmp_path / "relay.yaml", demo_config(tmp_path, "sqlite+aiosqlite:///x.db", 1))
     result = run("plugins", config=config)
     assert result.returncode == 0, result.stderr
-    for ctype in ("file: plugins.log", "log: plugins.log", "webhook: plugins.webhook"):
+    for ctype in (
+        "file: relay.plugins.log",
+        "log: relay.plugins.log",
+        "webhook: relay.plugins.webhook",
+    ):
         assert ctype in result.stdout
 
 

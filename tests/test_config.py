@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from relay.cli import main
 from relay.config import ConfigError, load_config, parse_config
-from relay.plugins import connector_types
+from relay.registry import connector_types
 
 TYPES = connector_types()
 

@@ -20,27 +20,20 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from relay.plugins.log import FileConnector, LogConnector
+from relay.plugins.webhook import WebhookConnector
 
-from plugins.log import FileConnector, LogConnector
-from plugins.webhook import WebhookConnector
 from relay import AuthError, Connector, PermanentError, RetryableError
 from relay.config import ConfigError, parse_config
 from relay.connector import DeliveryContext, Limiters
-from relay.store import Store
+from relay.store.records import Store
 from relay.wildix import Event, parse
+from tests.conftest import fixtures_dir
 from tests.fakes.receiver import Receiver
 
 IDS = {"type", "integration_id", "event_id", "delivery_id"}
 TYPES: dict[str, type[Connector]] = {"webhook": WebhookConnector, "log": LogConnector}
 TYPES["file"] = FileConnector
-
-
-def fixtures_dir() -> Path:
-    """The shared Wildix fixtures; RELAY_FIXTURES_DIR wins when the repo lives elsewhere."""
-    env = os.environ.get("RELAY_FIXTURES_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "wildix" / "fixtures"
 
 
 def fixture_bytes(name: str) -> bytes:

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import yaml
+from relay.plugins.email import default_templates
+from relay.plugins.slack import default_template, payload
 
-from plugins.email import default_templates
-from plugins.slack import default_template, payload
 from relay import check_template, render, sample_events, template_values
 from relay.config import parse_config
 from tests.connectors import TYPES, build

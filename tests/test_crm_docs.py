@@ -11,8 +11,8 @@ import yaml
 
 from relay.config import parse_config
 from relay.connector import DeliveryContext, Limiters
-from relay.plugins import connector_types
-from relay.store import Store
+from relay.registry import connector_types
+from relay.store.records import Store
 from relay.wildix import parse
 from tests.crm_calls import legacy
 from tests.fakes.receiver import Receiver

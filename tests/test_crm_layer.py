@@ -13,10 +13,10 @@ import yaml
 from relay import AuthError, PauseConnector, PermanentError, RetryableError, crm
 from relay.config import ConfigError, parse_config
 from relay.connector import ConnectorContext, Limiters
-from relay.plugins import connector_types
-from relay.store import Store
-from relay.views import Party
+from relay.registry import connector_types
+from relay.store.records import Store
 from relay.wildix import parse
+from relay.wildix.views import Party
 from tests.crm_calls import current_outbound, legacy
 from tests.crm_support import UK_CONTACT
 from tests.fakes.receiver import Receiver

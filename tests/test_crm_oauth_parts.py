@@ -10,13 +10,13 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from relay.plugins.salesforce import sosl_escape
 
-from plugins.salesforce import sosl_escape
 from relay import PermanentError
 from relay.config import ConfigError, parse_config
 from relay.connector import ConnectorContext, Limiters
-from relay.plugins import connector_types
-from relay.store import Store
+from relay.registry import connector_types
+from relay.store.records import Store
 from tests.crm_oauth_support import TOKEN_VENDORS, OAuthVendor
 from tests.crm_support import UK_CONTACT, running
 from tests.fakes.salesforce import TEST_KEY_PEM as SALESFORCE_KEY_PEM

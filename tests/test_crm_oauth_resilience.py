@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from relay.store import connector_state
+from relay.store.tables import connector_state
 from tests.conftest import make_settings, run_relay
 from tests.crm_calls import current_inbound_missed, current_outbound
 from tests.crm_oauth_support import (

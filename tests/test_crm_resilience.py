@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.store import connector_state
+from relay.store.tables import connector_state
 from tests.conftest import config_dict, make_settings, run_relay
 from tests.crm_calls import current_inbound_missed, current_outbound
 from tests.crm_support import FR_CALLER, UK_CONTACT, VENDORS, Vendor, post_all, running

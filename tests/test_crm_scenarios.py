@@ -250,11 +250,11 @@ async def test_pipedrive_without_final_records_logs_at_the_live_end(db_url: str)
 async def test_check_verifies_the_token(vendor: Vendor, tmp_path: Any) -> None:
     import httpx
 
-    from relay import db
     from relay.config import parse_config
     from relay.connector import ConnectorContext, Limiters
-    from relay.plugins import connector_types
-    from relay.store import Store
+    from relay.registry import connector_types
+    from relay.store import db
+    from relay.store.records import Store
 
     fake = vendor.fake()
     engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path}/c.db")

@@ -18,7 +18,7 @@ import trustme
 
 from relay import AuthError, PermanentError, RetryableError
 from relay.connector import ConnectorContext, Limiters
-from relay.store import Store
+from relay.store.records import Store
 from relay.wildix import parse
 from tests.conftest import fixture, make_settings, run_relay
 from tests.connectors import build, check_config, config_error

@@ -12,9 +12,10 @@ import msgspec
 import pytest
 from sqlalchemy import text
 
-from relay import db
-from relay.ingest import group_commit
-from relay.store import CHECKPOINT_EVERY, Incoming, Store
+from relay.ingest.accept import group_commit
+from relay.store import db
+from relay.store.records import CHECKPOINT_EVERY, Store
+from relay.store.rows import Incoming
 from relay.wildix import parse
 from tests.conftest import fixture, make_settings, run_relay
 from tests.fakes.receiver import Receiver

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import text
 
-from relay import db
-from relay.store import rejections
+from relay.store import db
+from relay.store.tables import rejections
 from tests.conftest import SECRET, fixture, make_settings, run_relay
 from tests.fakes.receiver import Receiver
 

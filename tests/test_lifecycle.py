@@ -13,9 +13,9 @@ import pytest
 import yaml
 from sqlalchemy import insert, select, update
 
-from relay import db
-from relay.admin.lifecycle import purge
-from relay.store import (
+from relay.admin.retention import purge
+from relay.store import db
+from relay.store.tables import (
     attempts,
     deliveries,
     event_numbers,

@@ -20,15 +20,15 @@ import httpx
 import pluggy
 import pytest
 import yaml
+from relay.plugins.log import FileConnector
+from relay.plugins.webhook import WebhookConnector
 
 import relay
-from plugins.log import FileConnector
-from plugins.webhook import WebhookConnector
 from relay import PauseConnector, hookspecs
 from relay.config import ConfigError, parse_config
 from relay.connector import ConnectorContext, DeliveryContext, Limiters
-from relay.plugins import collect_connectors, connector_types
-from relay.store import Store
+from relay.registry import collect_connectors, connector_types
+from relay.store.records import Store
 from relay.wildix import parse
 from tests.fakes.receiver import Receiver
 from tests.test_connectors_builtin import fixture_bytes

@@ -12,8 +12,11 @@ import msgspec
 import pytest
 from sqlalchemy import select
 
-from relay import db
-from relay.store import Incoming, Outcome, Store, attempts, connector_state, deliveries
+from relay.store import db
+from relay.store.queue import Outcome
+from relay.store.records import Store
+from relay.store.rows import Incoming
+from relay.store.tables import attempts, connector_state, deliveries
 from relay.wildix import parse
 from tests.conftest import fixture
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -11,14 +9,7 @@ import pytest
 
 from relay.routing import WhereError, check_where, event_matches, match, where_matches
 from relay.wildix import Event, parse
-
-
-def fixtures_dir() -> Path:
-    """The shared Wildix fixtures; RELAY_FIXTURES_DIR wins when the repo lives elsewhere."""
-    env = os.environ.get("RELAY_FIXTURES_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "wildix" / "fixtures"
+from tests.conftest import fixtures_dir
 
 
 def load(name: str) -> Event:

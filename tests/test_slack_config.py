@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from relay.plugins.slack import default_template, payload
 
-from plugins.slack import default_template, payload
 from relay import MESSAGE_KINDS, render, sample_events, template_values
 from tests.connectors import check_config, config_error
 

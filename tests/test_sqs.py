@@ -15,8 +15,8 @@ from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay.config import Settings, parse_config
-from relay.plugins import connector_types
-from relay.store import links, rejections, utcnow
+from relay.registry import connector_types
+from relay.store.tables import links, rejections, utcnow
 from tests.conftest import RunningRelay, config_dict, fixture, run_relay
 from tests.fakes.receiver import Receiver
 from tests.fakes.sqs import SECRET_KEY, MotoSqs, Queue, SqsProxy

@@ -21,9 +21,9 @@ import yaml
 from click.testing import CliRunner, Result
 from sqlalchemy import select
 
-from relay import db
 from relay.cli import main
-from relay.store import deliveries, events
+from relay.store import db
+from relay.store.tables import deliveries, events
 from tests.conftest import fixture, run_relay
 from tests.fakes.sqs import SECRET_KEY, MotoSqs, Queue, SqsProxy
 from tests.test_cli import RELAY, free_port, run, write

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from relay.plugins import connector_types
+from relay.registry import connector_types
 from tests.conftest import SECRET, fixture, make_settings, run_relay
 from tests.fakes.receiver import Receiver
 

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import copy
-import os
 import re
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
 from relay.wildix import Call, Event, InvalidEvent, parse
-
-
-def fixtures_dir() -> Path:
-    """The shared Wildix fixtures; RELAY_FIXTURES_DIR wins when the repo lives elsewhere."""
-    env = os.environ.get("RELAY_FIXTURES_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "wildix" / "fixtures"
+from tests.conftest import fixtures_dir
 
 
 def load(name: str) -> Event:
@@ -572,7 +563,7 @@ def test_data_may_be_any_json_value() -> None:
 def test_a_normalizer_bug_keeps_the_event(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import relay.wildix as wildix
+    import relay.wildix.envelope as wildix
 
     def boom(*args: Any) -> None:
         raise RuntimeError("bug")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from relay.numbers import in_raw
+from relay.wildix.numbers import in_raw
 
 revision: str = "0002_ops"
 down_revision: str | Sequence[str] | None = "0001"

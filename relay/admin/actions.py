@@ -15,8 +15,9 @@ from sqlalchemy import case, func, select, update
 from relay.admin import schemas as s
 from relay.admin.filters import EventFilter, event_conditions
 from relay.config import Settings
-from relay.ingest import Ingest
-from relay.store import Store, deliveries, events, utcnow
+from relay.ingest.accept import Ingest
+from relay.store.records import Store
+from relay.store.tables import deliveries, events, utcnow
 from relay.wildix import InvalidEvent, parse
 
 RETRYABLE = ("pending", "dead", "cancelled")

@@ -27,7 +27,8 @@ from relay.admin import schemas as s
 from relay.admin.filters import BadFilter, EventFilter
 from relay.admin.queries import Queries, queue_stats
 from relay.config import Settings
-from relay.store import Store, utcnow
+from relay.store.records import Store
+from relay.store.tables import utcnow
 
 SECURITY_SCHEME = "AdminToken"
 Limit = Annotated[int, QueryParameter(ge=1, le=500, description="page size")]

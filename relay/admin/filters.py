@@ -8,9 +8,9 @@ from typing import Any
 import msgspec
 from sqlalchemy import ColumnElement, exists
 
-from relay import numbers
 from relay.admin import schemas as s
-from relay.store import deliveries, event_numbers, events
+from relay.store.tables import deliveries, event_numbers, events
+from relay.wildix import numbers
 
 MAX_LIMIT = 500
 

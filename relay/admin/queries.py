@@ -25,9 +25,9 @@ from relay.admin.filters import (
 )
 from relay.admin.redact import Redactor
 from relay.config import Settings
-from relay.store import (
-    ACTIVE,
-    Store,
+from relay.store.records import Store
+from relay.store.states import ACTIVE
+from relay.store.tables import (
     attempts,
     connector_state,
     deliveries,

@@ -12,7 +12,6 @@ See docs/crm.md for the lifecycle and the adapter methods a CRM implements.
 """
 
 from relay.config import Duration
-from relay.crm.config import DEFAULT_NOTES, DEFAULT_TITLE, CrmConfig, OnNoMatch, RateLimit
 from relay.crm.content import (
     OUTCOME_LABELS,
     Activity,
@@ -24,6 +23,7 @@ from relay.crm.content import (
 from relay.crm.facts import Facts
 from relay.crm.http import CrmHttp, Limited, json_object, next_reset
 from relay.crm.lifecycle import ActivityState, CallLink, CrmConnector
+from relay.crm.options import DEFAULT_NOTES, DEFAULT_TITLE, CrmConfig, OnNoMatch, RateLimit
 from relay.crm.owners import OwnerMapper
 from relay.crm.phones import Person, PhoneMatcher, national_digits, pick, to_e164
 

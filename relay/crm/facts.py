@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from relay.views import Call, Leg, Party
+from relay.wildix.views import Call, Leg, Party
 
 PHASE_RANK = {"start": 0, "update": 1, "end": 2, "record": 3}
 FINAL_OUTCOMES = frozenset({"completed", "missed", "busy", "failed"})

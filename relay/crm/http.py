@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from relay.connector import ConnectorContext
-from relay.crm.config import CrmConfig, RateLimit
+from relay.crm.options import CrmConfig, RateLimit
 from relay.errors import (
     AuthError,
     PauseConnector,

@@ -26,10 +26,10 @@ from typing import ClassVar, Literal, TypeVar
 import msgspec
 
 from relay.connector import Connector, ConnectorContext, DeliveryContext
-from relay.crm.config import CrmConfig
 from relay.crm.content import Activity, build_activity
 from relay.crm.facts import EXTERNAL, Facts, merge, sources, wanted
 from relay.crm.http import CrmHttp
+from relay.crm.options import CrmConfig
 from relay.crm.owners import OwnerMapper
 from relay.crm.phones import Person, PhoneMatcher, pick, to_e164
 from relay.errors import DeliveryError, PermanentError, RetryableError

@@ -28,9 +28,9 @@ import httpx
 import msgspec
 
 from relay.connector import ConnectorContext
-from relay.crm.config import CrmConfig
 from relay.crm.http import json_object
 from relay.crm.lifecycle import CrmConnector
+from relay.crm.options import CrmConfig
 from relay.errors import DeliveryError, PermanentError, RetryableError, excerpt, parse_retry_after
 
 # the access token the current delivery (asyncio task) last sent: on a 401, only that token is

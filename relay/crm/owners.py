@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 
 from relay.crm.phones import Lookups
-from relay.views import Party
+from relay.wildix.views import Party
 
 FindUser = Callable[[str], Awaitable[str | None]]
 

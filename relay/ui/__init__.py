@@ -29,7 +29,7 @@ from litestar.template import TemplateConfig
 from relay.admin.api import provide_queries
 from relay.admin.filters import BadFilter
 from relay.config import Settings
-from relay.store import utcnow
+from relay.store.tables import utcnow
 
 HERE = Path(__file__).resolve().parent
 PREFIX = "/ui"

@@ -18,7 +18,7 @@ import boto3
 from aiohttp import web
 from moto.server import ThreadedMotoServer
 
-from relay.signing import SQS_ATTRIBUTE, sign
+from relay.wildix.signature import SQS_ATTRIBUTE, sign
 
 REGION = "eu-west-1"
 KEY_ID = "AKIAQ7M2XKRELAYTEST1"

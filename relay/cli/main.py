@@ -6,7 +6,6 @@ import asyncio
 import signal
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -15,25 +14,15 @@ import httpx
 import msgspec
 from sqlalchemy.engine import make_url
 
-from relay import db, logs
-from relay.admin.cli import register as register_ops_commands
-from relay.config import ConfigError, Settings, SqsConfig, load_config
-from relay.plugins import PluginError, collect_connectors, describe, plugin_manager
+from relay import logs
+from relay.cli.operations import register as register_ops_commands
+from relay.cli.settings import fail, load_settings
+from relay.config import Settings, SqsConfig
+from relay.registry import PluginError, collect_connectors, describe, plugin_manager
 from relay.secrets import mask
-from relay.signing import HEADER, sign
-
-
-def _fail(message: str) -> None:
-    click.secho(message, fg="red", err=True)
-    sys.exit(1)
-
-
-def _settings(ctx: click.Context) -> Settings:
-    try:
-        return load_config(ctx.obj["config"])
-    except (ConfigError, PluginError) as exc:
-        _fail(f"config error: {exc}")
-        raise  # unreachable; keeps type checkers calm
+from relay.store import db
+from relay.wildix import samples
+from relay.wildix.signature import HEADER, sign
 
 
 def safe_url(url: str) -> str:
@@ -89,7 +78,7 @@ def serve(
 
     from relay.app import create_app, tune_gc
 
-    settings = _settings(ctx)
+    settings = load_settings(ctx)
     _logs(settings)
     if not db.is_sqlite(settings.database.url):
         asyncio.run(_require_schema(settings))
@@ -112,9 +101,9 @@ async def _require_schema(settings: Settings) -> None:
     try:
         await db.ensure_schema(engine, auto_migrate=False)
     except db.SchemaOutOfDate as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except Exception as exc:
-        _fail(f"cannot reach the database {safe_url(settings.database.url)}: {exc}")
+        fail(f"cannot reach the database {safe_url(settings.database.url)}: {exc}")
     finally:
         await engine.dispose()
 
@@ -138,7 +127,7 @@ def _logs(settings: Settings) -> None:
 @click.pass_context
 def worker(ctx: click.Context, metrics_port: int | None, sqs: bool | None) -> None:
     """Run the dispatcher (scale-out: many workers on one PostgreSQL), optionally SQS consumers."""
-    settings = _settings(ctx)
+    settings = load_settings(ctx)
     _logs(settings)
     if metrics_port:
         from prometheus_client import start_http_server
@@ -148,19 +137,19 @@ def worker(ctx: click.Context, metrics_port: int | None, sqs: bool | None) -> No
 
 
 async def _worker(settings: Settings, sqs: bool | None = None) -> None:
-    from relay.admin.lifecycle import purge_forever
+    from relay.admin.retention import purge_forever
     from relay.app import http_client, tune_gc
-    from relay.dispatch import Dispatcher
-    from relay.ingest import Ingest
-    from relay.instances import Connectors
-    from relay.sources.sqs import SqsConsumers, consumes_here
-    from relay.store import Store
+    from relay.dispatch.connector_pool import Connectors
+    from relay.dispatch.dispatcher import Dispatcher
+    from relay.ingest.accept import Ingest
+    from relay.ingest.sqs_consumer import SqsConsumers, consumes_here
+    from relay.store.records import Store
 
     engine = db.create_engine(settings.database.url, pool_size=settings.database.pool_size)
     try:
         await db.ensure_schema(engine, auto_migrate=db.is_sqlite(settings.database.url))
     except db.SchemaOutOfDate as exc:
-        _fail(str(exc))
+        fail(str(exc))
     store = Store(engine)
     async with http_client() as http:
         connectors = Connectors(settings, store, http)
@@ -193,7 +182,7 @@ async def _worker(settings: Settings, sqs: bool | None = None) -> None:
 @click.pass_context
 def migrate(ctx: click.Context) -> None:
     """Bring the database schema to the version this code needs."""
-    settings = _settings(ctx)
+    settings = load_settings(ctx)
 
     async def run() -> tuple[str | None, str | None]:
         engine = db.create_engine(settings.database.url)
@@ -217,7 +206,7 @@ def migrate(ctx: click.Context) -> None:
 @click.pass_context
 def check_config(ctx: click.Context, online: bool) -> None:
     """Validate the configuration and print it with secrets masked."""
-    settings = _settings(ctx)
+    settings = load_settings(ctx)
     click.echo(f"{settings.source}: OK")
     click.echo(f"database: {safe_url(settings.database.url)}")
     click.echo(f"server: {settings.server.host}:{settings.server.port}")
@@ -251,8 +240,8 @@ def check_config(ctx: click.Context, online: bool) -> None:
 
 async def _online_checks(settings: Settings) -> int:
     from relay.app import http_client
-    from relay.instances import Connectors
-    from relay.store import Store
+    from relay.dispatch.connector_pool import Connectors
+    from relay.store.records import Store
 
     engine = db.create_engine(settings.database.url)
     failures = 0
@@ -274,7 +263,7 @@ async def _online_checks(settings: Settings) -> int:
 @click.pass_context
 def plugins_cmd(ctx: click.Context) -> None:
     """List loaded plugins, their hooks and the connector types they provide."""
-    settings = _settings(ctx)
+    settings = load_settings(ctx)
     pm = plugin_manager(settings.plugins.dirs)
     for name, hooks in describe(pm):
         click.echo(f"{name}: {', '.join(hooks)}")
@@ -290,7 +279,7 @@ def fixture_names() -> list[str]:
 
 
 def _fixtures() -> Any:
-    return resources.files("relay") / "fixtures"
+    return samples()
 
 
 def sample_body(integration_id: str, *, fixture: str, file: str | None, exact: bool) -> bytes:
@@ -331,21 +320,21 @@ def send_test(
     if list_:
         click.echo("\n".join(fixture_names()))
         return
-    settings = _settings(ctx)
+    settings = load_settings(ctx)
     integ = settings.integrations.get(integration_id)
     if integ is None:
-        _fail(f"no integration {integration_id!r} in {settings.source}")
+        fail(f"no integration {integration_id!r} in {settings.source}")
         return
     if not file and fixture not in fixture_names():
-        _fail(f"unknown fixture {fixture!r}; try --list")
+        fail(f"unknown fixture {fixture!r}; try --list")
     body = sample_body(integration_id, fixture=fixture, file=file, exact=exact)
     if sqs:
         _send_sqs(integration_id, integ.sqs, body)
         return
     if integ.transport == "sqs":
-        _fail(f"integration {integration_id} uses SQS: add --sqs")
+        fail(f"integration {integration_id} uses SQS: add --sqs")
     if not integ.secret:
-        _fail(f"integration {integration_id} has no webhook secret")
+        fail(f"integration {integration_id} has no webhook secret")
         return
     if url is None:
         host = (
@@ -356,7 +345,7 @@ def send_test(
     try:
         response = httpx.post(url, content=body, headers=headers, timeout=10)
     except httpx.HTTPError as exc:
-        _fail(f"could not reach {url}: {exc}")
+        fail(f"could not reach {url}: {exc}")
         return
     click.echo(f"POST {url} → {response.status_code} {response.text}")
     if response.status_code != 200:
@@ -364,17 +353,17 @@ def send_test(
 
 
 def _send_sqs(integration_id: str, cfg: SqsConfig | None, body: bytes) -> None:
-    from relay.sources.sqs import describe, send
+    from relay.ingest.sqs_consumer import describe, send
 
     if cfg is None:
-        _fail(f"integration {integration_id} has no sqs block")
+        fail(f"integration {integration_id} has no sqs block")
         return
     try:
         message_id = asyncio.run(send(cfg, body))
     except UnicodeDecodeError:
-        _fail("an SQS message body must be UTF-8 text")
+        fail("an SQS message body must be UTF-8 text")
         return
     except Exception as exc:
-        _fail(f"could not send to {cfg.queue_url}: {describe(exc)}")
+        fail(f"could not send to {cfg.queue_url}: {describe(exc)}")
         return
     click.echo(f"SQS {cfg.queue_url} → MessageId {message_id}")

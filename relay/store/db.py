@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool, SingletonThreadPool
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = Path(str(resources.files("relay.migrations")))
 
 
 class SchemaOutOfDate(RuntimeError):
@@ -32,8 +33,7 @@ def _sqlite_pragmas(
     """One file, several connections: WAL lets readers run beside the writer, and busy_timeout
     turns "database is locked" into a short wait. ``synchronous=NORMAL``: a commit survives a
     crash of relay, not a power cut (the WAL is synced at checkpoints); FULL would sync at every
-    commit and cost 5 to 20% of ingest throughput in our runs. PostgreSQL is the choice where that
-    matters.
+    commit (bench/README.md has its measured cost). PostgreSQL is the choice where that matters.
     """
 
     @event.listens_for(engine, "connect")
@@ -61,7 +61,7 @@ def create_inline_engine(url: URL) -> Engine:
     It must never make the loop wait: ``BEGIN IMMEDIATE`` takes the write lock up front and,
     with no busy timeout, fails at once when another connection holds it (the caller then
     goes to the writer thread, which may wait). It never checkpoints the WAL either (a
-    checkpoint copies pages and syncs the file, ~10 ms): the store runs those off the loop.
+    checkpoint copies pages and syncs the file): the store runs those off the loop.
     """
     engine = sa_create_engine(url.set(drivername="sqlite"), poolclass=SingletonThreadPool)
     _sqlite_pragmas(engine, busy_timeout_ms=0, checkpoint=False)

@@ -16,11 +16,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, delete, exists, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from relay import numbers
 from relay.config import Settings
-from relay.store import (
-    ACTIVE,
-    Store,
+from relay.store.records import Store
+from relay.store.states import ACTIVE
+from relay.store.tables import (
     attempts,
     deliveries,
     event_numbers,
@@ -29,6 +28,7 @@ from relay.store import (
     rejections,
     utcnow,
 )
+from relay.wildix import numbers
 
 log = logging.getLogger("relay.lifecycle")
 _BATCH = 1000

@@ -16,10 +16,8 @@ from typing import Annotated, Any, TypeVar
 
 import msgspec
 
-from relay.normalize import EPOCH, call_id_of, call_view, presence_view, sms_view
-from relay.views import Call, Leg, Party, Presence, Recording, Sms
-
-__all__ = ["Call", "Event", "InvalidEvent", "Leg", "Party", "Presence", "Recording", "Sms", "parse"]
+from relay.wildix.normalize import EPOCH, call_id_of, call_view, presence_view, sms_view
+from relay.wildix.views import Call, Presence, Sms
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 
 from relay.config import DeliveryPolicy
 from relay.errors import excerpt
-from relay.models import utcnow
-from relay.queue import Claim, Outcome
+from relay.store.queue import Claim, Outcome
+from relay.store.tables import utcnow
 
 
 def retry_delay(policy: DeliveryPolicy, attempt: int, retry_after: float | None) -> float:

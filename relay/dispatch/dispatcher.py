@@ -23,12 +23,12 @@ import httpx
 from relay import metrics
 from relay.config import DeliveryPolicy
 from relay.connector import Connector, DeliveryContext
-from relay.deadlines import Deadlines
+from relay.dispatch.attempt_timeouts import Deadlines
+from relay.dispatch.connector_pool import Connectors
+from relay.dispatch.retry_policy import attempt_outcome
 from relay.errors import PauseConnector, PermanentError, RetryableError
-from relay.instances import Connectors
-from relay.queue import QueueSession, aware
-from relay.retry import attempt_outcome
-from relay.store import Claim, Outcome, utcnow
+from relay.store.queue import Claim, Outcome, QueueSession, aware
+from relay.store.tables import utcnow
 from relay.wildix import InvalidEvent, parse
 
 log = logging.getLogger("relay.dispatch")
@@ -75,10 +75,6 @@ class Dispatcher:
     def wake(self) -> None:
         """Something new may be due (an event was stored, a delivery finished)."""
         self._wake.set()
-
-    @property
-    def inflight(self) -> int:
-        return sum(len(tasks) for tasks in self._inflight.values())
 
     async def run(self) -> None:
         log.info("dispatcher started", extra={"worker": self.worker})

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay import numbers
-from relay.wildix import Event
+from relay.wildix import Event, numbers
 
 Key = tuple[str, str]  # (integration_id, body_sha256): what dedupe compares
 

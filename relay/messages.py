@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Collection, Iterable
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from relay.templates import TemplateError, add_filter, compile_template, render
-from relay.wildix import Event, parse
+from relay.wildix import Event, parse, samples
 
 if TYPE_CHECKING:
     from relay.connector import ConnectorContext
@@ -162,7 +161,7 @@ def template_source(
 @lru_cache(maxsize=1)
 def sample_events() -> dict[str, Event]:
     """The Wildix samples relay ships (those of ``relay send-test``), parsed, by name."""
-    folder = resources.files("relay") / "fixtures"
+    folder = samples()
     return {
         entry.name.removesuffix(".json"): parse(entry.read_bytes())
         for entry in sorted(folder.iterdir(), key=lambda e: e.name)

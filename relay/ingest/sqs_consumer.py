@@ -23,9 +23,9 @@ from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError
 
 from relay.config import Settings, SqsConfig
-from relay.ingest import Ingest
-from relay.signing import SQS_ATTRIBUTE, sign, verify
+from relay.ingest.accept import Ingest
 from relay.wildix import Event, InvalidEvent, parse
+from relay.wildix.signature import SQS_ATTRIBUTE, sign, verify
 
 log = logging.getLogger("relay.sqs")
 

@@ -18,10 +18,10 @@ import msgspec
 from litestar import asgi
 from litestar.types import Receive, Scope, Send
 
-from relay.ingest import Ingest
-from relay.signing import verify
-from relay.store import STORE_ERRORS
+from relay.ingest.accept import Ingest
+from relay.store.records import STORE_ERRORS
 from relay.wildix import InvalidEvent, parse
+from relay.wildix.signature import verify
 
 log = logging.getLogger("relay.webhook")
 

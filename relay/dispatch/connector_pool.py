@@ -8,7 +8,8 @@ import httpx
 
 from relay.config import DeliveryPolicy, Settings
 from relay.connector import Connector, ConnectorContext, DeliveryContext, Limiters
-from relay.store import Claim, Store
+from relay.store.queue import Claim
+from relay.store.records import Store
 
 log = logging.getLogger("relay.dispatch")
 

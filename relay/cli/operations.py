@@ -16,25 +16,20 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
-from relay import db
 from relay.admin import actions
 from relay.admin import schemas as s
 from relay.admin.filters import BadFilter, EventFilter
-from relay.admin.lifecycle import erase as erase_numbers
-from relay.admin.lifecycle import purge as purge_now
 from relay.admin.queries import Queries
+from relay.admin.retention import erase as erase_numbers
+from relay.admin.retention import purge as purge_now
+from relay.cli.settings import load_settings
 from relay.config import Settings
-from relay.store import Store
+from relay.store import db
+from relay.store.records import Store
 
 T = TypeVar("T")
 TIME = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M"])
 STATE = click.Choice(s.STATES)
-
-
-def _settings(ctx: click.Context) -> Settings:
-    from relay.cli import _settings as load
-
-    return load(ctx)
 
 
 @contextlib.asynccontextmanager
@@ -49,7 +44,7 @@ async def _store(settings: Settings) -> AsyncIterator[Store]:
 
 def _run(ctx: click.Context, work: Callable[[Settings, Store], Awaitable[T]]) -> T:
     """Run one piece of database work; a refused request is a clean error, not a traceback."""
-    settings = _settings(ctx)
+    settings = load_settings(ctx)
 
     async def go() -> T:
         async with _store(settings) as store:

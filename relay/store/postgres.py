@@ -13,10 +13,10 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay.bulk import BulkInsert
-from relay.held import HeldConnections
-from relay.incoming import EVENT_COLUMNS, Incoming, Key, event_row, ordering_key
-from relay.models import deliveries, event_numbers, events
+from relay.store.bulk_insert import BulkInsert
+from relay.store.held_connections import HeldConnections
+from relay.store.rows import EVENT_COLUMNS, Incoming, Key, event_row, ordering_key
+from relay.store.tables import deliveries, event_numbers, events
 
 # the parent key of a child row; parameters: one array per events column, then per child table
 # the key and its own columns, then one scalar for the batch's time

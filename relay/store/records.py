@@ -1,8 +1,8 @@
 """The durable store: events with their deliveries, connector links and state, rejections.
 
 Every write that acknowledges something to the outside world (an HTTP 200, an SQS delete, a
-connector's success) is one transaction. The dispatch side (claims, outcomes) is relay.queue;
-PostgreSQL's ingest statement is relay.pg_ingest.
+connector's success) is one transaction. The dispatch side (claims, outcomes) is relay.store.queue;
+PostgreSQL's ingest statement is relay.store.postgres.
 """
 
 from __future__ import annotations
@@ -17,17 +17,18 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay.bulk import BulkInsert
-from relay.db import create_inline_engine, create_sync_engine
-from relay.incoming import EVENT_COLUMNS, Incoming, Key, Recorded, event_row, ordering_key
-from relay.models import (
-    attempts,
+from relay.store.bulk_insert import BulkInsert
+from relay.store.db import create_inline_engine, create_sync_engine
+from relay.store.postgres import PgIngest
+from relay.store.queue import DeliveryQueue
+from relay.store.rows import EVENT_COLUMNS, Incoming, Key, Recorded, event_row, ordering_key
+from relay.store.tables import (
     connector_state,
     deliveries,
     event_numbers,
@@ -36,28 +37,9 @@ from relay.models import (
     rejections,
     utcnow,
 )
-from relay.pg_ingest import PgIngest
-from relay.queue import ACTIVE, Claim, DeliveryQueue, Outcome
 from relay.wildix import Event
 
-__all__ = [
-    "ACTIVE",
-    "STORE_ERRORS",
-    "Claim",
-    "Incoming",
-    "Outcome",
-    "Recorded",
-    "Store",
-    "attempts",
-    "connector_state",
-    "deliveries",
-    "event_numbers",
-    "events",
-    "links",
-    "ordering_key",
-    "rejections",
-    "utcnow",
-]
+__all__ = ["STORE_ERRORS", "Store"]
 
 T = TypeVar("T")
 log = logging.getLogger("relay.store")
@@ -149,9 +131,9 @@ class Store(DeliveryQueue):
         write lock is free, which ``write`` takes again if it is not.
 
         A writer thread shares the GIL with the loop: while the loop parses requests, each of the
-        dozen GIL hand-offs in a transaction waits its turn, and a 1 ms commit took 3 ms. On the
-        loop, a batch's SQL (about 1.5 ms for 32 events; no sync to disk, see relay.db) simply
-        runs, and ingest gets about a quarter more done. WAL checkpoints go to the writer thread.
+        dozen GIL hand-offs in a transaction waits its turn, so a commit takes several times
+        its own work. On the loop, a batch's SQL (no sync to disk, see relay.store.db) simply
+        runs (bench/README.md has the figures). WAL checkpoints go to the writer thread.
 
         While the writer thread has work (the dispatcher's claims and outcomes), the batch joins
         its queue instead: two writers in one process would meet on the file lock, and SQLite's
@@ -354,10 +336,6 @@ class Store(DeliveryQueue):
         await self.write(lambda conn: conn.execute(stmt))
 
     # -- inspection ---------------------------------------------------------------------------
-
-    async def ping(self) -> None:
-        async with self.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
 
     async def delivery_counts(self) -> dict[tuple[str, str], int]:
         async with self.engine.connect() as conn:

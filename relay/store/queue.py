@@ -18,8 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay.models import connector_state, deliveries, utcnow
-from relay.queue_sql import (
+from relay.store.queue_sql import (
     PG_CLAIM,
     PG_FINISH,
     PG_PAUSE,
@@ -29,6 +28,7 @@ from relay.queue_sql import (
     SQLITE_FINISH,
     SQLITE_PAUSE,
 )
+from relay.store.tables import connector_state, deliveries, utcnow
 
 if TYPE_CHECKING:
     import asyncpg

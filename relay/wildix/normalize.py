@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from relay.views import Call, Leg, Party, Presence, Recording, Sms
+from relay.wildix.views import Call, Leg, Party, Presence, Recording, Sms
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

@@ -1,0 +1,1 @@
+"""Alembic's migrations; installed as ``relay.migrations`` (see pyproject.toml)."""

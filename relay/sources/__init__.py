@@ -1,1 +1,0 @@
-"""Where events come from: the HTTP webhook and the SQS consumer."""
