@@ -14,8 +14,8 @@ from httpx_aiohttp import AiohttpTransport
 from litestar import Litestar, Response, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components
 
-from relay.admin import mount
 from relay.admin.queries import Queries
 from relay.admin.retention import purge_forever
 from relay.config import Settings
@@ -142,15 +142,25 @@ def create_app(
             await http.aclose()
             await store.close()
 
-    admin = mount(settings)  # nothing unless admin.token is set
+    operations: dict[str, Any] = {}
+    if settings.admin.token:  # otherwise the admin API and dashboard paths do not exist (404)
+        from relay.admin.api import openapi_components, routers
+        from relay.ui import session_middleware, template_config, ui_router
+
+        operations = {
+            "route_handlers": [*routers(settings), ui_router(settings)],
+            "template_config": template_config(),
+            "middleware": [session_middleware(settings)],
+            "components": openapi_components(),
+        }
     return Litestar(
-        route_handlers=[webhooks, healthz, readyz, *admin.route_handlers],
+        route_handlers=[webhooks, healthz, readyz, *operations.get("route_handlers", [])],
         lifespan=[lifespan],
-        middleware=admin.middleware,
+        middleware=operations.get("middleware", []),
         request_max_body_size=settings.server.max_body_size,
-        template_config=admin.template_config,
+        template_config=operations.get("template_config"),
         openapi_config=OpenAPIConfig(
-            title="relay", version="0.1.0", components=admin.openapi_components
+            title="relay", version="0.1.0", components=operations.get("components", Components())
         ),
         logging_config=None,  # relay.logs configures logging; Litestar must not replace it
         debug=False,

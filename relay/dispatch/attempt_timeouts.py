@@ -1,8 +1,8 @@
 """Time limits for many short attempts, without a timer on the event loop for each one.
 
 A timer per attempt is a push onto the event loop's timer heap, and attempts that finish in
-milliseconds leave their cancelled timers there by the thousand: this was ~6% of the dispatch
-loop. Here a limit starts unarmed, and a watchdog ticking once a ``tick`` arms the few still
+milliseconds leave their cancelled timers there by the thousand (bench/README.md has the cost).
+Here a limit starts unarmed, and a watchdog ticking once a ``tick`` arms the few still
 running close to their deadline, so each fires exactly when ``asyncio.timeout`` would.
 """
 
