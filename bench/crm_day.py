@@ -30,12 +30,12 @@ import httpx
 import yaml
 
 from relay.wildix.signature import sign
-from tests.conftest import SECRET, config_dict
-from tests.crm_calls import current_inbound_missed, current_outbound, legacy
-from tests.crm_support import duplicate
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.pipedrive import FakePipedrive
 from tests.fakes.server import serve
+from tests.support.calls import current_inbound_missed, current_outbound, legacy
+from tests.support.crm import duplicate
+from tests.support.relay import SECRET, config_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 

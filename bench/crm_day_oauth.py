@@ -19,10 +19,11 @@ import logging
 import random
 
 from bench.crm_day import numbers, print_day, print_records, run_day, script
-from tests.crm_oauth_support import OAuthVendor
 from tests.fakes.server import serve
+from tests.support.crm import SALESFORCE as SALESFORCE_CRM
+from tests.support.crm import ZOHO
 
-SALESFORCE, ZOHO = OAuthVendor("salesforce", "jwt_bearer"), OAuthVendor("zoho")
+SALESFORCE = SALESFORCE_CRM.with_flow("jwt_bearer")
 
 
 async def expire_tokens(fakes: list, every: float, times: int) -> None:

@@ -10,10 +10,10 @@ import pytest
 
 from relay.admin.redact import Redactor
 from relay.config import ConfigError, parse_config
-from tests.conftest import SECRET, fixture, make_settings, run_relay
 from tests.fakes.receiver import Receiver
-from tests.ops_support import AUTH, TOKEN, admin_settings, api, wait_state, webhook
-from tests.test_dispatch import call_body
+from tests.support.operations import AUTH, TOKEN, admin_settings, api, wait_state, webhook
+from tests.support.relay import SECRET, call_body, make_settings, run_relay
+from tests.support.samples import fixture
 
 
 async def test_without_a_token_the_admin_surface_does_not_exist(db_url: str) -> None:

@@ -16,11 +16,11 @@ import yaml
 from relay.admin.filters import EventFilter
 from relay.admin.queries import Queries
 from relay.wildix import parse
-from tests.conftest import config_dict, fixture, run_relay
 from tests.fakes.receiver import Receiver
-from tests.ops_support import admin_settings, relay_cli, wait_state, webhook
-from tests.test_cli import free_port
-from tests.test_dispatch import call_body
+from tests.support.cli import free_port, relay_cli
+from tests.support.operations import admin_settings, wait_state, webhook
+from tests.support.relay import call_body, config_dict, run_relay
+from tests.support.samples import fixture
 
 
 def relay_process(config: Path, *args: str) -> subprocess.CompletedProcess[str]:

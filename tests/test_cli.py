@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,30 +14,9 @@ import pytest
 import yaml
 
 from relay.store import db
-from tests.conftest import SECRET, postgres_database
-
-RELAY = [sys.executable, "-m", "relay"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run(*args: str, config: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*RELAY, "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def write(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data))
-    return path
+from tests.support.cli import RELAY, free_port, run, write
+from tests.support.databases import postgres_database
+from tests.support.relay import SECRET
 
 
 def demo_config(tmp_path: Path, db_url: str, port: int) -> dict:

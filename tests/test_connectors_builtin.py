@@ -28,16 +28,12 @@ from relay.config import ConfigError, parse_config
 from relay.connector import DeliveryContext, Limiters
 from relay.store.records import Store
 from relay.wildix import Event, parse
-from tests.conftest import fixtures_dir
 from tests.fakes.receiver import Receiver
+from tests.support.samples import fixture_bytes
 
 IDS = {"type", "integration_id", "event_id", "delivery_id"}
 TYPES: dict[str, type[Connector]] = {"webhook": WebhookConnector, "log": LogConnector}
 TYPES["file"] = FileConnector
-
-
-def fixture_bytes(name: str) -> bytes:
-    return (fixtures_dir() / name).read_bytes()
 
 
 def load(name: str) -> Event:

@@ -15,7 +15,7 @@ from relay.plugins.slack import default_template, payload
 
 from relay import check_template, render, sample_events, template_values
 from relay.config import parse_config
-from tests.connectors import TYPES, build
+from tests.support.connectors import TYPES, build
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "connectors.md"
 EXAMPLE = re.compile(r"<!-- example: (\S+) -->\s*\n```\w*\n(.*?)\n```", re.S)

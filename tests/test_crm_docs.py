@@ -14,9 +14,9 @@ from relay.connector import DeliveryContext, Limiters
 from relay.registry import connector_types
 from relay.store.records import Store
 from relay.wildix import parse
-from tests.crm_calls import legacy
 from tests.fakes.receiver import Receiver
-from tests.test_cli import run, write
+from tests.support.calls import legacy
+from tests.support.cli import run, write
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "crm.md"
 

@@ -17,9 +17,9 @@ from relay.registry import connector_types
 from relay.store.records import Store
 from relay.wildix import parse
 from relay.wildix.views import Party
-from tests.crm_calls import current_outbound, legacy
-from tests.crm_support import UK_CONTACT
 from tests.fakes.receiver import Receiver
+from tests.support.calls import current_outbound, legacy
+from tests.support.crm import UK_CONTACT
 
 
 def test_to_e164_normalises_national_international_and_rejects_extensions() -> None:

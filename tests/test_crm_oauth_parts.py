@@ -17,10 +17,9 @@ from relay.config import ConfigError, parse_config
 from relay.connector import ConnectorContext, Limiters
 from relay.registry import connector_types
 from relay.store.records import Store
-from tests.crm_oauth_support import TOKEN_VENDORS, OAuthVendor
-from tests.crm_support import UK_CONTACT, running
 from tests.fakes.salesforce import TEST_KEY_PEM as SALESFORCE_KEY_PEM
-from tests.test_cli import run, write
+from tests.support.cli import run, write
+from tests.support.crm import TOKEN_VENDORS, UK_CONTACT, Vendor, running
 
 
 def connector(block: dict[str, Any]) -> Any:
@@ -85,7 +84,7 @@ def test_sosl_escape_covers_every_reserved_character() -> None:
 
 @pytest.mark.parametrize("vendor", TOKEN_VENDORS, ids=lambda v: v.label)
 async def test_check_proves_the_credentials_and_explains_a_refusal(
-    vendor: OAuthVendor, store: Store
+    vendor: Vendor, store: Store
 ) -> None:
     fake = vendor.fake()
     vendor.seed(fake)

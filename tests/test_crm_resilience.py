@@ -1,6 +1,8 @@
-"""CRM delivery under failure: a crash between the CRM's create and the link write, rate limits
-(429s beyond the limit, the client staying under it), daily quotas pausing the connector, bad
-credentials. Always through the real pipeline, always asserting what the fake CRM holds."""
+"""CRM delivery under failure, against each CRM it applies to: a crash between the CRM's create
+and the link write, rate limits (429s beyond the limit, the client staying under it), daily quotas
+and Salesforce's 24-hour request limit pausing the connector, bad credentials, and for the OAuth
+CRMs (Salesforce, Zoho) access tokens invalidated mid-run, a revoked grant fixed by the admin and a
+missing OAuth scope. Always through the real pipeline, always asserting what the fake CRM holds."""
 
 from __future__ import annotations
 
@@ -10,27 +12,36 @@ import signal
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from relay.store.tables import connector_state
-from tests.conftest import config_dict, make_settings, run_relay
-from tests.crm_calls import current_inbound_missed, current_outbound
-from tests.crm_support import FR_CALLER, UK_CONTACT, VENDORS, Vendor, post_all, running
-from tests.test_dispatch import start_worker, write_config
+from tests.support.calls import current_inbound_missed, current_outbound
+from tests.support.crm import (
+    FR_CALLER,
+    HUBSPOT,
+    REFRESHING,
+    SALESFORCE,
+    TOKEN_VENDORS,
+    UK_CONTACT,
+    VENDORS,
+    ZOHO,
+    Vendor,
+    day,
+    link_ids,
+    paused_attempts,
+    post_all,
+    retry_dead,
+    running,
+    settled_opening,
+    vendor_id,
+)
+from tests.support.relay import config_dict, make_settings, run_relay, start_worker, write_config
 
-ids = pytest.mark.parametrize("vendor", VENDORS, ids=lambda v: v.name)
-
-
-def day(n: int) -> list[tuple[str, bytes]]:
-    """n calls: alternately outbound answered and inbound missed, current generation."""
-    events = []
-    for i in range(n):
-        if i % 2:
-            events += current_inbound_missed(f"day_{i}", FR_CALLER, offset=i * 1000)
-        else:
-            events += current_outbound(f"day_{i}", UK_CONTACT, offset=i * 1000)
-    return events
+STATIC = [vendor for vendor in VENDORS if not vendor.oauth]  # the CRMs with a static API token
+ids = pytest.mark.parametrize("vendor", VENDORS, ids=vendor_id)
+static_ids = pytest.mark.parametrize("vendor", STATIC, ids=vendor_id)
 
 
 @ids
@@ -39,7 +50,8 @@ async def test_failure_after_the_create_still_makes_one_record(
     db_url: str, vendor: Vendor, fault: str
 ) -> None:
     """The CRM persisted the create, but the answer never came back (timeout) or was a 500:
-    the link was never written. The retry finds the record by its marker instead of creating."""
+    the link was never written. The retry finds the record (by its marker; Salesforce by
+    CallObject) instead of creating another."""
     fake = vendor.fake()
     vendor.seed(fake)
     fake.faults.set(fault)
@@ -52,15 +64,19 @@ async def test_failure_after_the_create_still_makes_one_record(
             assert fake.faults.hit.is_set()
             retried = [r for r in rows if r.attempts == 2]
             assert len(retried) == 1  # the delivery whose create was cut off, and only it
+            links = await link_ids(relay)
     [record] = vendor.records(fake, "crash_1")
     assert len(vendor.all_records(fake)) == 1
-    assert vendor.outcome(record) in ("COMPLETED", "connected")
+    assert links == {"crash_1": vendor.record_id(record)}
+    assert vendor.outcome(record) == vendor.outcomes["completed"]
+    # the found record was brought up to date: the final record's 180.602 s
+    assert vendor.seconds(record) == (180.602 if vendor.name == "hubspot" else 181)
 
 
 async def test_worker_killed_between_create_and_link_write(db_url: str, tmp_path: Path) -> None:
     """A real `relay worker` process dies (SIGKILL) while HubSpot has already stored the call;
     another dispatcher takes the delivery over after the lease and finds the call by marker."""
-    vendor = Vendor("hubspot")
+    vendor = HUBSPOT
     fake = vendor.fake()
     vendor.seed(fake)
     fake.faults.set("hang")
@@ -87,7 +103,7 @@ async def test_worker_killed_between_create_and_link_write(db_url: str, tmp_path
     assert len(searches) == 1  # only the recovering attempt searched
 
 
-@ids
+@static_ids
 async def test_429_beyond_the_limit_every_call_still_logged_once(
     db_url: str, vendor: Vendor
 ) -> None:
@@ -113,7 +129,7 @@ async def test_429_beyond_the_limit_every_call_still_logged_once(
     assert len(vendor.all_records(fake)) == 4
 
 
-@ids
+@static_ids
 async def test_client_side_buckets_keep_under_the_published_limit(
     db_url: str, vendor: Vendor
 ) -> None:
@@ -135,19 +151,31 @@ async def test_client_side_buckets_keep_under_the_published_limit(
     assert len(vendor.all_records(fake)) == 4
 
 
-@ids
+@static_ids
 async def test_daily_quota_pauses_the_connector_until_the_reset(
     db_url: str, vendor: Vendor
 ) -> None:
-    reset = math.ceil(time.time()) + 3
+    """The connector pauses until the configured daily reset, to the second, and resumes then.
+    The fake's quota renews only once the test has seen the pause, so the quota is always spent
+    first; the reset is far enough ahead that the pause starts before it."""
+    reset = math.ceil(time.time()) + 6
     quota = {"daily_limit": 8} if vendor.name == "hubspot" else {"daily_budget": 130}
-    fake = vendor.fake(daily_reset_at=reset, **quota)
+    fake = vendor.fake(**quota)  # no renewal of its own until the test sets the reset below
     vendor.seed(fake)
     at = datetime.fromtimestamp(reset, UTC)
+
+    async def pause() -> Any:
+        rows = await relay.rows(connector_state)
+        return rows[0] if rows and rows[0].paused_until is not None else None
+
     async with running(fake) as url:
         block = vendor.block(fake, url, daily_reset=at.strftime("%H:%M:%S"), timezone="UTC")
         async with run_relay(make_settings(db_url, {"crm": block})) as relay:
             await post_all(relay, day(3), "q7m2xk")
+            paused = await relay.wait_until(pause, 30, "the connector to pause")
+            assert paused.paused_until.replace(tzinfo=UTC) == at  # before the reset, until it
+            assert not all(r.state == "succeeded" for r in await relay.deliveries())
+            fake.daily.reset_at = reset  # the CRM's quota renews at the reset, as configured
             rows = await relay.settled(timeout=60)
             assert all(r.state == "succeeded" for r in rows)
             [state] = await relay.rows(connector_state)
@@ -155,24 +183,24 @@ async def test_daily_quota_pauses_the_connector_until_the_reset(
     assert fake.daily.rejected >= 1
     assert state.paused_until.replace(tzinfo=UTC) == at  # paused until the reset, to the second
     assert "daily" in state.pause_reason.lower()
-    paused = [a for attempts in tries.values() for a in attempts if a.outcome == "paused"]
-    assert paused and all(a.status_code == 429 for a in paused)
+    paused_tries = [a for attempts in tries.values() for a in attempts if a.outcome == "paused"]
+    assert paused_tries and all(a.status_code == 429 for a in paused_tries)
     for row in rows:  # waiting out the quota did not burn attempts
         assert row.attempts == len([a for a in tries[row.id] if a.outcome != "paused"])
     for i in range(3):
         assert len(vendor.records(fake, f"day_{i}")) == 1
 
 
-@ids
+@static_ids
 async def test_rejected_token_is_permanent_with_a_clear_message(
     db_url: str, vendor: Vendor
 ) -> None:
     fake = vendor.fake()
     vendor.seed(fake)
     secret = "pat-na1-revoked-0000" if vendor.name == "hubspot" else "revoked0000"
-    key = "token" if vendor.name == "hubspot" else "api_token"
+    assert vendor.token_key
     async with running(fake) as url:
-        block = vendor.block(fake, url, **{key: secret})
+        block = vendor.block(fake, url, **{vendor.token_key: secret})
         async with run_relay(make_settings(db_url, {"crm": block})) as relay:
             await post_all(relay, current_outbound("auth_1", UK_CONTACT), "q7m2xk")
             rows = await relay.settled()
@@ -187,3 +215,136 @@ async def test_rejected_token_is_permanent_with_a_clear_message(
     assert len(fake.log) == len(dead)  # one request per dead delivery: no retry storm
     assert all(status == 401 for _, _, status in fake.log)
     assert vendor.all_records(fake) == []
+
+
+@pytest.mark.parametrize("vendor", TOKEN_VENDORS, ids=vendor_id)
+async def test_token_invalidated_mid_run_is_renewed_once(db_url: str, vendor: Vendor) -> None:
+    fake = vendor.fake()
+    vendor.seed(fake)
+    calls = day(4)  # two outbound answered, two inbound missed
+    async with running(fake) as url:
+        settings = make_settings(db_url, {"crm": vendor.block(fake, url)})
+        async with run_relay(settings) as relay:
+            await post_all(relay, calls[:7], "q7m2xk")  # the first call, and the second begun
+            await relay.settled()
+            assert fake.tokens.issued == 1
+            vendor.expire_tokens(fake)  # a session timeout: every access token dies at once
+            await post_all(relay, calls[7:], "q7m2xk")
+            rows = await relay.settled()
+            [state] = await relay.rows(connector_state)
+    assert all(r.state == "succeeded" and r.attempts == 1 for r in rows)  # renewed in place
+    assert fake.tokens.issued == 2  # one renewal, however many deliveries met the dead token
+    assert [s for _, s, code in fake.log if code == 401]  # the fake did refuse the old token
+    assert state.state["tokens_issued"] == 2
+    assert state.state["oauth"]["access_token"] in fake.tokens.access
+    for i in range(4):
+        assert len(vendor.records(fake, f"day_{i}")) == 1
+    assert len(vendor.all_records(fake)) == 4
+
+
+@pytest.mark.parametrize("vendor", REFRESHING, ids=vendor_id)
+async def test_revoked_grant_is_permanent_then_retried_by_hand(db_url: str, vendor: Vendor) -> None:
+    fake = vendor.fake()
+    seeded = vendor.seed(fake)
+    old_token = fake.refresh_token
+    vendor.revoke(fake)
+    async with running(fake) as url:
+        block = vendor.block(fake, url)
+        async with run_relay(make_settings(db_url, {"crm": block})) as relay:
+            await post_all(relay, current_inbound_missed("revoked_1", FR_CALLER), "q7m2xk")
+            rows = await relay.settled()
+            await asyncio.sleep(0.6)  # three retry periods: nothing more may be tried
+            dead = [r for r in await relay.deliveries() if r.state == "dead"]
+        # (an event that needs no request, such as Zoho's live start, succeeds meanwhile)
+        assert dead and len(rows) == 3 and all(r.attempts == 1 for r in dead)
+        for row in dead:
+            assert "refused to issue an access token" in row.last_error
+            assert (
+                "refresh_token" in row.last_error and "retry the dead deliveries" in row.last_error
+            )
+            assert old_token not in row.last_error and fake.client_secret not in row.last_error
+        assert vendor.all_records(fake) == []
+        refused = len(fake.tokens.requests)
+        assert refused == len(dead)  # one token request per delivery: no retry storm
+        # the admin authorizes the app again and puts the new refresh token in config.yaml
+        block["refresh_token"] = fake.new_refresh_token()
+        async with run_relay(make_settings(db_url, {"crm": block})) as relay:
+            assert await retry_dead(relay) == len(dead)
+            rows = await relay.settled()
+            assert all(r.state == "succeeded" for r in rows)
+    [record] = vendor.records(fake, "revoked_1")
+    assert vendor.person(record) == seeded["fr"]
+    assert fake.tokens.issued == 1
+
+
+async def test_zoho_missing_scope_is_permanent_without_token_churn(db_url: str) -> None:
+    fake = ZOHO.fake()
+    ZOHO.seed(fake)
+    fake.new_refresh_token(frozenset({"ZohoCRM.modules.contacts.READ", "ZohoCRM.users.READ"}))
+    async with running(fake) as url:
+        settings = make_settings(db_url, {"crm": ZOHO.block(fake, url)})
+        async with run_relay(settings) as relay:
+            await post_all(relay, current_outbound("scope_1", UK_CONTACT), "q7m2xk")
+            rows = await relay.settled()
+    dead = [r for r in rows if r.state == "dead"]  # the live end and the record: creates
+    assert len(dead) == 2 and all(r.attempts == 1 for r in dead)
+    for row in dead:
+        assert "OAUTH_SCOPE_MISMATCH" in row.last_error
+        assert "ZohoCRM.modules.calls.ALL" in row.last_error  # what to grant
+    assert fake.tokens.issued == 1  # a missing scope is not an expired token: no renewal
+    assert fake.calls == {}
+
+
+async def test_salesforce_request_limit_pauses_then_resumes(db_url: str) -> None:
+    """The 24-hour limit is spent: the connector pauses (``limit_pause``) and tries again until
+    the limit allows requests again. The fake's limit renews only once the test has seen the
+    pause, so the pause is certain and the resume follows from it, not from the clock."""
+    fake = SALESFORCE.fake(daily_limit=12)  # no renewal of its own until the test says so
+    SALESFORCE.seed(fake)
+    async with running(fake) as url:
+        block = SALESFORCE.block(fake, url, limit_pause="0.5s")
+        async with run_relay(make_settings(db_url, {"crm": block})) as relay:
+            await post_all(relay, day(3), "q7m2xk")
+            await relay.wait_until(lambda: paused_attempts(relay), 30, "the connector to pause")
+            assert not all(r.state == "succeeded" for r in await relay.deliveries())
+            fake.daily.reset_at = time.time()  # the 24 hours have rolled on: requests allowed
+            rows = await relay.settled(timeout=60)
+            [state] = await relay.rows(connector_state)
+            tries = {r.id: await relay.attempts(r.id) for r in rows}
+    assert all(r.state == "succeeded" for r in rows)
+    assert fake.daily.rejected >= 1
+    paused = [a for attempts in tries.values() for a in attempts if a.outcome == "paused"]
+    assert paused and all(a.status_code == 403 for a in paused)
+    assert (
+        "REQUEST_LIMIT_EXCEEDED" in state.pause_reason and "api-usage=12/12" in state.pause_reason
+    )
+    for row in rows:  # waiting out the limit did not burn attempts
+        assert row.attempts == len([a for a in tries[row.id] if a.outcome != "paused"])
+    used, limit = (int(n) for n in state.state["api_usage"].split("/"))
+    assert limit == 12 and 0 < used <= 12  # Sforce-Limit-Info, kept in the connector state
+    for i in range(3):
+        assert len(SALESFORCE.records(fake, f"day_{i}")) == 1
+    assert len(fake.tasks) == 3
+
+
+async def test_zoho_429_pauses_then_resumes(db_url: str) -> None:
+    """Zoho's 429 names no wait: the connector pauses for ``limit_pause`` and tries again. The
+    fake's window is long, so the 429 is certain; it opens once the fake has refused a request
+    (settled_opening), so the resume follows from the refusal, not from the clock."""
+    fake = ZOHO.fake(limit=3, interval=60.0)
+    ZOHO.seed(fake)
+    async with running(fake) as url:
+        block = ZOHO.block(fake, url, limit_pause="0.5s", rate_limit={"requests": 40, "per": 1})
+        async with run_relay(make_settings(db_url, {"crm": block})) as relay:
+            await post_all(relay, day(4), "q7m2xk")
+            rows = await settled_opening(relay, fake.burst, timeout=60)
+            tries = {r.id: await relay.attempts(r.id) for r in rows}
+    assert all(r.state == "succeeded" for r in rows)
+    assert fake.burst.rejected > 0 and fake.burst.busiest() <= 3
+    paused = [a for attempts in tries.values() for a in attempts if a.outcome == "paused"]
+    assert paused and all(a.status_code == 429 for a in paused)
+    for row in rows:
+        assert row.attempts == len([a for a in tries[row.id] if a.outcome != "paused"])
+    for i in range(4):
+        assert len(ZOHO.records(fake, f"day_{i}")) == 1
+    assert len(fake.calls) == 4

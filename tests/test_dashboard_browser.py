@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import fixture, run_relay
 from tests.fakes.receiver import Receiver
-from tests.ops_support import TOKEN, admin_settings, webhook
-from tests.test_dispatch import call_body
+from tests.support.operations import TOKEN, admin_settings, webhook
+from tests.support.relay import call_body, run_relay
+from tests.support.samples import fixture
 
 pytestmark = pytest.mark.browser
 

@@ -4,27 +4,23 @@ per-call ordering, lease recovery after a crash, and exactly-once across two wor
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
-import msgspec
-import yaml
-
-from tests.conftest import config_dict, fixture, make_settings, run_relay
 from tests.fakes.receiver import Receiver
+from tests.support.relay import (
+    call_body,
+    config_dict,
+    make_settings,
+    run_relay,
+    start_worker,
+    write_config,
+)
+from tests.support.samples import fixture
 
 
 def webhook_to(receiver: Receiver, **extra: object) -> dict[str, dict[str, object]]:
     return {"out": {"type": "webhook", "url": receiver.url, **extra}}
-
-
-def call_body(call_id: str, name: str = "call_completed") -> bytes:
-    body = msgspec.json.decode(fixture(name))
-    body["id"] = body["data"]["id"] = call_id
-    return msgspec.json.encode(body)
 
 
 async def test_500_twice_then_200_is_three_attempts_and_one_delivery(db_url: str) -> None:
@@ -98,20 +94,6 @@ async def test_a_retrying_start_holds_back_its_own_call_only(db_url: str) -> Non
             await relay.settled()
             order = [r.body for r in receiver.requests]
             assert order == [start_a, other, start_a, end_a]
-
-
-def write_config(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def start_worker(config: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "relay", "--config", str(config), "worker"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
 
 
 async def test_killed_worker_claim_is_picked_up_after_the_lease(

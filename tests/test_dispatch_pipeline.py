@@ -13,8 +13,9 @@ import msgspec
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import fixture, make_settings, run_relay
 from tests.fakes.receiver import Receiver
+from tests.support.relay import make_settings, run_relay
+from tests.support.samples import fixture
 
 PROBE = textwrap.dedent(
     '''

@@ -20,9 +20,10 @@ from relay import AuthError, PermanentError, RetryableError
 from relay.connector import ConnectorContext, Limiters
 from relay.store.records import Store
 from relay.wildix import parse
-from tests.conftest import fixture, make_settings, run_relay
-from tests.connectors import build, check_config, config_error
 from tests.fakes.smtp import SmtpFake
+from tests.support.connectors import build, check_config, config_error
+from tests.support.relay import make_settings, run_relay
+from tests.support.samples import fixture
 
 pytest_plugins = ("tests.test_connectors_builtin",)  # its store, http and ctx_for fixtures
 

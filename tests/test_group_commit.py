@@ -17,8 +17,9 @@ from relay.store import db
 from relay.store.records import CHECKPOINT_EVERY, Store
 from relay.store.rows import Incoming
 from relay.wildix import parse
-from tests.conftest import fixture, make_settings, run_relay
 from tests.fakes.receiver import Receiver
+from tests.support.relay import make_settings, run_relay
+from tests.support.samples import fixture
 
 POISON = "test:poison"
 

@@ -10,20 +10,9 @@ from sqlalchemy import text
 
 from relay.store import db
 from relay.store.tables import rejections
-from tests.conftest import SECRET, fixture, make_settings, run_relay
 from tests.fakes.receiver import Receiver
-
-CURRENT = [
-    "call_live_progress_start",
-    "call_live_progress_update",
-    "call_live_completed",
-    "call_completed",
-    "call_completed_missed_inbound",
-    "presence_user",
-    "presence_telephony",
-    "sms_status",
-]
-LEGACY = ["legacy_call_start", "legacy_call_update", "legacy_call_end"]
+from tests.support.relay import SECRET, make_settings, run_relay
+from tests.support.samples import CURRENT, LEGACY, fixture
 
 
 async def test_fixtures_of_both_generations_are_stored_byte_exact_and_delivered(

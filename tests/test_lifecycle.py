@@ -24,10 +24,12 @@ from relay.store.tables import (
     rejections,
     utcnow,
 )
-from tests.conftest import PG_URL, config_dict, fixture, postgres_database, run_relay
 from tests.fakes.receiver import Receiver
-from tests.ops_support import admin_settings, relay_cli, wait_state, webhook
-from tests.test_dispatch import call_body
+from tests.support.cli import relay_cli
+from tests.support.databases import PG_URL, postgres_database
+from tests.support.operations import admin_settings, wait_state, webhook
+from tests.support.relay import call_body, config_dict, run_relay
+from tests.support.samples import fixture
 
 
 async def _backdate(relay: object, table: object, ids: list[int], days: float) -> None:

@@ -13,10 +13,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay import logs
-from tests.conftest import SECRET, fixture, run_relay
 from tests.fakes.receiver import Receiver
-from tests.ops_support import AUTH, TOKEN, admin_settings, wait_state, webhook
-from tests.test_dispatch import call_body
+from tests.support.operations import AUTH, TOKEN, admin_settings, wait_state, webhook
+from tests.support.relay import SECRET, call_body, run_relay
+from tests.support.samples import fixture
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -31,7 +31,7 @@ from relay.registry import collect_connectors, connector_types
 from relay.store.records import Store
 from relay.wildix import parse
 from tests.fakes.receiver import Receiver
-from tests.test_connectors_builtin import fixture_bytes
+from tests.support.samples import fixture_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "plugins.md"

@@ -18,7 +18,7 @@ from relay.store.records import Store
 from relay.store.rows import Incoming
 from relay.store.tables import attempts, connector_state, deliveries
 from relay.wildix import parse
-from tests.conftest import fixture
+from tests.support.samples import fixture
 
 LEASE = 30.0
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from tests.conftest import fixture, run_relay
 from tests.fakes.receiver import Receiver
-from tests.ops_support import admin_settings, api, webhook
-from tests.test_dispatch import call_body
+from tests.support.operations import admin_settings, api, webhook
+from tests.support.relay import call_body, run_relay
+from tests.support.samples import fixture
 
 
 async def test_replay_dry_run_then_real_replay_through_todays_routes(db_url: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from relay.routing import WhereError, check_where, event_matches, match, where_matches
 from relay.wildix import Event, parse
-from tests.conftest import fixtures_dir
+from tests.support.samples import fixtures_dir
 
 
 def load(name: str) -> Event:

@@ -1,5 +1,6 @@
 from relay.wildix.signature import sign, verify
-from tests.conftest import SECRET, fixture
+from tests.support.relay import SECRET
+from tests.support.samples import fixture
 
 VECTOR = "42433b287df78fdac5b71b4d2c00f97619a3275b2a5a6f2796a735f4180c5186"
 

@@ -21,9 +21,10 @@ from relay import (
 from relay.connector import ConnectorContext, Limiters
 from relay.store.records import Store
 from relay.wildix import parse
-from tests.conftest import fixture, make_settings, run_relay
-from tests.connectors import build
 from tests.fakes.slack import Message, SlackFake
+from tests.support.connectors import build
+from tests.support.relay import make_settings, run_relay
+from tests.support.samples import fixture
 
 pytest_plugins = ("tests.test_connectors_builtin",)  # its store, http and ctx_for fixtures
 

@@ -9,7 +9,7 @@ import pytest
 from relay.plugins.slack import default_template, payload
 
 from relay import MESSAGE_KINDS, render, sample_events, template_values
-from tests.connectors import check_config, config_error
+from tests.support.connectors import check_config, config_error
 
 HOOK = {"type": "slack", "webhook_url": "https://hooks.slack.com/services/T0/B0/secret"}
 

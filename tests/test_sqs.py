@@ -6,45 +6,19 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import yaml
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay.config import Settings, parse_config
-from relay.registry import connector_types
 from relay.store.tables import links, rejections, utcnow
-from tests.conftest import RunningRelay, config_dict, fixture, run_relay
 from tests.fakes.receiver import Receiver
 from tests.fakes.sqs import SECRET_KEY, MotoSqs, Queue, SqsProxy
-from tests.test_ingest import CURRENT, LEGACY
-
-
-def sqs_settings(
-    db_url: str,
-    connectors: dict[str, Any],
-    queues: dict[str, Queue],
-    *,
-    endpoint: str | None = None,
-    extra: dict[str, Any] | None = None,
-    **sqs: Any,
-) -> Settings:
-    """Settings with one ``transport: sqs`` integration per queue, through the YAML loader."""
-    data = config_dict(db_url, connectors, extra=extra)
-    routes = data["integrations"]["q7m2xk"]["routes"]
-    data["integrations"] = {
-        iid: {
-            "name": f"SQS {iid}",
-            "transport": "sqs",
-            "sqs": q.config(endpoint, **sqs),
-            "routes": routes,
-        }
-        for iid, q in queues.items()
-    }
-    return parse_config(yaml.safe_dump(data), connector_types=connector_types(), env={})
+from tests.support.relay import RunningRelay, run_relay
+from tests.support.samples import CURRENT, LEGACY, fixture
+from tests.support.sqs import consumer, consumer_when, readyz, sqs_settings, until
 
 
 @contextlib.asynccontextmanager
@@ -56,38 +30,6 @@ async def consuming_one_queue(
     settings = sqs_settings(db_url, {"log": {"type": "log"}}, {"q7m2xk": queue})
     async with run_relay(settings, dispatch=False) as relay:
         yield relay, queue
-
-
-async def readyz(relay: RunningRelay) -> tuple[int, dict[str, Any]]:
-    r = await relay.client.get(relay.url + "/readyz")
-    assert SECRET_KEY not in r.text
-    return r.status_code, r.json()
-
-
-async def consumer(relay: RunningRelay, iid: str = "q7m2xk") -> dict[str, Any]:
-    return (await readyz(relay))[1]["sqs"][iid]
-
-
-async def consumer_when(
-    relay: RunningRelay, test: Callable[[dict[str, Any]], bool], what: str, iid: str = "q7m2xk"
-) -> dict[str, Any]:
-    """The consumer's status once ``test`` holds: its counters move after SQS has answered, so
-    an empty queue alone does not mean the consumer has counted the delete yet."""
-
-    async def check() -> dict[str, Any] | None:
-        status = await consumer(relay, iid)
-        return status if test(status) else None
-
-    return await relay.wait_until(check, what=what)
-
-
-async def until(relay: RunningRelay, check: Any, what: str, timeout: float = 20.0) -> Any:
-    """``relay.wait_until`` for plain (synchronous) checks such as queue counts."""
-
-    async def probe() -> Any:
-        return check()
-
-    return await relay.wait_until(probe, timeout, what)
 
 
 async def test_signed_fixtures_of_both_generations_are_stored_delivered_and_the_queue_empties(

@@ -24,10 +24,11 @@ from sqlalchemy import select
 from relay.cli import main
 from relay.store import db
 from relay.store.tables import deliveries, events
-from tests.conftest import fixture, run_relay
 from tests.fakes.sqs import SECRET_KEY, MotoSqs, Queue, SqsProxy
-from tests.test_cli import RELAY, free_port, run, write
-from tests.test_sqs import consumer_when, sqs_settings, until
+from tests.support.cli import RELAY, free_port, run, write
+from tests.support.relay import run_relay
+from tests.support.samples import fixture
+from tests.support.sqs import consumer_when, sqs_settings, until
 
 
 def sqs_config(tmp_path: Path, db_url: str, queue: Queue, **sqs: Any) -> dict[str, Any]:

@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from relay.registry import connector_types
-from tests.conftest import SECRET, fixture, make_settings, run_relay
 from tests.fakes.receiver import Receiver
+from tests.support.relay import SECRET, make_settings, run_relay
+from tests.support.samples import fixture
 
 PLUGIN = textwrap.dedent(
     '''

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from relay.wildix import Call, Event, InvalidEvent, parse
-from tests.conftest import fixtures_dir
+from tests.support.samples import fixtures_dir
 
 
 def load(name: str) -> Event:

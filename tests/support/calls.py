@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from tests.conftest import fixture
+from tests.support.samples import fixture
 
 Events = list[tuple[str, bytes]]  # (label, body)
 AGENT = {

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from click.testing import CliRunner
-
-from relay.cli import main
 from relay.config import Settings
-from tests.conftest import RunningRelay, make_settings
 from tests.fakes.receiver import Receiver
+from tests.support.relay import RunningRelay, make_settings
 
 TOKEN = "adm-7Qw9eR2tY5uI8oP1aS4dF6gH"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -48,23 +42,3 @@ async def wait_state(relay: RunningRelay, delivery_id: int, *states: str) -> Any
         return rows[0] if rows and rows[0].state in states else None
 
     return await relay.wait_until(check, what=f"delivery {delivery_id} to be {states}")
-
-
-@dataclass
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-async def relay_cli(config: Path, *args: str) -> Ran:
-    """Run a `relay` command in-process (a thread: each command runs its own event loop).
-
-    Cheaper than a subprocess per call; tests/test_admin_cli.py runs the real console script too.
-    """
-
-    def invoke() -> Ran:
-        result = CliRunner().invoke(main, ["--config", str(config), *args], catch_exceptions=False)
-        return Ran(result.exit_code, result.stdout, result.stderr)
-
-    return await asyncio.to_thread(invoke)

@@ -1,0 +1,320 @@
+"""The four CRMs as the tests see them, one entry each in ``CRMS``: the fake, how an admin
+configures it, the contacts every scenario expects, and how to read the records it holds. One
+scenario test runs against all of them; a new CRM is one more entry.
+
+Also the steps the CRM tests share: serving a fake, posting a call's events, re-sent events, a
+day of calls, the links relay keeps and an operator's Retry."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from relay.admin import actions
+from relay.store.tables import links
+from tests.fakes.hubspot import FakeHubSpot
+from tests.fakes.pipedrive import FakePipedrive
+from tests.fakes.salesforce import TEST_KEY_PEM, FakeSalesforce
+from tests.fakes.server import serve
+from tests.fakes.zoho import FakeZoho
+from tests.support.calls import Events, current_inbound_missed, current_outbound
+from tests.support.relay import RunningRelay
+
+UK_CONTACT = "+442071838750"  # the outbound fixture's callee
+FR_CALLER = "+33142685300"  # the missed inbound fixture's caller
+AGENT_EMAIL = "giulia.rossi@example.org"
+FLOWS = ("client_credentials", "jwt_bearer", "refresh_token")  # Salesforce's OAuth flows
+
+Record = dict[str, Any]
+
+
+@cache
+def key_file() -> str:
+    """The test private key as an admin would keep it: a PEM file."""
+    path = Path(tempfile.mkdtemp(prefix="relay_sf_")) / "salesforce.key"
+    path.write_text(TEST_KEY_PEM)
+    return str(path)
+
+
+@dataclass(frozen=True)
+class Vendor:
+    """One CRM: everything a scenario needs to drive its fake and read what it holds."""
+
+    name: str
+    make_fake: Callable[..., Any]
+    credentials: Callable[[Any, str, str], dict[str, Any]]  # (fake, url, flow) → block's start
+    limits: dict[str, Any]  # rate limits the block sets, as an admin would for the account
+    seed: Callable[[Any], dict[str, str]]  # the "uk" contact, the "fr" caller, the "owner"
+    records: Callable[[Any, str], list[Record]]  # the records of one Wildix call
+    records_of: Callable[[Any], Iterable[Record]]  # every call record the fake holds
+    record_id: Callable[[Record], str]
+    person: Callable[[Record], str | None]  # the contact, person or lead the record is on
+    seconds: Callable[[Record], float]
+    outcome: Callable[[Record], str]
+    contacts_with: Callable[[Any, str], list[str]]  # ids of the contacts holding this number
+    outcomes: dict[str, str]  # normalized outcome ("completed", "missed") → what the CRM shows
+    create_path: str  # the request path that creates a call record
+    updates: bool  # creates the record at the first event and updates it (else: at the end)
+    token_key: str | None = None  # the config key of a static API token; None: OAuth
+    flow: str = ""  # the OAuth flow (Salesforce has several)
+
+    @property
+    def oauth(self) -> bool:
+        return self.token_key is None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-{self.flow}" if self.flow else self.name
+
+    def with_flow(self, flow: str) -> Vendor:
+        return dataclasses.replace(self, flow=flow)
+
+    def fake(self, **options: Any) -> Any:
+        return self.make_fake(**options)
+
+    def block(self, fake: Any, url: str, **extra: Any) -> dict[str, Any]:
+        """The connector's config block, as an admin writes it in config.yaml."""
+        base = self.credentials(fake, url, self.flow)
+        return {**base, **self.limits, "default_region": "GB", **extra}
+
+    def all_records(self, fake: Any) -> list[Record]:
+        return list(self.records_of(fake))
+
+    def expire_tokens(self, fake: Any) -> None:
+        """A session timeout: every access token dies at once."""
+        fake.tokens.expire_all()
+
+    def revoke(self, fake: Any) -> None:
+        fake.tokens.revoke(fake.refresh_token)
+
+
+def _salesforce_credentials(fake: Any, url: str, flow: str) -> dict[str, Any]:
+    base = {"type": "salesforce", "client_id": fake.client_id, "login_url": url}
+    if flow == "jwt_bearer":
+        return base | {"username": fake.username, "private_key_file": key_file()}
+    if flow == "refresh_token":
+        return base | {"client_secret": fake.client_secret, "refresh_token": fake.refresh_token}
+    return base | {"client_secret": fake.client_secret}
+
+
+def _zoho_person(record: Record) -> str | None:
+    ref = record.get("Who_Id") or record.get("What_Id")
+    return ref["id"] if ref else None
+
+
+def _mm_ss(text: str) -> int:
+    minutes, seconds = text.split(":")
+    return int(minutes) * 60 + int(seconds)
+
+
+HUBSPOT = Vendor(
+    name="hubspot",
+    make_fake=FakeHubSpot,
+    credentials=lambda fake, url, _: {
+        "type": "hubspot",
+        "token": fake.token,
+        "index_lag": 0,
+        "base_url": url,
+    },
+    limits={
+        "rate_limit": {"requests": 50, "per": 1},
+        "search_rate_limit": {"requests": 5, "per": 1},
+    },
+    seed=lambda fake: {  # typed the way humans do
+        "uk": fake.add_contact("020 7183 8750", "Olivia", "Hart"),
+        "fr": fake.add_contact("+33 1 42 68 53 00", "Luc", "Moreau"),
+        "owner": fake.add_owner(AGENT_EMAIL, "Giulia"),
+    },
+    records=lambda fake, call_id: fake.calls_for(call_id),
+    records_of=lambda fake: fake.calls.values(),
+    record_id=lambda record: str(record["id"]),
+    person=lambda record: record["contacts"][0] if record["contacts"] else None,
+    seconds=lambda record: int(record["properties"]["hs_call_duration"]) / 1000,
+    outcome=lambda record: record["properties"]["hs_call_status"],
+    contacts_with=lambda fake, number: [
+        cid for cid, contact in fake.contacts.items() if contact["phone"] == number
+    ],
+    outcomes={"completed": "COMPLETED", "missed": "NO_ANSWER"},
+    create_path="/crm/v3/objects/calls",
+    updates=True,
+    token_key="token",
+)
+PIPEDRIVE = Vendor(
+    name="pipedrive",
+    make_fake=FakePipedrive,
+    credentials=lambda fake, url, _: {
+        "type": "pipedrive",
+        "api_token": fake.api_token,
+        "base_url": url,
+    },
+    limits={
+        "rate_limit": {"requests": 50, "per": 2},
+        "search_rate_limit": {"requests": 10, "per": 2},
+    },
+    seed=lambda fake: {
+        "uk": str(fake.add_person("Olivia Hart", "020 7183 8750")),
+        "fr": str(fake.add_person("Luc Moreau", "+33 1 42 68 53 00")),
+        "owner": str(fake.add_user(AGENT_EMAIL, "Giulia Rossi")),
+    },
+    records=lambda fake, call_id: fake.logs_for(call_id),
+    records_of=lambda fake: fake.call_logs.values(),
+    record_id=lambda record: str(record["id"]),
+    person=lambda record: None if record["person_id"] is None else str(record["person_id"]),
+    seconds=lambda record: int(record["duration"]),
+    outcome=lambda record: record["outcome"],
+    contacts_with=lambda fake, number: [
+        str(person["id"]) for person in fake.persons.values() if person["phones"] == [number]
+    ],
+    outcomes={"completed": "connected", "missed": "no_answer"},
+    create_path="/v1/callLogs",
+    updates=False,  # a call log cannot be updated: written once, from the final data
+    token_key="api_token",
+)
+SALESFORCE = Vendor(
+    name="salesforce",
+    make_fake=FakeSalesforce,
+    credentials=_salesforce_credentials,
+    limits={
+        "rate_limit": {"requests": 50, "per": 1},
+        "search_rate_limit": {"requests": 20, "per": 1},
+    },
+    seed=lambda fake: {  # a contact typed nationally, a lead typed internationally
+        "uk": fake.add_contact("020 7183 8750", "Olivia", "Hart"),
+        "fr": fake.add_lead("+33 1 42 68 53 00", "Luc", "Moreau"),
+        "owner": fake.add_user(AGENT_EMAIL, "Giulia Rossi"),
+    },
+    records=lambda fake, call_id: fake.tasks_for(call_id),
+    records_of=lambda fake: fake.tasks.values(),
+    record_id=lambda record: str(record["Id"]),
+    person=lambda record: record.get("WhoId"),
+    seconds=lambda record: int(record["CallDurationInSeconds"]),
+    outcome=lambda record: record["CallDisposition"],
+    contacts_with=lambda fake, number: [
+        cid for cid, contact in fake.contacts.items() if contact["Phone"] == number
+    ],
+    outcomes={"completed": "Answered", "missed": "No answer"},
+    create_path="/Task",
+    updates=True,
+    flow="",  # client_credentials; TOKEN_VENDORS has each flow
+)
+ZOHO = Vendor(
+    name="zoho",
+    make_fake=FakeZoho,
+    credentials=lambda fake, url, _: {
+        "type": "zoho",
+        "client_id": fake.client_id,
+        "client_secret": fake.client_secret,
+        "refresh_token": fake.refresh_token,
+        "accounts_url": url,
+        "index_lag": 0,
+    },
+    limits={
+        "rate_limit": {"requests": 50, "per": 1},
+        "search_rate_limit": {"requests": 20, "per": 1},
+    },
+    seed=SALESFORCE.seed,
+    records=lambda fake, call_id: fake.calls_for(call_id),
+    records_of=lambda fake: fake.calls.values(),
+    record_id=lambda record: str(record["id"]),
+    person=_zoho_person,
+    seconds=lambda record: _mm_ss(record["Call_Duration"]),
+    # an outbound call's status, else its type (Missed): Zoho has no one outcome field
+    outcome=lambda record: record.get("Outgoing_Call_Status") or record["Call_Type"],
+    contacts_with=SALESFORCE.contacts_with,
+    outcomes={"completed": "Completed", "missed": "Missed"},
+    create_path="/Calls",
+    updates=False,  # Call_Type cannot change once created: written at the end
+)
+
+CRMS = {vendor.name: vendor for vendor in (HUBSPOT, PIPEDRIVE, SALESFORCE, ZOHO)}
+VENDORS = list(CRMS.values())
+OAUTH_VENDORS = [vendor for vendor in VENDORS if vendor.oauth]
+# every way to get an access token: each Salesforce flow, and Zoho's refresh token
+TOKEN_VENDORS = [*(SALESFORCE.with_flow(flow) for flow in FLOWS), ZOHO]
+REFRESHING = [SALESFORCE.with_flow("refresh_token"), ZOHO]  # those holding a refresh token
+
+
+def vendor_id(vendor: Vendor) -> str:
+    return vendor.label
+
+
+@contextlib.asynccontextmanager
+async def running(fake: Any) -> AsyncIterator[str]:
+    async with serve(fake.app) as url:
+        try:
+            yield url
+        finally:
+            fake.faults.release.set()  # a scripted hang must not hold the shutdown
+
+
+async def post_all(relay: RunningRelay, events: Events, integration: str) -> None:
+    for _, body in events:
+        response = await relay.post(body, integration=integration)
+        assert response.status_code == 200, response.text
+
+
+def duplicate(body: bytes) -> bytes:
+    """The same event re-sent by Wildix with a new envelope time: new bytes, same content."""
+    data = msgspec.json.decode(body)
+    data["time"] += 1
+    return msgspec.json.encode(data)
+
+
+def day(n: int) -> Events:
+    """n calls: alternately outbound answered and inbound missed, current generation."""
+    events: Events = []
+    for i in range(n):
+        if i % 2:
+            events += current_inbound_missed(f"day_{i}", FR_CALLER, offset=i * 1000)
+        else:
+            events += current_outbound(f"day_{i}", UK_CONTACT, offset=i * 1000)
+    return events
+
+
+async def link_ids(relay: RunningRelay, connector: str = "crm") -> dict[str, str]:
+    """Wildix call id → the CRM record id relay keeps in its links."""
+    rows = await relay.rows(links, links.c.connector == connector)
+    return {row.key.split(":", 2)[2]: row.value["acts"]["call"].get("id") for row in rows}
+
+
+async def retry_dead(relay: RunningRelay) -> int:
+    """What an operator's Retry does (relay.admin.actions.retry) to every dead delivery."""
+    dead = [d.id for d in await relay.deliveries() if d.state == "dead"]
+    for delivery_id in dead:
+        await actions.retry(relay.store, delivery_id)
+    return len(dead)
+
+
+async def settled_opening(relay: RunningRelay, window: Any, timeout: float = 60) -> list[Any]:
+    """Wait until every delivery has settled, letting the fake's rate window's interval pass
+    (``Window.elapse``) each time it has refused a request: the refusal is certain (the interval
+    is long) and the way on after it comes from what the fake saw, not from the clock."""
+    seen = 0
+
+    async def done() -> list[Any] | None:
+        nonlocal seen
+        if window.rejected > seen:
+            seen = window.rejected
+            window.elapse()
+        rows = await relay.deliveries()
+        return rows if rows and all(r.state in ("succeeded", "dead") for r in rows) else None
+
+    return await relay.wait_until(done, timeout, "deliveries to settle")
+
+
+async def paused_attempts(relay: RunningRelay) -> list[Any]:
+    """Every attempt recorded as a pause (the CRM's limit, not the delivery's failure)."""
+    return [
+        a
+        for row in await relay.deliveries()
+        for a in await relay.attempts(row.id)
+        if a.outcome == "paused"
+    ]
