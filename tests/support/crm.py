@@ -59,11 +59,13 @@ class Vendor:
     person: Callable[[Record], str | None]  # the contact, person or lead the record is on
     seconds: Callable[[Record], float]
     outcome: Callable[[Record], str]
+    notes: Callable[[Record], str]  # the record's text: who, when, recording, the Wildix call
     contacts_with: Callable[[Any, str], list[str]]  # ids of the contacts holding this number
     outcomes: dict[str, str]  # normalized outcome ("completed", "missed") → what the CRM shows
     create_path: str  # the request path that creates a call record
     updates: bool  # creates the record at the first event and updates it (else: at the end)
     token_key: str | None = None  # the config key of a static API token; None: OAuth
+    milliseconds: bool = False  # durations kept to the millisecond (else whole seconds)
     flow: str = ""  # the OAuth flow (Salesforce has several)
 
     @property
@@ -84,6 +86,10 @@ class Vendor:
         """The connector's config block, as an admin writes it in config.yaml."""
         base = self.credentials(fake, url, self.flow)
         return {**base, **self.limits, "default_region": "GB", **extra}
+
+    def kept_seconds(self, ms: int) -> float:
+        """What ``seconds`` reads back for a call of ``ms`` milliseconds."""
+        return ms / 1000 if self.milliseconds else round(ms / 1000)
 
     def all_records(self, fake: Any) -> list[Record]:
         return list(self.records_of(fake))
@@ -139,6 +145,7 @@ HUBSPOT = Vendor(
     person=lambda record: record["contacts"][0] if record["contacts"] else None,
     seconds=lambda record: int(record["properties"]["hs_call_duration"]) / 1000,
     outcome=lambda record: record["properties"]["hs_call_status"],
+    notes=lambda record: record["properties"]["hs_call_body"],
     contacts_with=lambda fake, number: [
         cid for cid, contact in fake.contacts.items() if contact["phone"] == number
     ],
@@ -146,6 +153,7 @@ HUBSPOT = Vendor(
     create_path="/crm/v3/objects/calls",
     updates=True,
     token_key="token",
+    milliseconds=True,
 )
 PIPEDRIVE = Vendor(
     name="pipedrive",
@@ -170,6 +178,7 @@ PIPEDRIVE = Vendor(
     person=lambda record: None if record["person_id"] is None else str(record["person_id"]),
     seconds=lambda record: int(record["duration"]),
     outcome=lambda record: record["outcome"],
+    notes=lambda record: record["note"],
     contacts_with=lambda fake, number: [
         str(person["id"]) for person in fake.persons.values() if person["phones"] == [number]
     ],
@@ -197,6 +206,7 @@ SALESFORCE = Vendor(
     person=lambda record: record.get("WhoId"),
     seconds=lambda record: int(record["CallDurationInSeconds"]),
     outcome=lambda record: record["CallDisposition"],
+    notes=lambda record: record["Description"],
     contacts_with=lambda fake, number: [
         cid for cid, contact in fake.contacts.items() if contact["Phone"] == number
     ],
@@ -228,6 +238,7 @@ ZOHO = Vendor(
     seconds=lambda record: _mm_ss(record["Call_Duration"]),
     # an outbound call's status, else its type (Missed): Zoho has no one outcome field
     outcome=lambda record: record.get("Outgoing_Call_Status") or record["Call_Type"],
+    notes=SALESFORCE.notes,
     contacts_with=SALESFORCE.contacts_with,
     outcomes={"completed": "Completed", "missed": "Missed"},
     create_path="/Calls",
