@@ -20,10 +20,9 @@ import random
 
 from bench.crm_day import numbers, print_day, print_records, run_day, script
 from tests.fakes.server import serve
-from tests.support.crm import SALESFORCE as SALESFORCE_CRM
-from tests.support.crm import ZOHO
+from tests.support.crm import CRMS, ZOHO
 
-SALESFORCE = SALESFORCE_CRM.with_flow("jwt_bearer")
+SALESFORCE = CRMS["salesforce"].with_flow("jwt_bearer")
 
 
 async def expire_tokens(fakes: list, every: float, times: int) -> None:
