@@ -16,9 +16,10 @@ def imported_modules(tree: ast.Module) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module == "tests":  # from tests import x
+            names += [f"tests.{alias.name}" for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.append(node.module)
-            names += [f"{node.module}.{alias.name}" for alias in node.names]
     return names
 
 
