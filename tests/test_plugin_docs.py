@@ -114,6 +114,8 @@ def test_entry_points_in_pyproject_register_the_first_party_types():
     found = collect_connectors(pm)
     assert {"log", "file", "webhook"} <= set(found)
     assert found["webhook"] is WebhookConnector and found["file"] is FileConnector
+    assert all(target == f"relay.plugins.{name}" for name, target in modules.items())
+    assert "`relay.plugins.<name>`" in doc_text()  # the guide says where they install
 
 
 def test_first_party_connectors_import_only_the_public_api():
