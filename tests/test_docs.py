@@ -2,7 +2,8 @@
 
 The way datasette checks its hook and CLI docs: the lists come from the code (the config
 structs, the connectors' ``Config`` structs, the click group), so a key or an option added
-without its documentation fails here, with a message naming it.
+without its documentation fails here, with a message naming it; and a key the docs still list
+after the code dropped or renamed it fails too.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from relay.registry import connector_types
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*$", re.M)
+HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*$", re.M)
 CODE_SPAN = re.compile(r"`([^`\n]+)`")
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.M | re.S)
 
@@ -32,10 +33,13 @@ FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.M | re.S)
 # -- reading the docs ------------------------------------------------------------------------
 
 
+KEY_TABLE = re.compile(r"^\| key \| default \|")
+
+
 @dataclass(frozen=True)
 class Section:
     heading: str
-    body: str  # up to the next heading of the same or a higher level, subsections included
+    body: str  # up to the next heading: a subsection is a section of its own
 
     @property
     def names(self) -> list[str]:
@@ -43,10 +47,15 @@ class Section:
         return CODE_SPAN.findall(self.heading) or [self.heading]
 
     def table_keys(self) -> set[str]:
-        """The keys of the section's `| key | default | |` rows (`` `a`, `b` `` names two)."""
+        """The keys in the section's `| key | default | |` tables (`` `a`, `b` `` names two)."""
         keys: set[str] = set()
+        in_table = False
         for line in self.body.splitlines():
-            if line.startswith("| `"):
+            if not line.startswith("|"):
+                in_table = False
+            elif KEY_TABLE.match(line):
+                in_table = True
+            elif in_table:
                 keys.update(CODE_SPAN.findall(line.split("|")[1]))
         return keys
 
@@ -55,12 +64,8 @@ def sections(path: Path) -> list[Section]:
     text = path.read_text(encoding="utf-8")
     text = FENCE.sub(lambda m: "\n" * m.group(0).count("\n"), text)  # no headings in code
     found = list(HEADING.finditer(text))
-    result = []
-    for i, m in enumerate(found):
-        level = len(m.group(1))
-        end = next((n.start() for n in found[i + 1 :] if len(n.group(1)) <= level), len(text))
-        result.append(Section(m.group(2), text[m.end() : end]))
-    return result
+    ends = [m.start() for m in found[1:]] + [len(text)]
+    return [Section(m.group(1), text[m.end() : end]) for m, end in zip(found, ends, strict=True)]
 
 
 def section(path: Path, name: str) -> Section | None:
@@ -162,6 +167,9 @@ def own_fields(config: type[msgspec.Struct], base: type[msgspec.Struct] | None) 
     ]
 
 
+SHARED_CRM_KEYS = "Keys every CRM connector has"  # the heading of CrmConfig's table in crm.md
+
+
 def connector_options() -> Iterator[tuple[str, str, str]]:
     """(doc, connector type, key) for every option of every first-party connector."""
     for ctype, cls in sorted(first_party_types().items()):
@@ -170,7 +178,7 @@ def connector_options() -> Iterator[tuple[str, str, str]]:
         for key in own_fields(cls.Config, crm.CrmConfig if is_crm else None):
             yield doc, ctype, key
     for key in msgspec.structs.fields(crm.CrmConfig):
-        yield "crm.md", "Keys every CRM connector has", key.encode_name
+        yield "crm.md", SHARED_CRM_KEYS, key.encode_name
 
 
 CONNECTOR_OPTIONS = list(connector_options())
@@ -190,6 +198,48 @@ def test_connector_option_is_documented(doc: str, where: str, key: str) -> None:
     found = section(DOCS / doc, where)
     assert found is not None, f"docs/{doc} has no section headed `{where}`"
     assert key in found.table_keys(), f"docs/{doc}: `{key}` has no row in the `{where}` table"
+
+
+# -- and no documented key that the code does not have -------------------------------------
+
+
+def known_keys() -> dict[tuple[str, str], set[str]]:
+    """(doc, section name) → the keys a `| key | default |` table there may list."""
+    known: dict[tuple[str, str], set[str]] = {}
+    for where, key, _ in CONFIG_KEYS:
+        known.setdefault(("configuration.md", plain(where)), set()).add(key)
+    for ctype, cls in first_party_types().items():
+        doc = "crm.md" if issubclass(cls.Config, crm.CrmConfig) else "connectors.md"
+        known[(doc, ctype)] = {f.encode_name for f in msgspec.structs.fields(cls.Config)}
+    known[("crm.md", SHARED_CRM_KEYS)] = {
+        f.encode_name for f in msgspec.structs.fields(crm.CrmConfig)
+    }
+    return known
+
+
+KNOWN_KEYS = known_keys()
+DOCUMENTED_KEYS = [
+    (doc, s.heading, key)
+    for doc in ("configuration.md", "connectors.md", "crm.md")
+    for s in sections(DOCS / doc)
+    for key in sorted(s.table_keys())
+]
+
+
+@pytest.mark.parametrize(
+    ("doc", "heading", "key"),
+    DOCUMENTED_KEYS,
+    ids=[f"{d}:{h.replace('`', '')}:{k}" for d, h, k in DOCUMENTED_KEYS],
+)
+def test_documented_key_exists(doc: str, heading: str, key: str) -> None:
+    names = Section(heading, "").names
+    if doc == "configuration.md":
+        names = [plain(n) for n in names]
+    tables = [KNOWN_KEYS[(doc, n)] for n in names if (doc, n) in KNOWN_KEYS]
+    assert tables, f"docs/{doc}: a key table under '{heading}', which names no config section"
+    assert key in set().union(*tables), (
+        f"docs/{doc} documents `{key}` under '{heading}', but the code has no such key"
+    )
 
 
 # -- CLI commands and options -----------------------------------------------------------------
