@@ -2,8 +2,8 @@
 
 The way datasette checks its hook and CLI docs: the lists come from the code (the config
 structs, the connectors' ``Config`` structs, the click group), so a key or an option added
-without its documentation fails here, with a message naming it; and a key the docs still list
-after the code dropped or renamed it fails too.
+without its documentation fails here, with a message naming it; and so does a key or an option
+that the docs still write after the code dropped or renamed it.
 """
 
 from __future__ import annotations
@@ -255,15 +255,25 @@ def commands(group: click.Command, path: str = "relay") -> Iterator[tuple[str, c
                 yield from commands(command, f"{path} {name}")
 
 
-def usages(path: str) -> list[str]:
-    """What follows `relay <command>` in the docs: in code spans and lines of code blocks."""
+def snippets() -> list[str]:
+    """Where the docs write commands: code spans, and the lines of code blocks (less comments)."""
     texts: list[str] = []
     for doc in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
         text = doc.read_text(encoding="utf-8")
         texts += CODE_SPAN.findall(FENCE.sub("", text))
-        texts += [line for block in FENCE.findall(text) for line in block.splitlines()]
+        texts += [
+            line.split(" #")[0] for block in FENCE.findall(text) for line in block.splitlines()
+        ]
+    return texts
+
+
+SNIPPETS = snippets()
+
+
+def usages(path: str) -> list[str]:
+    """What follows `relay <command>` in the docs."""
     found = re.compile(rf"(?<![\w.-]){re.escape(path)}(?![\w-])(.*)$")
-    rests = [m.group(1) for t in texts if (m := found.search(t))]
+    rests = [m.group(1) for t in SNIPPETS if (m := found.search(t))]
     if " " not in path:  # the group's own options come before the command: `relay --config …`
         rests = [r for r in rests if r.startswith(" -")]
     return rests
@@ -294,3 +304,49 @@ def test_cli_command_is_documented(path: str) -> None:
 def test_cli_option_is_documented(path: str, flag: str) -> None:
     written = {f for usage in usages(path) for f in re.findall(r"--[\w-]+", usage)}
     assert flag in written, f"`{path} {flag}` appears in no `{path} …` in README.md or docs/*.md"
+
+
+def written_flags() -> Iterator[tuple[str, str]]:
+    """(command path, flag) for every option written after a `relay …` command in the docs."""
+    for text in SNIPPETS:
+        for m in re.finditer(r"(?<![\w.-])relay( .*)$", text):
+            yield from command_flags(m.group(1).split())
+
+
+def takes_value(command: click.Command) -> set[str]:
+    return {
+        f for p in command.params if isinstance(p, click.Option) and not p.is_flag for f in p.opts
+    }
+
+
+def command_flags(tokens: list[str]) -> Iterator[tuple[str, str]]:
+    """Read `[--config PATH] command [subcommand] [arguments and --options]` like click would."""
+    known = dict(COMMANDS)
+    path, descending, skip = "relay", True, False
+    for token in tokens:
+        if skip:  # the value of the option before it
+            skip = False
+        elif re.match(r"^[\[(]*--", token):
+            flags = set(re.findall(r"--[\w-]+", token))
+            if path == "relay" and not flags <= takes_value(known[path]):
+                return  # `createuser relay --pwprompt`: another program's argument
+            yield from ((path, flag) for flag in sorted(flags))
+            skip = bool(flags & takes_value(known[path])) and not token.endswith("]")
+        elif descending and f"{path} {token}" in known:
+            path = f"{path} {token}"
+        elif path == "relay":
+            return  # prose, or a command that a plugin adds
+        else:
+            descending = False  # an argument: what follows belongs to this command
+
+
+WRITTEN_FLAGS = sorted(set(written_flags()))
+
+
+@pytest.mark.parametrize(
+    ("path", "flag"), WRITTEN_FLAGS, ids=[f"{p} {f}" for p, f in WRITTEN_FLAGS]
+)
+def test_documented_cli_option_exists(path: str, flag: str) -> None:
+    assert (path, flag) in OPTIONS or flag == "--help", (
+        f"the docs write `{path} {flag}`, but `{path}` has no such option"
+    )
