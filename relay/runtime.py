@@ -101,10 +101,10 @@ async def running(
         auto_migrate = db.is_sqlite(settings.database.url)
     if purge is None:
         purge = service
-    if connectors is None:
-        connectors = service
     consume = service and consumes_here(settings, role, sqs)
     run_dispatcher = role == "worker" or (role == "serve" and dispatch)
+    if connectors is None or run_dispatcher:  # the dispatcher delivers through them
+        connectors = service or bool(connectors)
 
     async with contextlib.AsyncExitStack() as stack:
         # Entered in the reverse of the shutdown order: the exit stack unwinds last-in first-out.
@@ -125,8 +125,7 @@ async def running(
             if service:
                 await rt.connectors.start()
                 stack.push_async_callback(rt.connectors.close)  # 5
-        if run_dispatcher:
-            assert rt.connectors is not None
+        if run_dispatcher and rt.connectors is not None:
             rt.dispatcher = Dispatcher(rt.connectors)
             task = asyncio.create_task(rt.dispatcher.run())
             stack.push_async_callback(_stop_dispatcher, rt.dispatcher, task)  # 4
