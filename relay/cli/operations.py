@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ from relay.admin.retention import erase as erase_numbers
 from relay.admin.retention import purge as purge_now
 from relay.cli.settings import load_settings
 from relay.config import Settings
+from relay.runtime import running
 from relay.store import db
 from relay.store.records import Store
 
@@ -32,23 +33,13 @@ TIME = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y
 STATE = click.Choice(s.STATES)
 
 
-@contextlib.asynccontextmanager
-async def _store(settings: Settings) -> AsyncIterator[Store]:
-    engine = db.create_engine(settings.database.url)
-    try:
-        await db.ensure_schema(engine, auto_migrate=db.is_sqlite(settings.database.url))
-        yield Store(engine)
-    finally:
-        await engine.dispose()
-
-
 def _run(ctx: click.Context, work: Callable[[Settings, Store], Awaitable[T]]) -> T:
     """Run one piece of database work; a refused request is a clean error, not a traceback."""
     settings = load_settings(ctx)
 
     async def go() -> T:
-        async with _store(settings) as store:
-            return await work(settings, store)
+        async with running(settings, role="cli") as rt:  # the store alone
+            return await work(settings, rt.store)
 
     try:
         return asyncio.run(go())
