@@ -69,9 +69,7 @@ def available() -> list[str]:
     """Every ``<topic>.<database>`` file the package carries."""
     folder = resources.files("relay.store") / "sql"
     return sorted(
-        entry.name.removesuffix(".sql")
-        for entry in folder.iterdir()
-        if entry.name.endswith(".sql")
+        entry.name.removesuffix(".sql") for entry in folder.iterdir() if entry.name.endswith(".sql")
     )
 
 
