@@ -69,6 +69,18 @@ def test_sql_files_spell_states_from_the_enum_not_by_hand() -> None:
         assert not STATE_NAMES & set(literal), f"{path.name} writes a state by hand"
 
 
+def test_the_store_spells_states_from_the_enum() -> None:
+    """No delivery state written as a string literal in relay.store outside relay.store.states."""
+    found = [
+        f"{path.name}:{node.lineno}"
+        for path in sorted(STORE.rglob("*.py"))
+        if path.name != "states.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and node.value in STATE_NAMES
+    ]
+    assert found == []
+
+
 def test_the_loader_spells_states_and_refuses_what_it_cannot_read() -> None:
     text = (
         "-- a file's introduction: not a query\n\n"
