@@ -9,7 +9,6 @@ relay.store.postgres), picked here once.
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -31,7 +30,6 @@ from relay.wildix import Event
 __all__ = ["STORE_ERRORS", "Store", "open_backend"]
 
 T = TypeVar("T")
-log = logging.getLogger("relay.store")
 # What a failed store write raises: SQLAlchemy's errors, and the driver's own on the statements
 # that bypass SQLAlchemy (PostgreSQL ingest); the disk or the network may fail underneath both.
 STORE_ERRORS = (
