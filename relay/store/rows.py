@@ -99,7 +99,7 @@ def delivery_rows(
 ) -> list[tuple[Any, ...]]:
     """New pending deliveries of one stored event, in DELIVERY_COLUMNS order."""
     iid = event.integration_id
-    pending = DeliveryState.PENDING
+    pending = DeliveryState.PENDING.value  # a plain str: the drivers bind it without adapting
     return [
         (event_id, iid, name, ordering_key(name, event), pending, 0, now, now, now)
         for name in connectors
