@@ -30,7 +30,7 @@ from relay.store.records import Store
 
 T = TypeVar("T")
 TIME = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M"])
-STATE = click.Choice(s.STATES)
+STATE = click.Choice([st.value for st in s.STATES])  # click matches enum members by name
 
 
 def _run(ctx: click.Context, work: Callable[[Settings, Store], Awaitable[T]]) -> T:
@@ -205,7 +205,7 @@ def deliveries_retry(ctx: click.Context, delivery_ids: tuple[int, ...]) -> None:
 @click.pass_context
 def deliveries_cancel(ctx: click.Context, delivery_ids: tuple[int, ...]) -> None:
     """Cancel pending or dead deliveries."""
-    _each(ctx, delivery_ids, actions.cancel, "cancelled")
+    _each(ctx, delivery_ids, actions.cancel, s.DeliveryState.CANCELLED)
 
 
 def _each(
