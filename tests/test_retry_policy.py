@@ -14,10 +14,10 @@ import msgspec
 import pytest
 
 from relay.config import DeliveryPolicy, Duration
-from relay.dispatch.retry_policy import CLASSIFY, Failure, OutcomeKind, attempt_outcome, classify
+from relay.dispatch.retry_policy import CLASSIFY, Failure, attempt_outcome, classify
 from relay.errors import AuthError, PauseConnector, PermanentError, RetryableError
 from relay.store.queue import Claim, aware
-from relay.store.states import DeliveryState
+from relay.store.states import DeliveryState, OutcomeKind
 from relay.store.tables import utcnow
 from relay.wildix import InvalidEvent, parse
 from tests.conftest import fixture, make_settings, run_relay

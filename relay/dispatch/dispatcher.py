@@ -23,9 +23,9 @@ from relay.config import DeliveryPolicy
 from relay.connector import Connector, DeliveryContext
 from relay.dispatch.attempt_timeouts import Deadlines
 from relay.dispatch.connector_pool import Connectors
-from relay.dispatch.retry_policy import OutcomeKind, attempt_outcome, classify
+from relay.dispatch.retry_policy import attempt_outcome, classify
 from relay.store.queue import Claim, Outcome, QueueSession, aware
-from relay.store.states import DeliveryState
+from relay.store.states import DeliveryState, OutcomeKind
 from relay.store.tables import utcnow
 from relay.wildix import parse
 

@@ -12,7 +12,6 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 import httpx
@@ -20,18 +19,9 @@ import httpx
 from relay.config import DeliveryPolicy
 from relay.errors import PauseConnector, PermanentError, RetryableError, excerpt
 from relay.store.queue import Claim, Outcome
-from relay.store.states import DeliveryState
+from relay.store.states import DeliveryState, OutcomeKind
 from relay.store.tables import utcnow
 from relay.wildix import InvalidEvent
-
-
-class OutcomeKind(StrEnum):
-    """What one attempt came to, as the attempt history, the logs and the metrics name it."""
-
-    SUCCEEDED = DeliveryState.SUCCEEDED.value
-    RETRY = "retry"
-    DEAD = DeliveryState.DEAD.value
-    PAUSED = "paused"
 
 
 @dataclass(frozen=True, slots=True)

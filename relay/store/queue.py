@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay.store.states import DeliveryState
+from relay.store.states import DeliveryState, OutcomeKind
 from relay.store.tables import connector_state, deliveries, utcnow
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class Outcome:
     """What one attempt came to; ``state`` is the delivery's next state."""
 
     state: DeliveryState  # succeeded | pending | dead
-    kind: str  # succeeded | retry | dead | paused
+    kind: OutcomeKind
     started_at: datetime
     duration_ms: int
     next_attempt_at: datetime | None = None
@@ -55,7 +55,8 @@ def aware(value: datetime) -> datetime:
 
 def next_state(outcome: Outcome, now: datetime) -> tuple[int, datetime | None, datetime | None]:
     """(attempts refund, next attempt, completed at) for a delivery's row."""
-    refund = 1 if outcome.kind == "paused" else 0  # waiting out a quota is not a failed attempt
+    # Waiting out a quota is not a failed attempt.
+    refund = 1 if outcome.kind == OutcomeKind.PAUSED else 0
     if outcome.state == DeliveryState.PENDING:
         return refund, outcome.next_attempt_at or now, None
     return refund, None, now
