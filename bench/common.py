@@ -23,7 +23,7 @@ import yaml
 from relay.wildix.signature import sign
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT / "relay" / "fixtures" / "call_completed.json"
+FIXTURE = ROOT / "relay" / "wildix" / "samples" / "call_completed.json"
 SECRET = "bench-secret-0123456789abcdef"
 PG_ADMIN = os.environ.get("RELAY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

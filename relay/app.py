@@ -1,29 +1,22 @@
-"""Litestar app factory and lifespan: database, HTTP client, connectors, dispatcher."""
+"""Litestar app factory: the HTTP routes, over the parts :func:`relay.runtime.running` builds."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-from httpx_aiohttp import AiohttpTransport
 from litestar import Litestar, Response, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components
 
-from relay.admin.queries import Queries
-from relay.admin.retention import purge_forever
 from relay.config import Settings
-from relay.dispatch.connector_pool import Connectors
-from relay.dispatch.dispatcher import Dispatcher
-from relay.ingest.accept import Ingest
-from relay.ingest.sqs_consumer import SqsConsumers, consumes_here
+from relay.ingest.sqs_consumer import SqsConsumers
 from relay.ingest.webhook_endpoint import webhooks
+from relay.runtime import running
 from relay.store import db
 from relay.store.records import Store
 
@@ -78,20 +71,6 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
-def http_client() -> httpx.AsyncClient:
-    """One pooled client per process, shared by every connector (keep-alive matters).
-
-    Connectors see the httpx API; underneath, aiohttp's connection pool does the I/O, because
-    httpcore's pool costs several times more CPU per request under concurrency (bench/dispatch).
-    """
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-    return httpx.AsyncClient(
-        transport=AiohttpTransport(limits=limits),
-        timeout=httpx.Timeout(15.0, connect=5.0),
-        headers={"user-agent": "relay/0.1 (+wildix events)"},
-    )
-
-
 def create_app(
     settings: Settings,
     *,
@@ -99,48 +78,23 @@ def create_app(
     auto_migrate: bool | None = None,
     sqs: bool | None = None,
 ) -> Litestar:
-    """``sqs``: consume the SQS integrations' queues here (None: as ``sqs.consume_in`` says)."""
-    if auto_migrate is None:
-        auto_migrate = db.is_sqlite(settings.database.url)
-    consume = consumes_here(settings, "serve", sqs)
+    """``sqs``: consume the SQS integrations' queues here (None: as ``sqs.consume_in`` says).
+
+    The lifespan is the ``serve`` runtime; the routes find its parts on ``app.state``.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        engine = db.create_engine(
-            settings.database.url,
-            pool_size=settings.database.pool_size,
-            echo=settings.database.echo,
-        )
-        await db.ensure_schema(engine, auto_migrate=auto_migrate)
-        store = Store(engine)
-        http = http_client()
-        connectors = Connectors(settings, store, http)
-        await connectors.start()
-        dispatcher = Dispatcher(connectors) if dispatch else None
-        app.state.store = store
-        app.state.ingest = ingest = Ingest(settings, store, dispatcher.wake if dispatcher else None)
-        app.state.dispatcher = dispatcher
-        app.state.queries = Queries(store, settings)
-        app.state.sqs = SqsConsumers(settings, ingest) if consume else None
-        task = asyncio.create_task(dispatcher.run()) if dispatcher else None
-        if app.state.sqs:
-            app.state.sqs.start()
-        stop_purge = asyncio.Event()
-        purger = asyncio.create_task(purge_forever(store, settings, stop_purge))
-        try:
+        async with running(
+            settings, role="serve", dispatch=dispatch, sqs=sqs, auto_migrate=auto_migrate
+        ) as rt:
+            app.state.runtime = rt
+            app.state.store = rt.store
+            app.state.ingest = rt.ingest
+            app.state.dispatcher = rt.dispatcher
+            app.state.queries = rt.queries
+            app.state.sqs = rt.sqs
             yield
-        finally:
-            if app.state.sqs:  # finish and delete the in-flight batches before anything closes
-                await app.state.sqs.stop()
-            await ingest.writer.close()
-            stop_purge.set()
-            await purger
-            if dispatcher and task:
-                await dispatcher.stop()
-                await task
-            await connectors.close()
-            await http.aclose()
-            await store.close()
 
     operations: dict[str, Any] = {}
     if settings.admin.token:  # otherwise the admin API and dashboard paths do not exist (404)

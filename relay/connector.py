@@ -131,8 +131,13 @@ class ConnectorContext:
 
 
 class DeliveryContext(ConnectorContext):
-    # Made once per attempt, so the dispatcher builds it with ``for_delivery`` from its
-    # connector's long-lived context, and the bound logger is made only when a connector logs.
+    """One attempt's context: its connector's long-lived context plus the delivery's ids.
+
+    Made once per attempt, so it holds a reference to the connector's context and forwards what
+    connectors read to it (anything a connector put on that context in ``start()`` included)
+    instead of copying it; the bound logger is made only when a connector logs.
+    """
+
     attempt: int
     delivery_id: int
     event_id: int
@@ -142,6 +147,8 @@ class DeliveryContext(ConnectorContext):
 
     def __init__(
         self,
+        context: ConnectorContext | None = None,
+        /,
         *,
         attempt: int,
         delivery_id: int,
@@ -150,46 +157,48 @@ class DeliveryContext(ConnectorContext):
         integration_name: str | None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        self._base_log = self.__dict__.pop("_log")  # what the base class set: bound per delivery
+        """``context`` is the connector's own; without one, ``kwargs`` build it (in tests)."""
+        # The base class's __init__ is not called: its attributes are read from ``context``.
+        self.context = context if context is not None else ConnectorContext(**kwargs)
         self.attempt = attempt
         self.delivery_id = delivery_id
         self.event_id = event_id
         self.integration_id = integration_id
         self.integration_name = integration_name
         self.status_code = None
-
-    @classmethod
-    def for_delivery(
-        cls,
-        base: ConnectorContext,
-        *,
-        attempt: int,
-        delivery_id: int,
-        event_id: int,
-        integration_id: str,
-        integration_name: str | None,
-    ) -> DeliveryContext:
-        """A context sharing ``base``'s client, state, links and limiters: cheap per attempt."""
-        ctx = cls.__new__(cls)
-        d = ctx.__dict__
-        d.update(base.__dict__)
-        d["_base_log"] = d.pop("log") if "log" in d else d["_base_log"]
-        d.pop("_log", None)
-        d["attempt"] = attempt
-        d["delivery_id"] = delivery_id
-        d["event_id"] = event_id
-        d["integration_id"] = integration_id
-        d["integration_name"] = integration_name
-        d["status_code"] = None
-        return ctx
+        self._log: logging.LoggerAdapter | None = None  # type: ignore[type-arg]
 
     @property
-    def log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+    def name(self) -> str:  # type: ignore[override]
+        return self.context.name
+
+    @property
+    def http(self) -> httpx.AsyncClient:  # type: ignore[override]
+        return self.context.http
+
+    @property
+    def state(self) -> State:  # type: ignore[override]
+        return self.context.state
+
+    @property
+    def links(self) -> Links:  # type: ignore[override]
+        return self.context.links
+
+    def __getattr__(self, attr: str) -> Any:
+        """Whatever else a connector keeps on its context, e.g. a client made in ``start()``."""
+        if attr == "context":  # not set yet: no recursion through the lookup below
+            raise AttributeError(attr)
+        return getattr(self.context, attr)
+
+    def limiter(self, key: str, rate: float, period: float = 1.0) -> AsyncLimiter:
+        return self.context.limiter(key, rate, period)
+
+    @property
+    def log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg, override]
         """The connector's logger with this delivery's ids on every line."""
-        bound = self.__dict__.get("_log")
+        bound = self._log
         if bound is None:
-            bound = self._log = _Bound(self._base_log.logger, self.log_fields())
+            bound = self._log = _Bound(self.context.log.logger, self.log_fields())
         return bound
 
     @log.setter

@@ -91,7 +91,9 @@ def observe_attempt(connector: str, outcome: str, duration_ms: int) -> None:
 class QueueSnapshot:
     at: datetime
     connectors: list[str]
-    counts: Mapping[tuple[str, str], int]  # (connector, state) → deliveries
+    # Per connector, counted by the caller: the delivery states are the store's, above us.
+    active: Mapping[str, int]  # deliveries pending or running
+    dead: Mapping[str, int]
     oldest: Mapping[str, datetime]  # connector → created_at of its oldest unfinished delivery
 
 
@@ -119,13 +121,12 @@ class QueueCollector(Collector):
         dead = GaugeMetricFamily(
             "relay_dead_deliveries", "Dead deliveries awaiting a human", labels=LABELS
         )
-        names = sorted(set(snap.connectors) | {c for c, _ in snap.counts})
+        names = sorted(set(snap.connectors) | set(snap.active) | set(snap.dead))
         for name in names:
-            active = snap.counts.get((name, "pending"), 0) + snap.counts.get((name, "running"), 0)
-            depth.add_metric([name], active)
+            depth.add_metric([name], snap.active.get(name, 0))
             since = snap.oldest.get(name)
             oldest.add_metric([name], (snap.at - since).total_seconds() if since else 0.0)
-            dead.add_metric([name], snap.counts.get((name, "dead"), 0))
+            dead.add_metric([name], snap.dead.get(name, 0))
         yield from (depth, oldest, dead)
 
     def describe(self) -> Iterator[Metric]:

@@ -4,6 +4,7 @@ retry and cancel, rejections and connector health."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import msgspec
 import pytest
@@ -230,8 +231,14 @@ async def test_cancel_releases_the_calls_later_deliveries(db_url: str) -> None:
             await relay.post(call_body("call-1", "call_live_progress_start"))
             await relay.post(call_body("call-1", "call_completed"))
             first, second = sorted(await relay.deliveries(), key=lambda d: d.id)
-            await wait_state(relay, first.id, "pending")
-            await receiver.wait_for(1)
+
+            async def first_attempt_recorded() -> list[Any]:
+                return await relay.attempts(first.id)
+
+            # Not just the receiver's answer: until its outcome is committed (with the attempt)
+            # the first delivery is still running, and a cancel is refused.
+            await relay.wait_until(first_attempt_recorded, what="the first attempt's outcome")
+            assert (await wait_state(relay, first.id, "pending")).attempts == 1
             # the second waits behind the first (same call, same connector) until it is cancelled
             assert (await wait_state(relay, second.id, "pending")).attempts == 0
             cancelled = await api(relay, "POST", f"/deliveries/{first.id}/cancel")

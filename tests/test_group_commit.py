@@ -14,8 +14,9 @@ from sqlalchemy import text
 
 from relay.ingest.accept import group_commit
 from relay.store import db
-from relay.store.records import CHECKPOINT_EVERY, Store
+from relay.store.records import Store
 from relay.store.rows import Incoming
+from relay.store.sqlite import CHECKPOINT_EVERY
 from relay.wildix import parse
 from tests.fakes.receiver import Receiver
 from tests.support.relay import make_settings, run_relay
@@ -239,7 +240,7 @@ async def test_postgres_ingest_survives_the_server_dropping_its_connections(pg_u
 @pytest.mark.postgres
 async def test_postgres_ingest_returns_idle_connections_to_the_pool(pg_url: str) -> None:
     async with open_store(pg_url) as store:
-        held = store._pg_ingest.held  # type: ignore[union-attr]
+        held = store.backend.held  # type: ignore[attr-defined]
         held.idle = 0.05
         await store.record_batch([Incoming(parse(body(1)), ["a"], "webhook")])
         assert store.engine.pool.checkedout() == 1  # kept for the next batch

@@ -14,9 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relay import logs
 from tests.fakes.receiver import Receiver
+from tests.fakes.sqs import MotoSqs
 from tests.support.operations import AUTH, TOKEN, admin_settings, wait_state, webhook
 from tests.support.relay import SECRET, call_body, run_relay
 from tests.support.samples import fixture
+from tests.support.sqs import consumer_when, sqs_settings
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -89,16 +91,34 @@ async def test_metrics_expose_the_counters_after_a_scripted_run(db_url: str) -> 
     assert value(after, "relay_dead_deliveries", connector="m-ok") == 0
 
 
-async def test_sqs_counters_are_defined_for_the_sqs_source(db_url: str) -> None:
-    from relay import metrics
+async def test_sqs_counters_are_incremented_by_the_sqs_source(
+    db_url: str, moto_sqs: MotoSqs
+) -> None:
+    """The counters docs/deployment.md advertises, moved by the consumer reading a real queue."""
+    queue = moto_sqs.queue()
+    settings = sqs_settings(
+        db_url, {"out": {"type": "log"}}, {"q7m2xk": queue}, extra={"admin": {"token": TOKEN}}
+    )
+    good = [fixture(name) for name in ("call_completed", "call_live_completed", "presence_user")]
+    async with run_relay(settings, dispatch=False) as relay:
+        before = await scrape(relay)
+        for body in good:
+            queue.send(body)
+        queue.send(good[0], secret="not-the-aws-secret-key")  # bad signature
+        queue.send(b"this is not json")  # signed, but not a Wildix envelope
+        total = len(good) + 2
+        await consumer_when(relay, lambda s: s["deleted"] == total, "every message deleted")
+        after = await scrape(relay)
+    assert queue.is_empty()
 
-    async with run_relay(admin_settings(db_url, {"out": {"type": "log"}})) as relay:
-        metrics.SQS_RECEIVED.labels("h3p9ta").inc(3)
-        metrics.SQS_DELETED.labels("h3p9ta").inc(2)
-        metrics.SQS_REJECTED.labels("h3p9ta").inc()
-        samples = await scrape(relay)
-    for name in ("received", "deleted", "rejected"):
-        assert value(samples, f"relay_sqs_messages_{name}_total", integration="h3p9ta") >= 1
+    def delta(name: str) -> float:
+        metric = f"relay_sqs_messages_{name}_total"
+        return value(after, metric, integration="q7m2xk") - value(
+            before, metric, integration="q7m2xk"
+        )
+
+    # on_invalid: delete (the default): the refused messages are deleted too
+    assert (delta("received"), delta("rejected"), delta("deleted")) == (total, 2, total)
 
 
 @pytest.fixture

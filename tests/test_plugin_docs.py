@@ -65,6 +65,29 @@ def test_every_hookspec_has_its_own_section():
     assert missing == [], f"docs/plugins.md needs a '### `name`' section for: {missing}"
 
 
+def hook_section(name: str) -> str:
+    """The guide's text under the hook's heading, up to the next heading."""
+    match = re.search(rf"^#{{2,6}} `{name}`\s*$(.*?)(?=^#{{1,6}} |\Z)", doc_text(), re.M | re.S)
+    assert match, f"docs/plugins.md needs a '### `{name}`' section"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("name", hookspec_names())
+def test_every_hookspec_signature_matches_the_guide(name: str):
+    """pluggy passes hook arguments by name: the guide must show the spec's names, in order."""
+    params = ", ".join(inspect.signature(getattr(hookspecs, name)).parameters)
+    spec = f"{name}({params})"
+    section = hook_section(name)
+    shown = re.findall(rf"`({name}\([^`]*\))`", section)
+    assert shown, f"docs/plugins.md: the `{name}` section does not show `{spec}`"
+    assert shown[0] == spec, f"docs/plugins.md shows `{shown[0]}`; the hookspec is `{spec}`"
+    examples = re.findall(rf"^def {name}\(([^)]*)\)", section, re.M)
+    assert examples, f"docs/plugins.md: the `{name}` section has no example implementation"
+    for args in examples:
+        names = ", ".join(a.split(":")[0].strip() for a in args.split(",") if a.strip())
+        assert f"{name}({names})" == spec, f"docs/plugins.md example `def {name}({args})`"
+
+
 def test_every_public_class_and_function_is_mentioned():
     public = [
         name
@@ -91,6 +114,8 @@ def test_entry_points_in_pyproject_register_the_first_party_types():
     found = collect_connectors(pm)
     assert {"log", "file", "webhook"} <= set(found)
     assert found["webhook"] is WebhookConnector and found["file"] is FileConnector
+    assert all(target == f"relay.plugins.{name}" for name, target in modules.items())
+    assert "`relay.plugins.<name>`" in doc_text()  # the guide says where they install
 
 
 def test_first_party_connectors_import_only_the_public_api():

@@ -17,11 +17,12 @@ from relay.admin.filters import EventFilter, event_conditions
 from relay.config import Settings
 from relay.ingest.accept import Ingest
 from relay.store.records import Store
+from relay.store.states import DeliveryState
 from relay.store.tables import deliveries, events, utcnow
 from relay.wildix import InvalidEvent, parse
 
-RETRYABLE = ("pending", "dead", "cancelled")
-CANCELLABLE = ("pending", "dead")
+RETRYABLE = (DeliveryState.PENDING, DeliveryState.DEAD, DeliveryState.CANCELLED)
+CANCELLABLE = (DeliveryState.PENDING, DeliveryState.DEAD)
 _BATCH = 500
 
 
@@ -40,15 +41,15 @@ async def _refuse(store: Store, delivery_id: int, verb: str) -> ActionError:
     if state is None:
         return ActionError(404, f"no delivery {delivery_id}")
     hint = {
-        "running": "it is being attempted right now",
-        "succeeded": "it already succeeded; replay its event to send it again",
-        "cancelled": "it is already cancelled",
+        DeliveryState.RUNNING: "it is being attempted right now",
+        DeliveryState.SUCCEEDED: "it already succeeded; replay its event to send it again",
+        DeliveryState.CANCELLED: "it is already cancelled",
     }.get(state, "")
     return ActionError(409, f"cannot {verb} delivery {delivery_id} ({state}): {hint}".rstrip(": "))
 
 
 async def _move(
-    store: Store, delivery_id: int, verb: str, allowed: tuple[str, ...], **values: Any
+    store: Store, delivery_id: int, verb: str, allowed: tuple[DeliveryState, ...], **values: Any
 ) -> None:
     """One guarded state change; explain a refusal (404 missing, 409 wrong state)."""
     now = utcnow()
@@ -70,8 +71,10 @@ async def retry(store: Store, delivery_id: int) -> None:
         "retry",
         RETRYABLE,
         # a delivery merely waiting for its next try keeps its count
-        attempts=case((deliveries.c.state == "pending", deliveries.c.attempts), else_=0),
-        state="pending",
+        attempts=case(
+            (deliveries.c.state == DeliveryState.PENDING, deliveries.c.attempts), else_=0
+        ),
+        state=DeliveryState.PENDING,
         next_attempt_at=utcnow(),
         lease_until=None,
         leased_by=None,
@@ -81,7 +84,14 @@ async def retry(store: Store, delivery_id: int) -> None:
 
 async def cancel(store: Store, delivery_id: int) -> None:
     """Stop a pending delivery, or acknowledge a dead one; it no longer holds up its call."""
-    await _move(store, delivery_id, "cancel", CANCELLABLE, state="cancelled", completed_at=utcnow())
+    await _move(
+        store,
+        delivery_id,
+        "cancel",
+        CANCELLABLE,
+        state=DeliveryState.CANCELLED,
+        completed_at=utcnow(),
+    )
 
 
 async def replay(

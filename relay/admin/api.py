@@ -28,6 +28,7 @@ from relay.admin.filters import BadFilter, EventFilter
 from relay.admin.queries import Queries, queue_stats
 from relay.config import Settings
 from relay.store.records import Store
+from relay.store.states import ACTIVE, DeliveryState
 from relay.store.tables import utcnow
 
 SECURITY_SCHEME = "AdminToken"
@@ -224,8 +225,19 @@ async def metrics_endpoint(state: State) -> Response[bytes]:
     store: Store = state.store
     settings: Settings = state.queries.settings
     counts, oldest = await queue_stats(store)
+    active: dict[str, int] = {}
+    dead: dict[str, int] = {}
+    for (connector, state), n in counts.items():
+        if state in ACTIVE:
+            active[connector] = active.get(connector, 0) + n
+        elif state == DeliveryState.DEAD:
+            dead[connector] = n
     metrics.QUEUE.snapshot = metrics.QueueSnapshot(
-        at=utcnow(), connectors=list(settings.connectors), counts=counts, oldest=oldest
+        at=utcnow(),
+        connectors=list(settings.connectors),
+        active=active,
+        dead=dead,
+        oldest=oldest,
     )
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 

@@ -26,7 +26,7 @@ from relay.admin.filters import (
 from relay.admin.redact import Redactor
 from relay.config import Settings
 from relay.store.records import Store
-from relay.store.states import ACTIVE
+from relay.store.states import ACTIVE, DeliveryState
 from relay.store.tables import (
     attempts,
     connector_state,
@@ -264,7 +264,7 @@ class Queries:
                         select(deliveries.c.last_error, deliveries.c.updated_at)
                         .where(
                             deliveries.c.connector == name,
-                            deliveries.c.state.in_(("pending", "dead")),
+                            deliveries.c.state.in_((DeliveryState.PENDING, DeliveryState.DEAD)),
                             deliveries.c.last_error.is_not(None),
                         )
                         .order_by(deliveries.c.updated_at.desc())

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.config import Settings
 from relay.store.records import Store
-from relay.store.states import ACTIVE
+from relay.store.states import ACTIVE, DeliveryState
 from relay.store.tables import (
     attempts,
     deliveries,
@@ -34,7 +34,9 @@ log = logging.getLogger("relay.lifecycle")
 _BATCH = 1000
 
 _busy = exists().where(deliveries.c.event_id == events.c.id, deliveries.c.state.in_(ACTIVE))
-_running = exists().where(deliveries.c.event_id == events.c.id, deliveries.c.state == "running")
+_running = exists().where(
+    deliveries.c.event_id == events.c.id, deliveries.c.state == DeliveryState.RUNNING
+)
 
 
 @dataclass
@@ -127,7 +129,7 @@ async def erase(store: Store, phones: list[str], *, dry_run: bool = False) -> Er
         rows = (
             await conn.execute(
                 select(
-                    events.c.id, events.c.integration_id, events.c.type, _running.label("running")
+                    events.c.id, events.c.integration_id, events.c.type, _running.label("attempted")
                 )
                 .where(events.c.id.in_(hit))
                 .order_by(events.c.id)
@@ -135,8 +137,8 @@ async def erase(store: Store, phones: list[str], *, dry_run: bool = False) -> Er
         ).all()
         # Pending deliveries go with their event (the number must not be sent on); one being
         # attempted right now is left to finish, and reported, so a second run completes it.
-        out.skipped_running = [r.id for r in rows if r.running]
-        out.events = [(r.id, r.integration_id, r.type) for r in rows if not r.running]
+        out.skipped_running = [r.id for r in rows if r.attempted]
+        out.events = [(r.id, r.integration_id, r.type) for r in rows if not r.attempted]
         ids = [r[0] for r in out.events]
         if ids:
             dels = select(deliveries.c.id).where(deliveries.c.event_id.in_(ids))

@@ -7,12 +7,14 @@ CLI's ``--json`` output describe one shape. None of them carries a secret.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 
-DeliveryState = Literal["pending", "running", "succeeded", "dead", "cancelled"]
-STATES: tuple[str, ...] = ("pending", "running", "succeeded", "dead", "cancelled")
+from relay.store.states import DeliveryState
+
+# The enum itself is the API's type: the OpenAPI schema lists its values as one component.
+STATES: tuple[DeliveryState, ...] = tuple(DeliveryState)
 
 _Id = Annotated[int, msgspec.Meta(ge=1)]
 
@@ -48,7 +50,7 @@ class Delivery(Out):
     event_id: int
     integration_id: str
     connector: str
-    state: str
+    state: DeliveryState
     attempts: int
     next_attempt_at: datetime
     last_error: str | None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -24,22 +24,13 @@ from relay.admin.retention import erase as erase_numbers
 from relay.admin.retention import purge as purge_now
 from relay.cli.settings import load_settings
 from relay.config import Settings
+from relay.runtime import running
 from relay.store import db
 from relay.store.records import Store
 
 T = TypeVar("T")
 TIME = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M"])
-STATE = click.Choice(s.STATES)
-
-
-@contextlib.asynccontextmanager
-async def _store(settings: Settings) -> AsyncIterator[Store]:
-    engine = db.create_engine(settings.database.url)
-    try:
-        await db.ensure_schema(engine, auto_migrate=db.is_sqlite(settings.database.url))
-        yield Store(engine)
-    finally:
-        await engine.dispose()
+STATE = click.Choice([st.value for st in s.STATES])  # click matches enum members by name
 
 
 def _run(ctx: click.Context, work: Callable[[Settings, Store], Awaitable[T]]) -> T:
@@ -47,8 +38,8 @@ def _run(ctx: click.Context, work: Callable[[Settings, Store], Awaitable[T]]) ->
     settings = load_settings(ctx)
 
     async def go() -> T:
-        async with _store(settings) as store:
-            return await work(settings, store)
+        async with running(settings, role="cli") as rt:  # the store alone
+            return await work(settings, rt.store)
 
     try:
         return asyncio.run(go())
@@ -214,7 +205,7 @@ def deliveries_retry(ctx: click.Context, delivery_ids: tuple[int, ...]) -> None:
 @click.pass_context
 def deliveries_cancel(ctx: click.Context, delivery_ids: tuple[int, ...]) -> None:
     """Cancel pending or dead deliveries."""
-    _each(ctx, delivery_ids, actions.cancel, "cancelled")
+    _each(ctx, delivery_ids, actions.cancel, s.DeliveryState.CANCELLED)
 
 
 def _each(

@@ -6,7 +6,9 @@ import sys
 from typing import NoReturn
 
 import click
+from sqlalchemy.engine import make_url
 
+from relay import logs
 from relay.config import ConfigError, Settings, load_config
 from relay.registry import PluginError
 
@@ -21,3 +23,13 @@ def load_settings(ctx: click.Context) -> Settings:
         return load_config(ctx.obj["config"])
     except (ConfigError, PluginError) as exc:
         fail(f"config error: {exc}")
+
+
+def safe_url(url: str) -> str:
+    """A database URL fit to print: the password hidden."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def configure_logs(settings: Settings) -> None:
+    cfg = settings.logging
+    logs.configure(cfg.level, cfg.format, show_numbers=cfg.show_numbers)

@@ -38,7 +38,7 @@ class Connectors:
         return ConnectorContext(name=name, http=self.http, store=self.store, limiters=self.limiters)
 
     def delivery_context(self, claim: Claim) -> DeliveryContext:
-        return DeliveryContext.for_delivery(
+        return DeliveryContext(
             self.contexts[claim.connector],
             attempt=claim.attempt,
             delivery_id=claim.delivery_id,

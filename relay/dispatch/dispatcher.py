@@ -18,18 +18,16 @@ from collections.abc import Sequence
 from datetime import datetime
 from functools import partial
 
-import httpx
-
 from relay import metrics
 from relay.config import DeliveryPolicy
 from relay.connector import Connector, DeliveryContext
 from relay.dispatch.attempt_timeouts import Deadlines
 from relay.dispatch.connector_pool import Connectors
-from relay.dispatch.retry_policy import attempt_outcome
-from relay.errors import PauseConnector, PermanentError, RetryableError
+from relay.dispatch.retry_policy import attempt_outcome, classify
 from relay.store.queue import Claim, Outcome, QueueSession, aware
+from relay.store.states import DeliveryState, OutcomeKind
 from relay.store.tables import utcnow
-from relay.wildix import InvalidEvent, parse
+from relay.wildix import parse
 
 log = logging.getLogger("relay.dispatch")
 
@@ -42,6 +40,8 @@ def worker_id() -> str:
 MAX_COMMIT = 500
 COMMIT_TRIES = 5
 WATCH_TICK = 1.0  # seconds between looks at the attempts' deadlines
+# Bound once: the success path runs per delivery.
+_SUCCEEDED, _DELIVERED = DeliveryState.SUCCEEDED, OutcomeKind.SUCCEEDED
 
 
 class Dispatcher:
@@ -209,62 +209,37 @@ class Dispatcher:
                     await connector.deliver(event, ctx)
                 finally:
                     self._deadlines.forget(limit)
-        except PauseConnector as exc:
-            kind, error, code, retry_after, pause = (
-                "paused",
-                exc.message,
-                exc.status_code,
-                None,
-                exc.until,
-            )
-        except (PermanentError, InvalidEvent) as exc:
-            kind, error, code = "dead", str(exc), getattr(exc, "status_code", None)
-            retry_after, pause = None, None
-        except RetryableError as exc:
-            kind, error, code, retry_after, pause = (
-                "retry",
-                exc.message,
-                exc.status_code,
-                exc.retry_after,
-                None,
-            )
-        except TimeoutError:
-            kind, error, code = "retry", f"timed out after {policy.timeout:g}s", ctx.status_code
-            retry_after, pause = None, None
-        except httpx.TransportError as exc:
-            kind, error, code = "retry", f"{type(exc).__name__}: {exc}", None
-            retry_after, pause = None, None
         except Exception as exc:
-            ctx.log.exception("connector raised %s", type(exc).__name__)
-            kind, error, code = "retry", f"{type(exc).__name__}: {exc}", ctx.status_code
-            retry_after, pause = None, None
+            failure = classify(exc, status_code=ctx.status_code, limit=policy.timeout)
+            if failure.unexpected:
+                ctx.log.exception("connector raised %s", type(exc).__name__)
         else:  # the common case, kept short: no error to shape, one log line
             duration_ms = int((time.perf_counter() - t0) * 1000)
-            outcome = Outcome("succeeded", "succeeded", started, duration_ms, None, ctx.status_code)
+            outcome = Outcome(_SUCCEEDED, _DELIVERED, started, duration_ms, None, ctx.status_code)
             logger = self._loggers[claim.connector]
             if logger.isEnabledFor(logging.INFO):
                 extra = ctx.log_fields()
-                extra["outcome"], extra["status_code"] = "succeeded", ctx.status_code
+                extra["outcome"], extra["status_code"] = _DELIVERED, ctx.status_code
                 extra["duration_ms"] = duration_ms
                 logger.info("delivered", extra=extra)
-            metrics.observe_attempt(claim.connector, "succeeded", duration_ms)
+            metrics.observe_attempt(claim.connector, _DELIVERED, duration_ms)
             self._finish(claim, outcome)
             return
-        outcome = attempt_outcome(claim, policy, kind, started, t0, error, code, retry_after, pause)
+        duration_ms = int((time.perf_counter() - t0) * 1000)
+        outcome = attempt_outcome(claim, policy, failure, started, duration_ms)
         self._log(ctx, outcome)
         metrics.observe_attempt(claim.connector, outcome.kind, outcome.duration_ms)
         self._finish(claim, outcome)
 
     @staticmethod
     def _log(ctx: DeliveryContext, outcome: Outcome) -> None:
+        """A failed attempt's line: an error once it is dead, a warning while it will retry."""
         extra = {
             "outcome": outcome.kind,
             "status_code": outcome.status_code,
             "duration_ms": outcome.duration_ms,
         }
-        if outcome.kind == "succeeded":
-            ctx.log.info("delivered", extra=extra)
-        elif outcome.kind == "dead":
+        if outcome.kind == OutcomeKind.DEAD:
             ctx.log.error("delivery dead: %s", outcome.error, extra=extra)
         else:
             ctx.log.warning(

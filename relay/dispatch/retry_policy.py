@@ -1,15 +1,92 @@
-"""The retry policy: what one attempt's result means for its delivery."""
+"""The retry policy: what one attempt's result means for its delivery.
+
+Two steps, both plain functions: ``classify`` reads what a connector raised into a ``Failure``
+through one ordered table (the outcome contract of relay.errors, plus what the network and the
+attempt's time limit raise), and ``attempt_outcome`` applies the connector's policy to it: the
+delivery's next state and when it is tried again.
+"""
 
 from __future__ import annotations
 
 import random
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
 
 from relay.config import DeliveryPolicy
-from relay.errors import excerpt
+from relay.errors import PauseConnector, PermanentError, RetryableError, excerpt
 from relay.store.queue import Claim, Outcome
+from relay.store.states import DeliveryState, OutcomeKind
 from relay.store.tables import utcnow
+from relay.wildix import InvalidEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A failed attempt as the policy needs it: which way it goes, and the target's say."""
+
+    kind: OutcomeKind  # RETRY, DEAD or PAUSED
+    error: str
+    status_code: int | None = None
+    retry_after: float | None = None  # seconds, from the target's Retry-After
+    pause_until: datetime | None = None
+    unexpected: bool = False  # not part of the outcome contract: worth a traceback in the log
+
+
+# How each exception reads, given the status the attempt last saw (``ctx.check_response``) and
+# the attempt's time limit.
+Reader = Callable[[Any, int | None, float], Failure]
+
+
+def _paused(exc: PauseConnector, _seen: int | None, _limit: float) -> Failure:
+    return Failure(OutcomeKind.PAUSED, exc.message, exc.status_code, pause_until=exc.until)
+
+
+def _dead(exc: PermanentError | InvalidEvent, _seen: int | None, _limit: float) -> Failure:
+    return Failure(OutcomeKind.DEAD, str(exc), getattr(exc, "status_code", None))
+
+
+def _retryable(exc: RetryableError, _seen: int | None, _limit: float) -> Failure:
+    return Failure(OutcomeKind.RETRY, exc.message, exc.status_code, retry_after=exc.retry_after)
+
+
+def _timed_out(_exc: TimeoutError, seen: int | None, limit: float) -> Failure:
+    return Failure(OutcomeKind.RETRY, f"timed out after {limit:g}s", seen)
+
+
+def _unreachable(exc: httpx.TransportError, _seen: int | None, _limit: float) -> Failure:
+    return Failure(OutcomeKind.RETRY, f"{type(exc).__name__}: {exc}")
+
+
+def _unexpected(exc: BaseException, seen: int | None, _limit: float) -> Failure:
+    return Failure(OutcomeKind.RETRY, f"{type(exc).__name__}: {exc}", seen, unexpected=True)
+
+
+# First match wins, so subclasses come before their bases (AuthError is a PermanentError);
+# anything not listed is a bug or a surprise in the connector, and is retried.
+CLASSIFY: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Reader], ...] = (
+    (PauseConnector, _paused),
+    ((PermanentError, InvalidEvent), _dead),
+    (RetryableError, _retryable),
+    (TimeoutError, _timed_out),
+    (httpx.TransportError, _unreachable),
+    (BaseException, _unexpected),
+)
+
+
+def classify(exc: BaseException, *, status_code: int | None = None, limit: float = 0.0) -> Failure:
+    """What an attempt that raised ``exc`` came to, before the policy (attempts left) applies.
+
+    ``status_code`` is the last status the connector recorded, ``limit`` the attempt's time
+    limit in seconds (the message of a timeout).
+    """
+    for types, read in CLASSIFY:
+        if isinstance(exc, types):
+            return read(exc, status_code, limit)
+    raise AssertionError("CLASSIFY ends with BaseException")  # pragma: no cover
 
 
 def retry_delay(policy: DeliveryPolicy, attempt: int, retry_after: float | None) -> float:
@@ -20,29 +97,22 @@ def retry_delay(policy: DeliveryPolicy, attempt: int, retry_after: float | None)
 
 
 def attempt_outcome(
-    claim: Claim,
-    policy: DeliveryPolicy,
-    kind: str,
-    started: datetime,
-    t0: float,
-    error: str | None,
-    code: int | None,
-    retry_after: float | None,
-    pause: datetime | None,
+    claim: Claim, policy: DeliveryPolicy, failure: Failure, started: datetime, duration_ms: int
 ) -> Outcome:
-    """What an attempt comes to under the connector's policy: the delivery's next state, and
-    when it is tried again."""
-    duration_ms = int((time.perf_counter() - t0) * 1000)
-    error = excerpt(error, 2000) if error else None
-    if kind == "retry" and claim.attempt >= policy.max_attempts:
-        kind, error = "dead", f"gave up after {claim.attempt} attempts: {error}"
-    if kind == "succeeded":
-        return Outcome("succeeded", kind, started, duration_ms, status_code=code)
-    if kind == "dead":
-        return Outcome("dead", kind, started, duration_ms, status_code=code, error=error)
-    if kind == "paused":
+    """A failed attempt under the connector's policy: dead once its attempts are used up; a
+    pause waits without using one (the queue refunds it)."""
+    kind, code = failure.kind, failure.status_code
+    error = excerpt(failure.error, 2000) if failure.error else None
+    if kind is OutcomeKind.RETRY and claim.attempt >= policy.max_attempts:
+        kind, error = OutcomeKind.DEAD, f"gave up after {claim.attempt} attempts: {error}"
+    if kind is OutcomeKind.DEAD:
         return Outcome(
-            "pending",
+            DeliveryState.DEAD, kind, started, duration_ms, status_code=code, error=error
+        )
+    if kind is OutcomeKind.PAUSED:
+        pause = failure.pause_until
+        return Outcome(
+            DeliveryState.PENDING,
             kind,
             started,
             duration_ms,
@@ -51,9 +121,9 @@ def attempt_outcome(
             error=error,
             pause_until=pause,
         )
-    delay = retry_delay(policy, claim.attempt, retry_after)
+    delay = retry_delay(policy, claim.attempt, failure.retry_after)
     return Outcome(
-        "pending",
+        DeliveryState.PENDING,
         kind,
         started,
         duration_ms,

@@ -25,16 +25,12 @@ log = logging.getLogger("relay.ingest")
 def group_commit(
     store: Store, commit: Callable[[Sequence[Incoming]], Awaitable[list[Recorded]]] | None = None
 ) -> Batcher[Incoming, Recorded]:
-    """Concurrent arrivals share transactions (see relay.ingest.group_commit).
-
-    SQLite has one writer, and its batches run on the event loop: one at a time, as large as
-    what has arrived. On PostgreSQL two batches are in flight, on two connections, and a batch
-    closes at 16 events: a burst is then committed in parts, each while the event loop reads the
-    next instead of after it has read them all (bench/README.md has the measured gain).
-    """
-    if store.dialect == "sqlite":
-        return Batcher(commit or store.record_batch)
-    return Batcher(commit or store.record_batch, concurrency=2, max_batch=16)
+    """Concurrent arrivals share transactions (see relay.ingest.group_commit), in batches shaped
+    by the store's backend (``IngestShape``: e.g. one at a time on SQLite's single writer)."""
+    shape = store.backend.ingest
+    return Batcher(
+        commit or store.record_batch, concurrency=shape.concurrency, max_batch=shape.max_batch
+    )
 
 
 class Ingest:

@@ -22,6 +22,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError
 
+from relay import metrics
 from relay.config import Settings, SqsConfig
 from relay.ingest.accept import Ingest
 from relay.wildix import Event, InvalidEvent, parse
@@ -140,6 +141,10 @@ class Consumer:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._extra = {"integration": integration_id}
+        # relay_sqs_messages_*_total: what /readyz counts per consumer, for Prometheus
+        self._received = metrics.SQS_RECEIVED.labels(integration_id)
+        self._deleted = metrics.SQS_DELETED.labels(integration_id)
+        self._rejected = metrics.SQS_REJECTED.labels(integration_id)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name=f"sqs:{self.integration_id}")
@@ -223,6 +228,7 @@ class Consumer:
     async def _batch(self, client: Any, messages: list[dict[str, Any]]) -> None:
         """Store every message (concurrently), delete the committed ones, then report failures."""
         self.status.received += len(messages)
+        self._received.inc(len(messages))
         keeper = asyncio.create_task(self._keep_invisible(client, messages))
         try:
             fates = await asyncio.gather(*(self._handle(m) for m in messages))
@@ -282,6 +288,7 @@ class Consumer:
 
     async def _reject(self, reason: str, raw: bytes, meta: dict[str, Any]) -> _Fate:
         self.status.rejected += 1
+        self._rejected.inc()
         recorded = await self.ingest.reject(
             transport="sqs",
             reason=reason,
@@ -303,7 +310,9 @@ class Consumer:
             {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
         ]
         response = await client.delete_message_batch(QueueUrl=self.cfg.queue_url, Entries=entries)
-        self.status.deleted += len(response.get("Successful", []))
+        deleted = len(response.get("Successful", []))
+        self.status.deleted += deleted
+        self._deleted.inc(deleted)
         for failure in response.get("Failed", []):
             # Committed already: the redelivery will be absorbed as a duplicate.
             self.status.delete_failed += 1

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+from relay.store.states import DeliveryState
 from relay.wildix import Event, numbers
 
 Key = tuple[str, str]  # (integration_id, body_sha256): what dedupe compares
@@ -77,3 +79,28 @@ EVENT_COLUMNS = [
     "transport",
     "transport_meta",
 ]
+
+# a new delivery's columns, in delivery_rows' order
+DELIVERY_COLUMNS = [
+    "event_id",
+    "integration_id",
+    "connector",
+    "ordering_key",
+    "state",
+    "attempts",
+    "next_attempt_at",
+    "created_at",
+    "updated_at",
+]
+
+
+def delivery_rows(
+    event_id: int, event: Event, connectors: Sequence[str], now: datetime
+) -> list[tuple[Any, ...]]:
+    """New pending deliveries of one stored event, in DELIVERY_COLUMNS order."""
+    iid = event.integration_id
+    pending = DeliveryState.PENDING.value  # a plain str: the drivers bind it without adapting
+    return [
+        (event_id, iid, name, ordering_key(name, event), pending, 0, now, now, now)
+        for name in connectors
+    ]

@@ -28,3 +28,12 @@ ENDED: tuple[DeliveryState, ...] = (
     DeliveryState.DEAD,
     DeliveryState.CANCELLED,
 )
+
+
+class OutcomeKind(StrEnum):
+    """What one attempt came to, as the attempt history, the logs and the metrics name it."""
+
+    SUCCEEDED = DeliveryState.SUCCEEDED.value
+    RETRY = "retry"
+    DEAD = DeliveryState.DEAD.value
+    PAUSED = "paused"

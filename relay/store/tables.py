@@ -21,6 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from relay.store.states import DeliveryState
+
 # Autoincrement must be INTEGER PRIMARY KEY on SQLite to be a rowid alias.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -92,8 +94,8 @@ class DeliveryRow(Base):
     integration_id: Mapped[str] = mapped_column(String(64))
     connector: Mapped[str] = mapped_column(String(100))
     ordering_key: Mapped[str] = mapped_column(String(500))
-    # pending → running → succeeded | pending (retry) | dead
-    state: Mapped[str] = mapped_column(String(16), default="pending")
+    # a DeliveryState (relay.store.states has its diagram)
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime]
     lease_until: Mapped[datetime | None]

@@ -19,10 +19,18 @@ from relay.admin import schemas as s
 from relay.admin.api import token_matches
 from relay.admin.filters import BadFilter, EventFilter
 from relay.admin.queries import Queries
+from relay.store.states import DeliveryState
 
 log = logging.getLogger("relay.ui")
 PUBLIC = {"public": True}
 Q = NamedDependency[Queries]
+# The states the filters offer; the deliveries page opens on the dead letters, or shows all.
+EVENT_STATES: list[str] = list(DeliveryState)
+DELIVERY_STATES: list[str] = [
+    DeliveryState.DEAD,
+    *(st for st in DeliveryState if st is not DeliveryState.DEAD),
+    "all",
+]
 
 
 def _time(value: str | None) -> datetime | None:
@@ -89,7 +97,12 @@ async def overview_panel(queries: Q) -> Template:
 @get("/events")
 async def events(request: Request[Any, Any, Any], queries: Q) -> Template:
     q = request.query_params
-    context: dict[str, Any] = {"q": q, "page": None, "error": None}
+    context: dict[str, Any] = {
+        "q": q,
+        "page": None,
+        "error": None,
+        "state_choices": EVENT_STATES,
+    }
     try:
         f = EventFilter(**_criteria(q), phone=_text(q, "phone"), status=_text(q, "status"))
         context["page"] = await queries.events(f, cursor=_text(q, "cursor"))
@@ -110,7 +123,7 @@ async def event(queries: Q, event_id: FromPath[int]) -> Template:
 @get("/deliveries")
 async def deliveries(request: Request[Any, Any, Any], queries: Q) -> Template:
     q = request.query_params
-    state = _text(q, "state") or "dead"
+    state = _text(q, "state") or DeliveryState.DEAD
     connector = _text(q, "connector")
     page = await queries.deliveries(
         state=None if state == "all" else state, connector=connector, cursor=_text(q, "cursor")
@@ -120,6 +133,7 @@ async def deliveries(request: Request[Any, Any, Any], queries: Q) -> Template:
         "connector": connector,
         "page": page,
         "connectors": list(queries.settings.connectors),
+        "state_choices": DELIVERY_STATES,
     }
     return Template("deliveries.html", context=context)
 
