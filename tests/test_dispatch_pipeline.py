@@ -9,13 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import msgspec
 import pytest
 from sqlalchemy.engine import make_url
 
 from tests.fakes.receiver import Receiver
-from tests.support.relay import make_settings, run_relay
-from tests.support.samples import fixture
+from tests.support.relay import call_body, make_settings, run_relay
 
 PROBE = textwrap.dedent(
     '''
@@ -50,12 +48,6 @@ PROBE = textwrap.dedent(
         register(Probe)
     '''
 )
-
-
-def call_body(call_id: str) -> bytes:
-    body = msgspec.json.decode(fixture("call_completed"))
-    body["id"] = body["data"]["id"] = call_id
-    return msgspec.json.encode(body)
 
 
 async def store_backlog(settings: object, count: int) -> None:

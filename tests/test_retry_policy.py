@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 
 from relay.config import DeliveryPolicy, Duration
@@ -21,8 +20,7 @@ from relay.store.states import DeliveryState, OutcomeKind
 from relay.store.tables import utcnow
 from relay.wildix import InvalidEvent, parse
 from tests.fakes.receiver import Receiver
-from tests.support.relay import make_settings, run_relay
-from tests.support.samples import fixture
+from tests.support.relay import call_body, make_settings, run_relay
 
 LATER = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -166,12 +164,6 @@ RAISER = textwrap.dedent(
         register(Raiser)
     '''
 )
-
-
-def call_body(call_id: str) -> bytes:
-    body = msgspec.json.decode(fixture("call_completed"))
-    body["id"] = body["data"]["id"] = call_id
-    return msgspec.json.encode(body)
 
 
 async def run_calls(db_url: str, tmp_path: Path, calls: list[str]) -> dict[str, Any]:
