@@ -6,6 +6,7 @@ from __future__ import annotations
 import graphlib
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import grimp
@@ -35,3 +36,23 @@ def test_no_import_cycles_between_modules() -> None:
         graphlib.TopologicalSorter(imports).prepare()
     except graphlib.CycleError as exc:
         raise AssertionError(f"import cycle: {' -> '.join(exc.args[1])}") from None
+
+
+def test_architecture_doc_shows_the_layers_as_configured() -> None:
+    """docs/architecture.md quotes the layers contract; a copy that drifts would mislead."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    [layers] = [
+        c["layers"] for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers"
+    ]
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    quoted = doc.split("layers = [", 1)[1].split("]", 1)[0]
+    assert [line.strip().strip(",").strip('"') for line in quoted.strip().splitlines()] == layers
+
+
+def test_no_two_modules_share_a_name() -> None:
+    """A name says what a module holds, so it says it once: ``views`` in two folders would not."""
+    names: dict[str, list[str]] = {}
+    for path in [*(ROOT / "relay").rglob("*.py"), *(ROOT / "plugins").glob("*.py")]:
+        if path.name != "__init__.py":
+            names.setdefault(path.stem, []).append(str(path.relative_to(ROOT)))
+    assert {n: p for n, p in names.items() if len(p) > 1} == {}

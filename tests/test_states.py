@@ -9,7 +9,7 @@ from pathlib import Path
 
 from relay.app import create_app
 from relay.store.states import ACTIVE, ENDED, DeliveryState
-from relay.ui.views import DELIVERY_STATES, EVENT_STATES
+from relay.ui.pages import DELIVERY_STATES, EVENT_STATES
 from tests.support.operations import AUTH, admin_settings
 from tests.support.relay import run_relay
 from tests.support.samples import fixture

@@ -116,7 +116,7 @@ def session_middleware(settings: Settings) -> DefineMiddleware:
 
 
 def ui_router(settings: Settings) -> Router:
-    from relay.ui.views import HANDLERS
+    from relay.ui.pages import HANDLERS
 
     admin = settings.admin
     csrf = CSRFConfig(
