@@ -35,7 +35,7 @@ def body(n: int, etype: str = "call:completed") -> bytes:
 async def poison_trigger(store: Store) -> None:
     """A real database error in the middle of a batch: inserting this event type aborts."""
     async with store.engine.begin() as conn:
-        if store.dialect == "sqlite":
+        if store.engine.dialect.name == "sqlite":
             await conn.execute(
                 text(
                     "CREATE TRIGGER poison BEFORE INSERT ON events "

@@ -58,7 +58,6 @@ class Store(DeliveryQueue):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.backend = open_backend(engine)
-        self.dialect = self.backend.dialect  # for display; behaviour comes from the backend
 
     async def write(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in one write transaction (committed when it returns)."""
