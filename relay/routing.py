@@ -85,6 +85,11 @@ def match(routes: Sequence[R], event: Event) -> list[R]:
     return selected
 
 
+def targets(routes: Sequence[Route], event: Event) -> list[str]:
+    """The connectors that get a delivery of ``event``: each once, in delivery order."""
+    return list(dict.fromkeys(route.connector for route in match(routes, event)))
+
+
 # -- compilation ------------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ messages can echo a URL or a header).
 
 from __future__ import annotations
 
+import hmac
 import re
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -58,3 +59,8 @@ def secret_values(value: Any, key: str = "") -> list[str]:
         parts = urlsplit(value)
         return [parts.password or "", *(v for _, v in parse_qsl(parts.query))]
     return []
+
+
+def token_matches(given: str, token: str) -> bool:
+    """Constant-time, so response timing says nothing about how much of a guess was right."""
+    return hmac.compare_digest(given.encode(), token.encode())

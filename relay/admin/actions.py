@@ -12,10 +12,10 @@ from typing import Any
 
 from sqlalchemy import case, func, select, update
 
+from relay import routing
 from relay.admin import schemas as s
 from relay.admin.filters import EventFilter, event_conditions
 from relay.config import Settings
-from relay.ingest.accept import Ingest
 from relay.store.records import Store
 from relay.store.states import DeliveryState
 from relay.store.tables import deliveries, events, utcnow
@@ -127,7 +127,6 @@ async def replay(
     if request.event_id is not None and total == 0:
         raise ActionError(404, f"no event {request.event_id}")
 
-    router = Ingest(settings, store)
     created: Counter[str] = Counter()
     skipped, last = 0, 0
     while True:
@@ -152,7 +151,8 @@ async def replay(
             if request.connector is not None:
                 targets = [request.connector]
             elif row.integration_id in settings.integrations:
-                targets = router.connectors_for(event)
+                routes = settings.integrations[row.integration_id].routes
+                targets = routing.targets(routes, event)
             else:
                 targets = []
             if not targets:

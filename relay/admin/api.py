@@ -6,7 +6,6 @@ Every route asks for ``Authorization: Bearer <admin.token>``; OpenAPI shows it a
 
 from __future__ import annotations
 
-import hmac
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -27,6 +26,7 @@ from relay.admin import schemas as s
 from relay.admin.filters import BadFilter, EventFilter
 from relay.admin.queries import Queries, queue_stats
 from relay.config import Settings
+from relay.secrets import token_matches
 from relay.store.records import Store
 from relay.store.states import ACTIVE, DeliveryState
 from relay.store.tables import utcnow
@@ -49,11 +49,6 @@ def openapi_components() -> Components:
             )
         }
     )
-
-
-def token_matches(given: str, token: str) -> bool:
-    """Constant-time, so response timing says nothing about how much of a guess was right."""
-    return hmac.compare_digest(given.encode(), token.encode())
 
 
 def bearer_guard(token: str) -> Guard:

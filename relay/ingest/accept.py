@@ -45,9 +45,7 @@ class Ingest:
         self._latency = {t: metrics.INGEST_SECONDS.labels(t) for t in ("webhook", "sqs")}
 
     def connectors_for(self, event: Event) -> list[str]:
-        integration = self.settings.integrations[event.integration_id]
-        matched = routing.match(integration.routes, event)
-        return list(dict.fromkeys(route.connector for route in matched))
+        return routing.targets(self.settings.integrations[event.integration_id].routes, event)
 
     async def accept(
         self, event: Event, *, transport: str, meta: dict[str, Any] | None = None

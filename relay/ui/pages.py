@@ -16,9 +16,9 @@ from litestar.response import Redirect, Template
 
 from relay.admin import actions
 from relay.admin import schemas as s
-from relay.admin.api import token_matches
 from relay.admin.filters import BadFilter, EventFilter
 from relay.admin.queries import Queries
+from relay.secrets import token_matches
 from relay.store.states import DeliveryState
 
 log = logging.getLogger("relay.ui")
