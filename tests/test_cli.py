@@ -14,8 +14,10 @@ import pytest
 import yaml
 
 from relay.store import db
-from tests.support.cli import RELAY, free_port, run, write
-from tests.support.databases import postgres_database
+from tests.support.cli import RELAY, free_port, relay_cli, run, write
+from tests.support.crm import HUBSPOT
+from tests.support.crm import running as crm_running
+from tests.support.databases import PG_URL, postgres_database
 from tests.support.relay import SECRET
 
 
@@ -141,3 +143,34 @@ async def test_postgres_serve_refuses_an_old_schema_until_migrate(tmp_path: Path
         assert "postgres" in migrated.stdout
         again = run("migrate", config=config)
         assert f"already at {db.head_revision()}" in again.stdout
+
+
+async def test_check_config_online_asks_each_connector_and_needs_a_migrated_database(
+    tmp_path: Path,
+) -> None:
+    """`check-config --online` runs in relay.runtime like every command: each connector's own
+    check against its real (here loopback) service, and a PostgreSQL schema that is not at head
+    is named before anything is asked."""
+    fake = HUBSPOT.fake()
+    async with crm_running(fake) as url:
+        block = HUBSPOT.block(fake, url)
+        config = demo_config(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/relay.db", free_port())
+        config["connectors"]["crm"] = block
+        ok = await relay_cli(write(tmp_path / "ok.yaml", config), "check-config", "--online")
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert "  check crm: ok" in ok.stdout
+
+        config["connectors"]["crm"] = {**block, "token": "pat-na1-wrong-token"}
+        bad = await relay_cli(write(tmp_path / "bad.yaml", config), "check-config", "--online")
+        assert bad.returncode == 1
+        assert "  check crm: FAILED" in bad.stdout
+        assert "pat-na1-wrong-token" not in bad.stdout + bad.stderr
+
+    if PG_URL:
+        async with postgres_database(migrate=False) as pg:
+            config["database"]["url"] = pg
+            del config["connectors"]["crm"]
+            path = write(tmp_path / "pg.yaml", config)
+            empty = await relay_cli(path, "check-config", "--online")
+            assert empty.returncode == 1
+            assert "run `relay migrate` first" in empty.stdout + empty.stderr
