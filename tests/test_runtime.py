@@ -7,8 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +25,7 @@ from tests.fakes.sqs import MotoSqs, Queue, SqsProxy
 from tests.support.databases import postgres_database
 from tests.support.relay import config_dict
 from tests.support.samples import fixture
+from tests.support.waiting import eventually
 
 T = TypeVar("T")
 
@@ -43,16 +42,6 @@ def settings_with_queue(
         "routes": [{"connector": "out", "events": ["*"]}],
     }
     return parse_config(yaml.safe_dump(data), connector_types=connector_types(), env={})
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], what: str) -> T:
-    """Poll ``check`` until it returns something truthy."""
-    deadline = time.monotonic() + 20
-    while not (value := await check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-    return value
 
 
 def written(tmp_path: Path) -> dict[int, dict[str, Any]]:

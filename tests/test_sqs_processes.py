@@ -29,6 +29,7 @@ from tests.support.cli import RELAY, free_port, run, write
 from tests.support.relay import run_relay
 from tests.support.samples import fixture
 from tests.support.sqs import consumer_when, sqs_settings, until
+from tests.support.waiting import eventually
 
 
 def sqs_config(tmp_path: Path, db_url: str, queue: Queue, **sqs: Any) -> dict[str, Any]:
@@ -65,15 +66,6 @@ def start(config: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
 
 def logged(log: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
-
-
-async def wait_for(check: Any, what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-    return value
 
 
 def consuming(log: Path) -> bool:
@@ -191,7 +183,7 @@ async def test_a_worker_killed_between_commit_and_delete_leaves_a_redelivery_tha
         proc = start(config, "worker", "--sqs", log=tmp_path / "worker.log")
         try:
             queue.send(fixture("call_completed"))
-            await wait_for(lambda: proxy.held == 1, "the worker's delete")
+            await eventually(lambda: proxy.held == 1, "the worker's delete")
             assert await count(engine, events) == 1  # committed; the delete is still on the wire
             routed = await count(engine, deliveries)
             assert routed == 2  # demo-log and demo-file
@@ -221,7 +213,7 @@ async def test_two_processes_on_postgresql_store_every_message_once(
     worker = start(config, "worker", "--sqs", log=worker_log)
     try:
         with serving(config, tmp_path, "--no-dispatch") as (_port, serve_log):
-            await wait_for(lambda: consuming(worker_log), "the worker to consume")
+            await eventually(lambda: consuming(worker_log), "the worker to consume")
             template = msgspec.json.decode(fixture("call_completed"))
             bodies = [
                 msgspec.json.encode(template | {"time": 1764412300000 + i}) for i in range(30)

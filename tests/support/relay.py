@@ -3,7 +3,6 @@ loopback port in the test's event loop, and a `relay worker` process."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import subprocess
@@ -26,6 +25,7 @@ from relay.store.tables import attempts, deliveries, events
 from relay.wildix.signature import sign
 from tests.fakes.asgi import serve
 from tests.support.samples import fixture
+from tests.support.waiting import eventually
 
 SECRET = "R8vYq2LmTz0pWn4XcKs7JdHf5Bg1Ae"
 
@@ -123,14 +123,7 @@ class RunningRelay:
     async def wait_until(
         self, check: Callable[[], Any], timeout: float = 15.0, what: str = "condition"
     ) -> Any:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            value = await check()
-            if value:
-                return value
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; last value {value!r}")
-            await asyncio.sleep(0.05)
+        return await eventually(check, what, timeout)
 
     async def deliveries(self) -> list[Any]:
         return await self.rows(deliveries)

@@ -12,6 +12,7 @@ from relay.config import Settings, parse_config
 from relay.registry import connector_types
 from tests.fakes.sqs import SECRET_KEY, Queue
 from tests.support.relay import RunningRelay, config_dict
+from tests.support.waiting import eventually
 
 
 def sqs_settings(
@@ -62,9 +63,5 @@ async def consumer_when(
 
 
 async def until(relay: RunningRelay, check: Any, what: str, timeout: float = 20.0) -> Any:
-    """``relay.wait_until`` for plain (synchronous) checks such as queue counts."""
-
-    async def probe() -> Any:
-        return check()
-
-    return await relay.wait_until(probe, timeout, what)
+    """Wait for a plain (synchronous) check such as a queue count."""
+    return await eventually(check, what, timeout)
