@@ -11,6 +11,7 @@ import asyncio
 import tempfile
 from pathlib import Path
 
+import psutil
 from sqlalchemy import text
 
 from bench.common import (
@@ -28,6 +29,13 @@ from bench.common import (
     wrk,
 )
 from relay.store import db
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of the relay process: a cost per event that the machine's noise moves
+    far less than the throughput."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def line(label: str, r: dict[str, float], ceiling: float | None = None) -> str:
@@ -80,14 +88,20 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}/webhooks/bench01"
             config = relay_config(work / f"{kind}.yaml", db_url, port, {"sink": {"type": "log"}})
             migrate(config)
-            with server(relay_cmd(config, "serve", "--no-dispatch"), port, work / f"{kind}.log"):
+            cmd = relay_cmd(config, "serve", "--no-dispatch")
+            with server(cmd, port, work / f"{kind}.log") as proc:
                 wrk(url, bodies, seconds=2, connections=args.connections)  # warm-up
                 before = asyncio.run(stored(db_url))
+                cpu = cpu_seconds(proc.pid)
                 r = wrk(url, bodies, seconds=args.seconds, connections=args.connections)
+                cpu = cpu_seconds(proc.pid) - cpu
                 after = asyncio.run(stored(db_url))
                 print(line(f"relay ingest, {kind}", r, ceiling["ok_rps"]))
                 accepted = int(r["requests"] - r["non2xx"])
-                print(f"{'':<28} {after - before} events stored for {accepted} acknowledged")
+                print(
+                    f"{'':<28} {after - before} events stored for {accepted} acknowledged; "
+                    f"relay process {cpu / max(accepted, 1) * 1e6:.0f} µs CPU per event"
+                )
                 interval = 1000 / args.rate  # one wrk thread paces every request
                 fixed = wrk(
                     url,
