@@ -3,6 +3,7 @@ concurrency bound, and claims that never got a slot go back to the queue unattem
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import textwrap
 from pathlib import Path
@@ -58,12 +59,18 @@ async def store_backlog(settings: object, count: int) -> None:
 
 
 async def plugin_backlog(
-    db_url: str, tmp_path: Path, name: str, source: str, receiver: Receiver, count: int
+    db_url: str,
+    tmp_path: Path,
+    name: str,
+    source: str,
+    receiver: Receiver,
+    count: int,
+    slots: int = 2,
 ) -> Any:
-    """Settings with the single-file plugin ``name`` (two slots) sending to ``receiver``, and
-    ``count`` events already stored for it."""
+    """Settings with the single-file plugin ``name`` (``slots`` at once) sending to
+    ``receiver``, and ``count`` events already stored for it."""
     (tmp_path / f"{name}.py").write_text(source)
-    block = {"type": name, "url": receiver.url, "delivery": {"concurrency": 2}}
+    block = {"type": name, "url": receiver.url, "delivery": {"concurrency": slots}}
     settings = make_settings(db_url, {"out": block}, plugin_dirs=[str(tmp_path)])
     await store_backlog(settings, count)
     return settings
@@ -193,6 +200,42 @@ async def test_claims_waiting_for_a_slot_are_not_attempted_once_paused(
         assert sorted(history) == [[], ["paused"], ["paused"]]
         assert [(r.attempts, r.leased_by) for r in rows] == [(0, None)] * 3
         assert len(receiver.requests) == 2  # the third never reached the paused account
+
+
+async def test_a_pause_whose_commit_is_held_up_survives_the_reread_of_stored_pauses(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Stored pauses are re-read every poll interval; a pause this process's own attempt just
+    asked for, not yet committed, must still hold the connector's other deliveries back."""
+    async with Receiver() as receiver:
+        settings = await plugin_backlog(pg_url, tmp_path, "quota", QUOTA, receiver, 3, slots=1)
+        dsn = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        blocker = await asyncpg.connect(dsn)
+        try:
+            held = blocker.transaction()
+            await held.start()
+            await blocker.execute("LOCK TABLE attempts IN SHARE MODE")  # reads go, inserts wait
+            async with run_relay(settings) as relay:
+                try:
+                    await receiver.wait_for(1)
+                    # Ten poll intervals, each re-reading stored pauses that lack this one.
+                    await asyncio.sleep(10 * settings.dispatch.poll_interval)
+                    while_held = len(receiver.requests)
+                finally:
+                    await held.rollback()  # the outcome commits: the pause is stored now
+                assert while_held == 1
+
+                async def recorded() -> list[Any] | None:
+                    rows = await relay.deliveries()
+                    attempts = [await relay.attempts(r.id) for r in rows]
+                    done = all(r.state == "pending" for r in rows) and sum(map(len, attempts))
+                    return attempts if done else None
+
+                attempts = await relay.wait_until(recorded, what="the paused attempt recorded")
+        finally:
+            await blocker.close()
+    assert sorted(len(a) for a in attempts) == [0, 0, 1]  # the other two were never attempted
+    assert len(receiver.requests) == 1
 
 
 async def test_an_attempt_past_its_delivery_timeout_is_cut_off_and_retried(db_url: str) -> None:

@@ -64,6 +64,9 @@ class Dispatcher:
         }
         self._paused_cache: dict[str, datetime] = {}
         self._paused_at = -math.inf
+        # Pauses this process's own attempts asked for: a re-read of the stored ones that began
+        # before such a pause was committed must not forget it.
+        self._own_pauses: dict[str, datetime] = {}
         # Finished deliveries wait here for the next commit; one flusher task commits them.
         self._finished: list[tuple[Claim, Outcome]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -150,8 +153,13 @@ class Dispatcher:
         """Quota pauses, re-read at most once per poll interval (they last minutes to hours)."""
         now = time.monotonic()
         if now - self._paused_at >= self.settings.poll_interval:
-            self._paused_cache = await self.store.paused_connectors()
+            stored = await self.store.paused_connectors()
             self._paused_at = now
+            until = utcnow()
+            self._own_pauses = {n: t for n, t in self._own_pauses.items() if t > until}
+            for name, t in self._own_pauses.items():
+                stored[name] = max(t, stored.get(name, t))
+            self._paused_cache = stored
         if not self._paused_cache:
             return self._paused_cache
         until = utcnow()
@@ -253,7 +261,8 @@ class Dispatcher:
     def _finish(self, claim: Claim, outcome: Outcome) -> None:
         """Queue the outcome for the next commit; the delivery's slot is free from now on."""
         if outcome.pause_until is not None:  # our own pause holds back our next claims at once
-            self._paused_cache[claim.connector] = aware(outcome.pause_until)
+            pause = self._own_pauses[claim.connector] = aware(outcome.pause_until)
+            self._paused_cache[claim.connector] = pause
         self._finished.append((claim, outcome))
         self._more.set()
         if self._flusher is None:
@@ -302,9 +311,6 @@ class Dispatcher:
             self._flusher = None
 
     def _committed(self, done: Sequence[tuple[Claim, Outcome]], moved: int) -> None:
-        for claim, outcome in done:  # the database has them now: a re-read will find them
-            if outcome.pause_until is not None:
-                self._paused_cache[claim.connector] = aware(outcome.pause_until)
         self._wake.set()  # later deliveries of the same calls are free to go now
         if moved < len(done):
             log.warning(
