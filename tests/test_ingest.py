@@ -79,6 +79,9 @@ async def test_duplicate_bytes_are_acknowledged_and_create_nothing(db_url: str) 
         ("not an envelope", 400, "missing field"),
         ("too large", 413, "larger than"),
         ("no integrationId without path", 400, "integrationId"),
+        ("non-ASCII signature", 401, "bad signature"),
+        ("nested too deeply", 400, "nested too deeply"),
+        ("nested too deeply without path", 400, "integrationId"),
     ],
 )
 async def test_rejected_requests_get_their_status_and_store_no_event(
@@ -103,6 +106,12 @@ async def test_rejected_requests_get_their_status_and_store_no_event(
         body = b'{"pad": "' + b"x" * 5000 + b'"}'
     elif case == "no integrationId without path":
         body, kwargs["integration"] = b'{"type": "call:completed"}', None
+    elif case == "non-ASCII signature":  # a header is bytes the client chose, not hex
+        kwargs["secret"], kwargs["headers"] = None, {"x-signature": "é".encode("latin-1") * 64}
+    elif case.startswith("nested too deeply"):  # deeper than the decoder follows, under 4 KiB
+        body = good.rstrip()[:-1] + b', "pad": ' + b"[" * 1400 + b"]" * 1400 + b"}"
+        if case.endswith("without path"):
+            kwargs["integration"], kwargs["secret"] = None, None
 
     async with Receiver() as receiver:
         settings = make_settings(

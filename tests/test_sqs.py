@@ -102,8 +102,11 @@ async def test_invalid_messages_are_recorded_never_routed_and_follow_on_invalid(
 ) -> None:
     queue = moto_sqs.queue()
     good = fixture("call_completed")
+    deep = good.rstrip()[:-1] + b', "pad": ' + b"[" * 1100 + b"]" * 1100 + b"}"
     cases = {
         queue.send(good, secret="not-the-aws-secret-key"): (good, "bad signature"),
+        # signed, but nested deeper than the decoder follows: refused alone, not its batch
+        queue.send(deep): (deep, "nested too deeply"),
         queue.send(good, secret=None): (good, "missing X-SIGNATURE"),
         queue.send(b"this is not json"): (b"this is not json", "not JSON"),
         # signed correctly, but for another integration than the one this queue belongs to
@@ -134,12 +137,12 @@ async def test_invalid_messages_are_recorded_never_routed_and_follow_on_invalid(
 
             if on_invalid == "delete":
                 await until(relay, queue.is_empty, "rejected messages deleted")
-                status = await consumer_when(relay, lambda s: s["deleted"] == 4, "the deletes")
-                assert (status["rejected"], status["kept"]) == (4, 0)
+                status = await consumer_when(relay, lambda s: s["deleted"] == 5, "the deletes")
+                assert (status["rejected"], status["kept"]) == (5, 0)
             else:  # left for the queue's redrive policy: they come back and are refused again
                 await relay.wait_until(lambda: rejected(2), what="rejected messages redelivered")
                 assert sum(queue.counts()) == len(cases)
-                status = await consumer_when(relay, lambda s: s["kept"] >= 8, "kept twice each")
+                status = await consumer_when(relay, lambda s: s["kept"] >= 10, "kept twice each")
                 assert status["deleted"] == 0
 
             assert await relay.events() == []

@@ -105,7 +105,7 @@ async def _receive(
     if iid is None:
         try:
             iid = msgspec.json.decode(body, type=_IntegrationOnly).integrationId
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return await reject(400, "body is not a Wildix envelope with integrationId", None, body)
 
     integration = ingest.settings.integrations.get(iid)

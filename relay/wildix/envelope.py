@@ -104,6 +104,8 @@ def parse(raw: bytes) -> Event:
         env = _DECODER.decode(raw)
     except msgspec.DecodeError:  # includes ValidationError
         raise InvalidEvent(_diagnose(raw)) from None
+    except RecursionError:  # arrays or objects nested deeper than the decoder follows
+        raise InvalidEvent(TOO_DEEP) from None
     try:
         time = EPOCH + timedelta(milliseconds=env.time)
     except OverflowError:
@@ -118,6 +120,9 @@ def parse(raw: bytes) -> Event:
         data=env.data,
         raw=raw,
     )
+
+
+TOO_DEEP = "body is nested too deeply"
 
 
 def _diagnose(raw: bytes) -> str:

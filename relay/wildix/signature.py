@@ -21,4 +21,6 @@ def verify(body: bytes, secret: str, signature: str | None) -> bool:
     if not signature or not secret:
         return False
     expected = sign(body, secret)
-    return hmac.compare_digest(expected, signature.strip().lower())
+    # As bytes: a header is whatever the client sent, and comparing str refuses non-ASCII.
+    given = signature.strip().lower().encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(expected.encode("ascii"), given)
