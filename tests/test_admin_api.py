@@ -368,3 +368,30 @@ async def test_dashboard_pages_render_and_refuse_forged_posts(db_url: str) -> No
         assert done.status_code == 200 and "cannot cancel" in done.text  # it succeeded already
         await relay.client.post(ui + "/logout", headers=header)
         assert (await relay.client.get(ui + "/")).status_code == 302
+
+
+async def test_ids_beyond_what_the_database_holds_are_404_or_400_never_500(db_url: str) -> None:
+    """Integers past 64 bits in a path, a filter or a cursor name nothing: they must not reach
+    the driver, where they overflow."""
+    huge = str(2**70)
+    async with run_relay(admin_settings(db_url, {"out": {"type": "log"}})) as relay:
+        await relay.post(fixture("call_completed"))
+        for method, path, status in [
+            ("GET", f"/api/v1/events/{huge}", 404),
+            ("GET", f"/api/v1/deliveries/{huge}", 404),
+            ("POST", f"/api/v1/deliveries/{huge}/retry", 404),
+            ("POST", f"/api/v1/deliveries/{huge}/cancel", 404),
+            ("GET", f"/api/v1/events?cursor={huge}", 400),
+            ("GET", f"/api/v1/deliveries?cursor={huge}", 400),
+            ("GET", f"/api/v1/deliveries?event_id={huge}", 400),
+            ("GET", f"/api/v1/rejections?cursor={huge}", 400),
+        ]:
+            response = await relay.client.request(method, relay.url + path, headers=AUTH)
+            assert response.status_code == status, (path, response.text)
+        replay = await relay.client.post(
+            relay.url + "/api/v1/replay", headers=AUTH, json={"event_id": 2**70}
+        )
+        assert replay.status_code in (400, 404), replay.text
+        # and the service is fine afterwards
+        events = await relay.client.get(relay.url + "/api/v1/events", headers=AUTH)
+        assert events.status_code == 200 and len(events.json()["items"]) == 1

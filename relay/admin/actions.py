@@ -14,7 +14,7 @@ from sqlalchemy import case, func, select, update
 
 from relay import routing
 from relay.admin import schemas as s
-from relay.admin.filters import EventFilter, event_conditions
+from relay.admin.filters import EventFilter, event_conditions, is_row_id
 from relay.config import Settings
 from relay.store.records import Store
 from relay.store.states import DeliveryState
@@ -52,6 +52,8 @@ async def _move(
     store: Store, delivery_id: int, verb: str, allowed: tuple[DeliveryState, ...], **values: Any
 ) -> None:
     """One guarded state change; explain a refusal (404 missing, 409 wrong state)."""
+    if not is_row_id(delivery_id):
+        raise ActionError(404, f"no delivery {delivery_id}")
     now = utcnow()
     async with store.engine.begin() as conn:
         result = await conn.execute(
@@ -108,6 +110,8 @@ async def replay(
     if request.connector is not None and request.connector not in settings.connectors:
         raise ActionError(400, f"no connector named {request.connector!r}")
     if request.event_id is not None:
+        if not is_row_id(request.event_id):
+            raise ActionError(404, f"no event {request.event_id}")
         conds = [events.c.id == request.event_id]
     else:
         f = EventFilter(

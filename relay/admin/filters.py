@@ -71,6 +71,15 @@ def check_state(state: str | None) -> None:
         raise BadFilter(f"unknown delivery state {state!r} (one of {', '.join(s.STATES)})")
 
 
+# The largest id either database holds (PostgreSQL BIGINT, SQLite INTEGER): a larger number in
+# a path, a filter or a cursor names nothing, and must not reach the driver (it overflows there).
+ROW_ID_MAX = 2**63 - 1
+
+
+def is_row_id(value: int) -> bool:
+    return 1 <= value <= ROW_ID_MAX
+
+
 def parse_cursor(cursor: str | None) -> int | None:
     if cursor in (None, ""):
         return None
@@ -78,7 +87,7 @@ def parse_cursor(cursor: str | None) -> int | None:
         value = int(cursor)
     except ValueError:
         raise BadFilter(f"bad cursor {cursor!r}") from None
-    if value < 1:
+    if not is_row_id(value):
         raise BadFilter(f"bad cursor {cursor!r}")
     return value
 

@@ -16,10 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.admin import schemas as s
 from relay.admin.filters import (
+    BadFilter,
     EventFilter,
     check_limit,
     check_state,
     event_conditions,
+    is_row_id,
     page_of,
     parse_cursor,
 )
@@ -88,6 +90,8 @@ class Queries:
         return s.EventPage(items=items, next_cursor=next_cursor)
 
     async def event(self, event_id: int) -> s.EventDetail | None:
+        if not is_row_id(event_id):
+            return None
         async with self.store.engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -131,6 +135,8 @@ class Queries:
     ) -> s.DeliveryPage:
         limit, before = check_limit(limit), parse_cursor(cursor)
         check_state(state)
+        if event_id is not None and not is_row_id(event_id):
+            raise BadFilter(f"bad event_id {event_id}")
         conds: list[ColumnElement[bool]] = []
         for column, value in (
             (deliveries.c.state, state),
@@ -148,6 +154,8 @@ class Queries:
         return s.DeliveryPage(items=items, next_cursor=next_cursor)
 
     async def delivery(self, delivery_id: int) -> s.Delivery | None:
+        if not is_row_id(delivery_id):
+            return None
         async with self.store.engine.connect() as conn:
             found = await self._deliveries(conn, [deliveries.c.id == delivery_id])
         return found[0] if found else None
