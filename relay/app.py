@@ -88,7 +88,6 @@ def create_app(
         async with running(
             settings, role="serve", dispatch=dispatch, sqs=sqs, auto_migrate=auto_migrate
         ) as rt:
-            app.state.runtime = rt
             app.state.store = rt.store
             app.state.ingest = rt.ingest
             app.state.dispatcher = rt.dispatcher

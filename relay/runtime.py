@@ -68,8 +68,7 @@ async def running(
     dispatch: bool = True,
     sqs: bool | None = None,
     auto_migrate: bool | None = None,
-    purge: bool | None = None,
-    connectors: bool | None = None,
+    connectors: bool = False,
 ) -> AsyncIterator[Runtime]:
     """Build this process's parts, yield them, then stop them in one order.
 
@@ -99,12 +98,9 @@ async def running(
     service = role != "cli"
     if auto_migrate is None:
         auto_migrate = db.is_sqlite(settings.database.url)
-    if purge is None:
-        purge = service
     consume = service and consumes_here(settings, role, sqs)
     run_dispatcher = role == "worker" or (role == "serve" and dispatch)
-    if connectors is None or run_dispatcher:  # the dispatcher delivers through them
-        connectors = service or bool(connectors)
+    connectors = connectors or service  # every service process starts them, --no-dispatch too
 
     async with contextlib.AsyncExitStack() as stack:
         # Entered in the reverse of the shutdown order: the exit stack unwinds last-in first-out.
@@ -129,7 +125,7 @@ async def running(
             rt.dispatcher = Dispatcher(rt.connectors)
             task = asyncio.create_task(rt.dispatcher.run())
             stack.push_async_callback(_stop_dispatcher, rt.dispatcher, task)  # 4
-        if purge:
+        if service:  # the retention purger
             stop_purge = asyncio.Event()
             purger = asyncio.create_task(purge_forever(store, settings, stop_purge))
             stack.push_async_callback(_stop_purger, stop_purge, purger)  # 3

@@ -66,6 +66,12 @@ def test_no_delivery_state_is_spelled_out_of_the_enum() -> None:
     assert offences == [], "use relay.store.states.DeliveryState:\n" + "\n".join(offences)
 
 
+def test_the_sql_files_spell_states_from_the_enum() -> None:
+    """relay/store/sql/*.sql write ``{state:…}``, which the loader spells from the enum."""
+    for path in (ROOT / "relay" / "store" / "sql").glob("*.sql"):
+        assert not QUOTED.search(path.read_text()), f"{path.name} writes a state by hand"
+
+
 def test_the_scan_finds_comparisons_sets_and_sql(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text(

@@ -4,7 +4,6 @@ another, and the named SQL they run, loaded from relay/store/sql/ as the wheel c
 from __future__ import annotations
 
 import ast
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -61,24 +60,6 @@ def test_query_names_are_unique_per_database() -> None:
     for database in BACKEND_MODULES:
         names = [q for name in available() if name.endswith(database) for q in queries(name)]
         assert len(names) == len(set(names)), names
-
-
-def test_sql_files_spell_states_from_the_enum_not_by_hand() -> None:
-    for path in (STORE / "sql").glob("*.sql"):
-        literal = re.findall(r"'([a-z]+)'", path.read_text())
-        assert not STATE_NAMES & set(literal), f"{path.name} writes a state by hand"
-
-
-def test_the_store_spells_states_from_the_enum() -> None:
-    """No delivery state written as a string literal in relay.store outside relay.store.states."""
-    found = [
-        f"{path.name}:{node.lineno}"
-        for path in sorted(STORE.rglob("*.py"))
-        if path.name != "states.py"
-        for node in ast.walk(ast.parse(path.read_text()))
-        if isinstance(node, ast.Constant) and node.value in STATE_NAMES
-    ]
-    assert found == []
 
 
 def test_the_loader_spells_states_and_refuses_what_it_cannot_read() -> None:

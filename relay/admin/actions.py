@@ -17,6 +17,7 @@ from relay.admin import schemas as s
 from relay.admin.filters import EventFilter, event_conditions, is_row_id
 from relay.config import Settings
 from relay.store.records import Store
+from relay.store.rows import delivery_rows
 from relay.store.states import DeliveryState
 from relay.store.tables import deliveries, events, utcnow
 from relay.wildix import InvalidEvent, parse
@@ -162,7 +163,7 @@ async def replay(
             if not targets:
                 skipped += 1
             created.update(targets)
-            new.extend(store.delivery_rows(row.id, event, targets, now))
+            new.extend(delivery_rows(row.id, event, targets, now))
         if new and not request.dry_run:
             await store.add_deliveries(new)
         if progress is not None:

@@ -55,7 +55,7 @@ class Backend(Protocol):
         ...
 
     async def add_deliveries(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Deliveries (``Store.delivery_rows``) of events already stored, in one transaction."""
+        """Deliveries (``rows.delivery_rows``) of events already stored, in one transaction."""
         ...
 
     async def claim(self, connector: str, limit: int, *, worker: str, lease: float) -> list[Claim]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -22,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relay.store.backend import Backend
 from relay.store.postgres import PgBackend
 from relay.store.queue import DeliveryQueue
-from relay.store.rows import Incoming, Key, Recorded, delivery_rows
+from relay.store.rows import Incoming, Key, Recorded
 from relay.store.sqlite import SqliteBackend
 from relay.store.tables import connector_state, deliveries, links, rejections, utcnow
 from relay.wildix import Event
@@ -101,13 +100,6 @@ class Store(DeliveryQueue):
             else Recorded(known[key], True, 0)
             for n, key in enumerate(keys)
         ]
-
-    @staticmethod
-    def delivery_rows(
-        event_id: int, event: Event, connectors: Sequence[str], now: datetime
-    ) -> list[tuple[Any, ...]]:
-        """New pending deliveries of one stored event, for ``add_deliveries``."""
-        return delivery_rows(event_id, event, connectors, now)
 
     async def add_deliveries(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Deliveries for events already stored (a replay), in one transaction."""
