@@ -9,17 +9,35 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
+
+from aiolimiter import AsyncLimiter
 
 from relay import metrics, routing
 from relay.config import Settings
 from relay.ingest.group_commit import Batcher
-from relay.store.records import Store
+from relay.store.records import SIGNED_EXCERPT, UNSIGNED_EXCERPT, Store, clip
 from relay.store.rows import Incoming, Recorded
 from relay.wildix import Event
 
 log = logging.getLogger("relay.ingest")
+
+# Rejections recorded (a row and a log line): a burst of 100, then 10 a second. A flood of
+# unsigned requests costs a counter increment each beyond that, never a write or a line; a real
+# misconfiguration (a wrong secret, a retired integration id) still shows every example needed.
+RECORD_BURST = 100
+RECORD_RATE = 10.0  # per second
+
+
+def shown_id(integration_id: str | None, known: Mapping[str, Any]) -> str | None:
+    """A configured id as it is; any other (the client chose it) cut to a short printable form
+    with its length, so a 1 MB id costs 60 bytes in the table and the log."""
+    if integration_id is None or integration_id in known:
+        return integration_id
+    if len(integration_id) <= 32:
+        return clip(integration_id, 32)
+    return f"{clip(integration_id, 32)} ({len(integration_id)} chars)"
 
 
 def group_commit(
@@ -40,7 +58,9 @@ class Ingest:
         self.settings = settings
         self.store = store
         self.on_stored = on_stored
-        self.rejected: Counter[tuple[str, str]] = Counter()
+        # Refusals are counted by the metrics (labels bounded); rows and lines are rate-limited.
+        self._recording = AsyncLimiter(RECORD_BURST, RECORD_BURST / RECORD_RATE)
+        self._unrecorded = 0
         self.writer = group_commit(store, self._commit)
         self._latency = {t: metrics.INGEST_SECONDS.labels(t) for t in ("webhook", "sqs")}
 
@@ -111,28 +131,48 @@ class Ingest:
         remote: str | None = None,
         body: bytes | None = None,
         meta: dict[str, Any] | None = None,
+        signed: bool = False,
     ) -> bool:
         """Count, log (never the secret or the signature) and keep the rejected body.
 
+        Everything here is what the sender chose, so it is bounded first: an id that is not
+        configured is cut (``shown_id``), texts are cut to their columns, the body kept to
+        4 KiB unless its signature verified (``signed``). Every refusal is counted; beyond
+        ``RECORD_BURST`` then ``RECORD_RATE``/s only counted: the count of those skipped goes
+        on the next line logged.
+
         False when the rejection could not be stored: a queue source then keeps the message.
         """
-        self.rejected[(integration_id or "-", reason)] += 1
         self.count_refusal(integration_id, "rejected")
-        log.warning(
-            "rejected %s: %s",
-            transport,
-            reason,
-            extra={"integration": integration_id, "status_code": status_code, "remote": remote},
-        )
+        if not self._recording.has_capacity():
+            if not self._unrecorded:
+                log.warning(
+                    "rejections arrive faster than %g/s: counting the rest, not recording them",
+                    RECORD_RATE,
+                )
+            self._unrecorded += 1
+            return True
+        await self._recording.acquire()
+        iid = shown_id(integration_id, self.settings.integrations)
+        reason = clip(reason, 255) or ""
+        extra: dict[str, Any] = {
+            "integration": iid,
+            "status_code": status_code,
+            "remote": clip(remote, 255),
+        }
+        if self._unrecorded:
+            extra["unrecorded"], self._unrecorded = self._unrecorded, 0
+        log.warning("rejected %s: %s", transport, reason, extra=extra)
         try:
             await self.store.record_rejection(
                 transport=transport,
                 reason=reason,
-                integration_id=integration_id,
+                integration_id=iid,
                 status_code=status_code,
                 remote=remote,
                 body=body,
                 meta=meta,
+                excerpt_limit=SIGNED_EXCERPT if signed else UNSIGNED_EXCERPT,
             )
         except Exception as exc:  # the store being down must not turn a 401 into a 500
             log.error("could not record rejection: %s", exc)

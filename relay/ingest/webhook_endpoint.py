@@ -11,6 +11,8 @@ costs more CPU than verifying, parsing and queueing the event for its commit tog
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -34,7 +36,9 @@ class _IntegrationOnly(msgspec.Struct):
 
 
 class _TooLarge(Exception):
-    pass
+    def __init__(self, more: bool = True) -> None:
+        super().__init__()
+        self.more = more  # the client has more of the body to send
 
 
 class _Disconnected(Exception):
@@ -44,13 +48,14 @@ class _Disconnected(Exception):
 class _Request:
     """What the checks need from the ASGI scope, read once."""
 
-    __slots__ = ("headers", "path", "remote")
+    __slots__ = ("headers", "path", "remote", "unread")
 
     def __init__(self, scope: Scope) -> None:
         self.headers: dict[bytes, bytes] = dict(scope["headers"])
         self.path: str = scope["raw_path"].decode("latin-1")
         client = scope.get("client")
         self.remote: str | None = client[0] if client else None
+        self.unread = False  # refused before its whole body was read (413)
 
     def header(self, name: bytes) -> str | None:
         value = self.headers.get(name)
@@ -71,18 +76,19 @@ async def webhooks(scope: Scope, receive: Receive, send: Send) -> None:
         await _reply(send, 404, {"error": "not found"})
         return
     ingest: Ingest = scope["app"].state.ingest
+    request = _Request(scope)
     try:
-        code, body = await _receive(ingest, _Request(scope), receive, path_id or None)
+        code, body = await _receive(ingest, request, receive, path_id or None)
     except _Disconnected:
         return
-    await _reply(send, code, body)
+    await _reply(send, code, body, drain=receive if request.unread else None)
 
 
 async def _receive(
     ingest: Ingest, request: _Request, receive: Receive, path_id: str | None
 ) -> tuple[int, dict[str, Any]]:
     async def reject(
-        status: int, reason: str, iid: str | None, body: bytes | None
+        status: int, reason: str, iid: str | None, body: bytes | None, *, signed: bool = False
     ) -> tuple[int, dict[str, Any]]:
         await ingest.reject(
             transport="webhook",
@@ -92,13 +98,15 @@ async def _receive(
             remote=request.remote,
             body=body,
             meta={"path": request.path, "user_agent": request.header(b"user-agent")},
+            signed=signed,
         )
         return status, {"error": reason}
 
     limit = ingest.settings.server.max_body_size
     try:
         body = await _read_body(receive, request, limit)
-    except _TooLarge:
+    except _TooLarge as exc:
+        request.unread = exc.more
         return await reject(413, f"body larger than {limit} bytes", path_id, None)
 
     iid = path_id
@@ -121,14 +129,15 @@ async def _receive(
     try:
         event = parse(body)
     except InvalidEvent as exc:
-        return await reject(400, str(exc), iid, body)
+        return await reject(400, str(exc), iid, body, signed=True)
     if event.integration_id != iid:
-        return await reject(400, "body integrationId does not match the URL", iid, body)
+        return await reject(
+            400, "body integrationId does not match the URL", iid, body, signed=True
+        )
 
     try:
         recorded = await ingest.accept(event, transport="webhook", meta={"remote": request.remote})
     except STORE_ERRORS as exc:
-        ingest.rejected[(iid, "store unavailable")] += 1
         ingest.count_refusal(iid, "unavailable")
         log.error("store unavailable, answering 503: %s", exc, extra={"integration": iid})
         return 503, {"error": "store unavailable, retry later"}
@@ -153,13 +162,29 @@ async def _read_body(receive: Receive, request: _Request, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _TooLarge
+            raise _TooLarge(more=bool(message.get("more_body")))
         chunks.append(chunk)
         if not message.get("more_body"):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _reply(send: Send, status: int, body: dict[str, Any], *, allow: bool = False) -> None:
+async def _reply(
+    send: Send,
+    status: int,
+    body: dict[str, Any],
+    *,
+    allow: bool = False,
+    drain: Receive | None = None,
+) -> None:
+    """Answer; with ``drain``, read and drop the rest of the upload before the exchange ends.
+
+    A 413 is decided before the body is read. The answer goes out at once (a client that reads
+    while it sends stops there), but uvicorn closes a connection it will not keep alive
+    (``Connection: close``, HTTP/1.0) as soon as the answer ends, and closing a socket with
+    bytes unread makes the kernel reset it: the client, still sending, gets a reset instead of
+    the 413. So the exchange ends only once the client has sent everything, up to
+    ``_DRAIN_BYTES`` or ``_DRAIN_SECONDS`` (past those, a reset is what such a client gets).
+    """
     payload = _ENCODE(body)
     headers = [
         (b"content-type", b"application/json"),
@@ -168,4 +193,25 @@ async def _reply(send: Send, status: int, body: dict[str, Any], *, allow: bool =
     if allow:
         headers.append((b"allow", b"POST"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
+    if drain is None:
+        await send({"type": "http.response.body", "body": payload})
+        return
+    await send({"type": "http.response.body", "body": payload, "more_body": True})
+    await _drain(drain)
+    await send({"type": "http.response.body", "body": b""})
+
+
+_DRAIN_BYTES = 64 * 2**20
+_DRAIN_SECONDS = 30.0
+
+
+async def _drain(receive: Receive) -> None:
+    """Read and drop the request body until it ends, the client leaves or a bound is hit."""
+    read = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            while read <= _DRAIN_BYTES:
+                message = await receive()
+                if message["type"] == "http.disconnect" or not message.get("more_body"):
+                    return
+                read += len(message.get("body", b""))

@@ -9,6 +9,7 @@ relay.store.postgres), picked here once.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -51,6 +52,37 @@ def open_backend(engine: AsyncEngine) -> Backend:
     except KeyError:
         raise ValueError(f"relay does not run on {engine.dialect.name}") from None
     return backend(engine)
+
+
+# What a rejection keeps of what its sender chose. Bodies: 16 KiB once the signature verified
+# (Wildix sent something we could not use: worth reading), 4 KiB before (anyone's bytes).
+SIGNED_EXCERPT = 16384
+UNSIGNED_EXCERPT = 4096
+REJECTIONS_KEPT = 10_000  # rows; see record_rejection
+_META_VALUE = 255
+_META_KEYS = 16
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def clip(text: str | None, limit: int) -> str | None:
+    """At most ``limit`` characters, control characters replaced, "…" marking a cut: safe to
+    store, log and show whatever the client sent."""
+    if text is None:
+        return None
+    cut = text if len(text) <= limit else text[: limit - 1] + "…"
+    return _UNPRINTABLE.sub("?", cut)
+
+
+def bounded_meta(meta: dict[str, Any] | None, body: bytes | None) -> dict[str, Any]:
+    """Transport details with every text cut, plus ``body_size``: what the excerpt was cut from."""
+    out: dict[str, Any] = {}
+    for key, value in list((meta or {}).items())[:_META_KEYS]:
+        if not (value is None or isinstance(value, bool | int | float)):
+            value = clip(value if isinstance(value, str) else repr(value), _META_VALUE)
+        out[clip(str(key), 64) or ""] = value
+    if body is not None:
+        out["body_size"] = len(body)
+    return out
 
 
 class Store(DeliveryQueue):
@@ -115,24 +147,38 @@ class Store(DeliveryQueue):
         remote: str | None = None,
         body: bytes | None = None,
         meta: dict[str, Any] | None = None,
-        excerpt_limit: int = 16384,
+        excerpt_limit: int = SIGNED_EXCERPT,
+        keep: int = REJECTIONS_KEPT,
     ) -> int:
+        """Keep one refused request, every field cut to its column (SQLite enforces no width)
+        and the body to ``excerpt_limit`` bytes (its full size and digest are kept).
+
+        The table holds at most ``keep`` rows: each insert deletes, in its own transaction, the
+        rows more than ``keep`` ids older, through the primary key: one index range, no count.
+        Retention (``retention.rejections``) still ages rows out; the cap bounds a flood between
+        two purges, whatever its rate.
+        """
         row = {
             "received_at": utcnow(),
-            "transport": transport,
-            "integration_id": integration_id,
-            "reason": reason[:255],
+            "transport": clip(transport, 16),
+            "integration_id": clip(integration_id, 64),
+            "reason": clip(reason, 255) or "",
             "status_code": status_code,
-            "remote": remote,
+            "remote": clip(remote, 255),
             "body_sha256": hashlib.sha256(body).hexdigest() if body is not None else None,
             "body_excerpt": body[:excerpt_limit] if body is not None else None,
-            "transport_meta": meta or {},
+            "transport_meta": bounded_meta(meta, body),
         }
-        return await self.write(
-            lambda conn: int(
+
+        def insert_and_cap(conn: Connection) -> int:
+            new_id = int(
                 conn.execute(insert(rejections).returning(rejections.c.id), row).scalar_one()
             )
-        )
+            if new_id > keep:
+                conn.execute(delete(rejections).where(rejections.c.id <= new_id - keep))
+            return new_id
+
+        return await self.write(insert_and_cap)
 
     # -- connector links and state ------------------------------------------------------------
 
