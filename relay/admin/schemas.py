@@ -77,7 +77,8 @@ class Rejection(Out):
     reason: str
     status_code: int | None
     remote: str | None
-    body_excerpt: str | None
+    body_excerpt: str | None  # the start of the body, as text
+    body_size: int | None = None  # bytes the client sent (rows recorded before it: unknown)
 
 
 class EventPage(Out):

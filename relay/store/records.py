@@ -62,15 +62,17 @@ REJECTIONS_KEPT = 10_000  # rows; see record_rejection
 _META_VALUE = 255
 _META_KEYS = 16
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_UNPRINTABLE_IN_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def clip(text: str | None, limit: int) -> str | None:
+def clip(text: str | None, limit: int, *, lines: bool = False) -> str | None:
     """At most ``limit`` characters, control characters replaced, "…" marking a cut: safe to
-    store, log and show whatever the client sent."""
+    store, log and show whatever the client sent. ``lines`` keeps tabs and line breaks (a
+    body shown as text), which a single-line field (an id, a log value) must not have."""
     if text is None:
         return None
     cut = text if len(text) <= limit else text[: limit - 1] + "…"
-    return _UNPRINTABLE.sub("?", cut)
+    return (_UNPRINTABLE_IN_TEXT if lines else _UNPRINTABLE).sub("?", cut)
 
 
 def bounded_meta(meta: dict[str, Any] | None, body: bytes | None) -> dict[str, Any]:
