@@ -132,18 +132,19 @@ async def test_the_table_keeps_at_most_its_cap(db_url: str) -> None:
 
 
 async def test_the_rejections_list_stays_small_whatever_rows_hold(db_url: str) -> None:
-    """Rows written before fields were cut (or by anything else) hold a client's megabytes:
-    a page still answers a bounded number of bytes."""
+    """Rows written before fields were cut hold a client's megabytes on SQLite (which enforces
+    no width; PostgreSQL does): a page still answers a bounded number of bytes."""
     rows = 12
     settings = admin_settings(db_url, {"out": {"type": "log"}})
     async with run_relay(settings, dispatch=False) as relay:
+        wide = relay.store.engine.dialect.name == "sqlite"
         hostile = {
             "received_at": utcnow(),
             "transport": "webhook",
-            "integration_id": "I" * MB,
-            "reason": "R" * 100_000,
+            "integration_id": "I" * (MB if wide else 64),
+            "reason": "\u2028" * (100_000 if wide else 255),
             "status_code": 404,
-            "remote": "1" * 100_000,
+            "remote": '"' * (100_000 if wide else 255),
             "body_sha256": None,
             "body_excerpt": b"\x00\xff" * 100_000,
             "transport_meta": {"path": "/webhooks/" + "I" * 1000},
