@@ -60,7 +60,8 @@ class Ingest:
         self.on_stored = on_stored
         # Refusals are counted by the metrics (labels bounded); rows and lines are rate-limited.
         self._recording = AsyncLimiter(RECORD_BURST, RECORD_BURST / RECORD_RATE)
-        self._unrecorded = 0
+        self._unrecorded = 0  # skipped since the last rejection recorded
+        self._flooding = False  # said so in the log; said again only once a flood has ended
         self.writer = group_commit(store, self._commit)
         self._latency = {t: metrics.INGEST_SECONDS.labels(t) for t in ("webhook", "sqs")}
 
@@ -145,7 +146,8 @@ class Ingest:
         """
         self.count_refusal(integration_id, "rejected")
         if not self._recording.has_capacity():
-            if not self._unrecorded:
+            if not self._flooding:
+                self._flooding = True
                 log.warning(
                     "rejections arrive faster than %g/s: counting the rest, not recording them",
                     RECORD_RATE,
@@ -162,6 +164,8 @@ class Ingest:
         }
         if self._unrecorded:
             extra["unrecorded"], self._unrecorded = self._unrecorded, 0
+        else:
+            self._flooding = False
         log.warning("rejected %s: %s", transport, reason, extra=extra)
         try:
             await self.store.record_rejection(
