@@ -32,6 +32,7 @@ from bench.common import (
 from relay.store import db
 
 ID_SIZE = 1_000_000  # characters; the body stays under the default 1 MiB limit
+SLICE = 2000  # requests between two RSS readings
 
 
 async def post(port: int, path: bytes, body: bytes) -> int:
@@ -102,7 +103,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--connections", type=int, default=4)
-    ap.add_argument("--warm-up", type=int, default=200)
+    ap.add_argument(
+        "--warm-up",
+        type=int,
+        default=1000,
+        help="requests before the first reading: the allocator's working set for 1 MB bodies",
+    )
     ap.add_argument("--db", default="sqlite")
     args = ap.parse_args()
     print(machine())
@@ -125,9 +131,13 @@ def main() -> None:
                 rss0, (db0, rows0) = rss_mb(proc.pid), asyncio.run(database_bytes(db_url))
                 log0 = log.stat().st_size
                 t0 = time.monotonic()
-                got = asyncio.run(
-                    flood(port, args.requests, args.connections, args.warm_up + 1, paths)
-                )
+                got: Counter[int] = Counter()
+                trace = []
+                for start in range(0, args.requests, SLICE):
+                    count = min(SLICE, args.requests - start)
+                    first = args.warm_up + 1 + start
+                    got += asyncio.run(flood(port, count, args.connections, first, paths))
+                    trace.append(f"{rss_mb(proc.pid):.1f}")
                 seconds = time.monotonic() - t0
                 rss1, (db1, rows1) = rss_mb(proc.pid), asyncio.run(database_bytes(db_url))
                 log1 = log.stat().st_size
@@ -137,6 +147,7 @@ def main() -> None:
                 f"({args.requests / seconds:.0f}/s), answers {dict(got)}"
             )
             print(f"RSS       {rss0:8.1f} → {rss1:8.1f} MiB ({(rss1 - rss0) / rss0:+.1%})")
+            print(f"RSS every {SLICE} requests: {', '.join(trace)} MiB")
             print(
                 f"database  {db0 / 2**20:8.1f} → {db1 / 2**20:8.1f} MiB "
                 f"(+{(db1 - db0) / 2**20:.1f}); rejections rows {rows0} → {rows1}"
