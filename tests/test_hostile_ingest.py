@@ -7,6 +7,7 @@ import gc
 import io
 import logging
 import os
+import re
 import socket
 import subprocess
 import time
@@ -24,7 +25,7 @@ from relay.ingest.accept import RECORD_BURST, RECORD_RATE
 from relay.store.records import UNSIGNED_EXCERPT
 from relay.store.tables import rejections, utcnow
 from tests.support.cli import RELAY, free_port, write
-from tests.support.operations import AUTH, admin_settings
+from tests.support.operations import AUTH, TOKEN, admin_settings
 from tests.support.relay import config_dict, make_settings, run_relay
 
 MB = 2**20
@@ -142,7 +143,7 @@ async def test_the_rejections_list_stays_small_whatever_rows_hold(db_url: str) -
     """Rows written before fields were cut hold a client's megabytes on SQLite (which enforces
     no width; PostgreSQL does): a page still answers a bounded number of bytes."""
     rows = 12
-    settings = admin_settings(db_url, {"out": {"type": "log"}})
+    settings = admin_settings(db_url, {"out": {"type": "log"}}, admin={"secure_cookies": False})
     async with run_relay(settings, dispatch=False) as relay:
         wide = relay.store.engine.dialect.name == "sqlite"
         hostile = {
@@ -166,8 +167,15 @@ async def test_the_rejections_list_stays_small_whatever_rows_hold(db_url: str) -
         items = response.json()["items"]
         assert len(items) == rows
         assert all(len(item["integration_id"]) <= 64 for item in items)
-        page = await relay.client.get(relay.url + "/ui/rejections", headers=AUTH)
-        assert len(page.content) < rows * ROW_BUDGET
+        login = await relay.client.get(relay.url + "/ui/login")
+        csrf = re.search(r'name="_csrf_token" value="([^"]+)"', login.text)
+        assert csrf is not None
+        form = {"token": TOKEN, "_csrf_token": csrf[1]}
+        await relay.client.post(relay.url + "/ui/login", data=form)
+        page = await relay.client.get(relay.url + "/ui/rejections")
+        assert page.status_code == 200 and "Rejected requests" in page.text
+        assert page.text.count("<tr>") == rows + 1  # the header's
+        assert len(page.content) < rows * ROW_BUDGET, len(page.content)
 
 
 # -- 413 from a real process -----------------------------------------------------------------
