@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import click
@@ -19,10 +20,28 @@ def fail(message: str) -> NoReturn:
 
 
 def load_settings(ctx: click.Context) -> Settings:
+    path = Path(ctx.find_root().obj["config"])
+    if not path.exists():
+        fail(
+            f"config error: no configuration file at {path.absolute()} ({_why(ctx)}); "
+            "point to yours with `--config PATH` or the RELAY_CONFIG environment variable"
+        )
     try:
-        return load_config(ctx.obj["config"])
+        return load_config(path)
     except (ConfigError, PluginError) as exc:
         fail(f"config error: {exc}")
+
+
+def _why(ctx: click.Context) -> str:
+    root = ctx.find_root()
+    source = root.get_parameter_source("config")
+    if root.obj.get("config") != root.params.get("config"):
+        return "given by --config after the command"
+    if source is click.core.ParameterSource.ENVIRONMENT:
+        return "given by RELAY_CONFIG"
+    if source is click.core.ParameterSource.COMMANDLINE:
+        return "given by --config"
+    return "the default: config.yaml in the working directory"
 
 
 def safe_url(url: str) -> str:
