@@ -1,7 +1,7 @@
 """Which connectors get an event: a glob on its type, then a declarative ``where`` filter.
 
 ``where`` is written by admins in config.yaml, so it is data, never code: it is validated at
-config load (``check_where``) and evaluated without eval(). Grammar, keys ANDed::
+config load (``check_route``) and evaluated without eval(). Grammar, keys ANDed::
 
     where:
       call.direction: inbound                  # scalar: equality

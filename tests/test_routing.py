@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
 from relay.routing import (
+    ROOTS,
     WhereError,
     check_route,
     check_where,
@@ -15,7 +19,8 @@ from relay.routing import (
     match,
     where_matches,
 )
-from relay.wildix import Event, parse
+from relay.wildix import Call, Event, normalize, parse
+from relay.wildix.views import EVENT_TYPES, VIEWS, view_of
 from tests.support.samples import fixtures_dir
 
 
@@ -233,3 +238,69 @@ def test_the_routes_above_pass_the_config_checks() -> None:
 
 def test_match_with_no_routes() -> None:
     assert match([], load("sms_status.json")) == []
+
+
+# -- the route checks read the views: these keep them honest --------------------------------------
+
+
+SAMPLES = sorted(p.name for p in fixtures_dir().glob("*.json"))
+
+
+def event_of(event_type: str, data: Any = None) -> Event:
+    return Event(
+        id="x",
+        type=event_type,
+        integration_id="q7m2xk",
+        time=datetime(2025, 1, 1, tzinfo=UTC),
+        pbx=None,
+        company=None,
+        data={} if data is None else data,
+        raw=b"",
+    )
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_the_roots_are_what_a_view_holds(name: str) -> None:
+    assert set(load(name).view()) == ROOTS
+
+
+def test_every_sample_is_a_known_event_type() -> None:
+    assert {load(name).type for name in SAMPLES} <= set(EVENT_TYPES)
+
+
+def test_every_type_the_normalizer_names_is_known() -> None:
+    for table in ("_LEGACY_PHASES", "_CURRENT_PHASES"):
+        assert set(getattr(normalize, table)) <= set(EVENT_TYPES), table
+
+
+@pytest.mark.parametrize(
+    "event_type", [*EVENT_TYPES, "call:voicemail:new", "voicemail:new", "presence:away", "sms:x"]
+)
+def test_the_view_each_type_carries_is_the_one_the_event_builds(event_type: str) -> None:
+    event = event_of(event_type)
+    built = {name for name in VIEWS if getattr(event, name) is not None}
+    expected = view_of(event_type)
+    assert built == ({expected} if expected else set())
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_the_enums_cover_what_the_normalizer_produces(name: str) -> None:
+    """Each sample's data read as every known type: every view value fits its declared type
+    (the Literals route checks accept), so a valid filter is never refused."""
+    data = load(name).data
+    for event_type in EVENT_TYPES:
+        view = event_of(event_type, data).view()
+        for root, struct in VIEWS.items():
+            if view[root] is not None:
+                msgspec.convert(view[root], struct)
+
+
+def test_the_docs_list_the_known_types_and_the_enums() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    listed = doc.split("The known types are ", 1)[1].split("\n\n", 1)[0]
+    assert set(re.findall(r"`([^`]+)`", listed)) == set(EVENT_TYPES)
+    for field in ("direction", "status", "phase"):
+        info = next(f.type for f in msgspec.inspect.type_info(Call).fields if f.name == field)
+        assert isinstance(info, msgspec.inspect.LiteralType)
+        written = doc.split(f"`{field}` (", 1)[1].split(")", 1)[0]
+        assert set(written.replace(",", " ").split()) == set(info.values), field
