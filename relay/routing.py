@@ -104,6 +104,9 @@ def check_route(events: Sequence[str], where: dict[str, Any] | None) -> None:
 def check_where(where: dict[str, Any] | None, events: Sequence[str] = ("*",)) -> None:
     """``where`` against the views that the event types ``events`` matches carry."""
     _compile(where, _views_for(events))
+    if where and "type" in where:
+        for path, name in _wanted_types(where["type"]):
+            _check_type_name(path, name, events)
 
 
 def event_matches(patterns: Sequence[str], event_type: str) -> bool:
@@ -396,6 +399,31 @@ def _check_glob(where: str, glob: str) -> None:
         where,
         f"{glob!r} matches no Wildix event type relay knows: {hint}(known: {families}; "
         f"for types Wildix has not shipped yet write {pattern + FUTURE!r})",
+    )
+
+
+def _wanted_types(condition: Any) -> list[tuple[str, Any]]:
+    """The event types a ``type`` condition asks for by equality (``not``/``prefix`` ask none)."""
+    if isinstance(condition, list):
+        return [(f"where.type[{i}]", v) for i, v in enumerate(condition)]
+    if not isinstance(condition, dict):
+        return [("where.type", condition)]
+    wanted = [("where.type.eq", condition["eq"])] if "eq" in condition else []
+    return wanted + [(f"where.type.in[{i}]", v) for i, v in enumerate(condition.get("in", []))]
+
+
+def _check_type_name(where: str, name: Any, events: Sequence[str]) -> None:
+    """An event type the route's globs never let through, or that Wildix does not send."""
+    if name is None:
+        return
+    future = [g for g in events if g.endswith(FUTURE)]
+    known = name in EVENT_TYPES and event_matches([g for g in events if g not in future], name)
+    if known or event_matches(future, name):
+        return
+    allowed = [t for t in EVENT_TYPES if event_matches(events, t)]
+    raise WhereError(
+        where,
+        f"{name!r} is an event type this route never receives{_suggest(name, allowed)}",
     )
 
 

@@ -82,6 +82,10 @@ MISTAKES = [
     (["call:*"], {"call.transcription": 1}, "where.call.transcription", "true or false"),
     (["call:*"], {"call.tags": 7}, "where.call.tags", "quote it"),
     (["sms:*"], {"sms.parts": "1"}, "where.sms.parts", "holds a number"),
+    # an event type by equality that the route never receives
+    (["*"], {"type": "call:complted"}, "where.type", "did you mean 'call:completed'"),
+    (["call:*"], {"type": ["call:end", "sms:status"]}, "where.type[1]", "never receives"),
+    (["call:*"], {"type": {"in": ["presence:user"]}}, "where.type.in[0]", "never receives"),
     # globs
     (["call:*", "presnce:*"], None, "events[1]", "'presence:*'"),
     (["call:live:progres"], None, "events[0]", "'call:live:progress'"),
@@ -123,6 +127,8 @@ def test_a_route_that_can_never_match_is_refused_with_its_key_path(
         (["call:*", "call:voicemail:*?future"], {"call.status": "missed"}),
         (["call:voicemail:*?future"], {"call.status": "missed"}),  # any call: type has a call
         (["call:*?future"], None),  # a known family marked future is fine too
+        (["*", "voicemail:*?future"], {"type": {"in": ["voicemail:new", "call:end"]}}),
+        (["call:*"], {"type": {"not": "call:update"}}),
     ],
 )
 def test_routes_that_can_match_load(events: list[str], where: dict[str, Any] | None) -> None:
