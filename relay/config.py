@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import msgspec
 import yaml
 
-from relay.routing import WhereError, check_where
+from relay.routing import RouteError, check_route
 
 if TYPE_CHECKING:
     from relay.connector import Connector
@@ -364,9 +364,9 @@ def _check_integration(
         if not route.events:
             raise ConfigError(f"{rpath}.events", "list at least one event type pattern")
         try:
-            check_where(route.where)
-        except WhereError as exc:
-            raise ConfigError(f"{rpath}.where", str(exc)) from None
+            check_route(route.events, route.where)
+        except RouteError as exc:
+            raise ConfigError(f"{rpath}.{exc.path}", exc.message) from None
 
 
 def load_config(
