@@ -170,15 +170,20 @@ def chat_link(context: jinja2.runtime.Context, url: Any, label: Any = None) -> s
 
 
 def _checked_links(call: dict[str, Any], allow_http: bool) -> dict[str, Any]:
-    """The call view with every recording URL that must not be a link set to none (a copy)."""
-    recordings = call.get("recordings")
-    if not recordings:
-        return call
-    checked = [
-        {**r, "url": safe_url(r.get("url"), allow_http)} if isinstance(r, dict) else r
-        for r in recordings
-    ]
-    return {**call, "recordings": checked}
+    """A call (or leg) view, copied, with every recording URL that must not be a link set to
+    none: the call's recordings and each leg's."""
+    out = dict(call)
+    if isinstance(call.get("recordings"), list):
+        out["recordings"] = [
+            {**r, "url": safe_url(r.get("url"), allow_http)} if isinstance(r, dict) else r
+            for r in call["recordings"]
+        ]
+    if isinstance(call.get("legs"), list):
+        out["legs"] = [
+            _checked_links(leg, allow_http) if isinstance(leg, dict) else leg
+            for leg in call["legs"]
+        ]
+    return out
 
 
 add_filter("chat_text", chat_text)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from relay.messages import safe_url, template_values
 from relay.wildix import parse
 from tests.fakes.slack import SlackFake
 from tests.fakes.smtp import SmtpFake
@@ -208,3 +209,49 @@ async def test_presence_and_sms_text_typed_by_users_is_inert_in_slack(
         await conn.deliver(parse(json.dumps(body).encode()), ctx_for("team", delivery_id=i))
     for hit in slack.calls("chat.postMessage"):
         assert_inert(hit.body, set())
+
+
+async def test_an_admins_html_template_is_autoescaped_too(smtp: SmtpFake, ctx_for: Any) -> None:
+    links = '{% for r in call.recordings %}<a href="{{ r.url }}">x</a>{% endfor %}'
+    html = "<p>{{ caller | party }}</p>" + links
+    conn = build(mail(smtp, templates={"missed_call": {"html": html}}), "mail")
+    await conn.deliver(parse(hostile_event('"><script>alert(1)</script>')), ctx_for("mail"))
+    [got] = smtp.accepted
+    body = got.message.get_body(("html",)).get_content()
+    assert "<script>" not in body and "&lt;script&gt;" in body
+    hrefs = re.findall(r'href="([^"]*)"', body)
+    assert hrefs[-1] == "https://rec.example/good.wav"
+    assert not any(h.startswith(("javascript", "http:")) for h in hrefs), hrefs
+
+
+def test_every_recording_url_a_template_sees_is_safe_legs_included() -> None:
+    call = template_values(parse(hostile_event()))["call"]
+    legs = [r["url"] for leg in call["legs"] for r in leg["recordings"]]
+    expected = [None, None, "https://rec.example/good.wav"]
+    assert [r["url"] for r in call["recordings"]] == expected and legs == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "strict", "with_http"),
+    [
+        ("https://rec.example/a.wav?x=1&y=2", True, True),
+        ("HTTPS://REC.EXAMPLE/a.wav", True, True),
+        ("http://rec.example/a.wav", False, True),
+        ("javascript:alert(1)", False, False),
+        ("JavaScript://rec.example/%0aalert(1)", False, False),
+        ("data:text/html,<script>alert(1)</script>", False, False),
+        ("vbscript:msgbox(1)", False, False),
+        ("//rec.example/a.wav", False, False),
+        ("/recordings/a.wav", False, False),
+        ("https:///a.wav", False, False),
+        ("https://rec.example/a b.wav", False, False),
+        ("https://rec.example/\na.wav", False, False),
+        ("https://[::1/a.wav", False, False),
+        ("", False, False),
+    ],
+)
+def test_safe_url_allows_https_and_opted_in_http_only(
+    url: str, strict: bool, with_http: bool
+) -> None:
+    assert (safe_url(url) == url) is strict and (safe_url(url) is None) is not strict
+    assert (safe_url(url, allow_http=True) == url) is with_http
