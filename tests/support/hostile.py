@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from tests.fakes.slack import text_objects
 from tests.support.samples import fixture
 
 __all__ = ["HOSTILE_NAME", "assert_inert", "hostile_event", "links"]
@@ -47,17 +48,6 @@ def strings(value: Any) -> Iterator[str]:
     elif isinstance(value, list):
         for item in value:
             yield from strings(item)
-
-
-def text_objects(value: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(value, dict):
-        if value.get("type") in ("mrkdwn", "plain_text") and "text" in value:
-            yield value
-        for item in value.values():
-            yield from text_objects(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from text_objects(item)
 
 
 def links(text: str) -> list[str]:
