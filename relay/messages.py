@@ -139,7 +139,11 @@ def safe_url(value: Any, allow_http: bool = False) -> str | None:
     """``value`` if it may become a link: an absolute ``https:`` URL (``http:`` when the operator
     allows it) with a host and no spaces or control characters; None for anything else
     (``javascript:``, ``data:``, relative or malformed URLs)."""
-    if not isinstance(value, str) or not value or any(c <= " " or c == "\x7f" for c in value):
+    if (
+        not isinstance(value, str)
+        or not value
+        or any(c.isspace() or not c.isprintable() for c in value)
+    ):
         return None
     try:
         parts = urlsplit(value)

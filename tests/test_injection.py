@@ -33,6 +33,8 @@ def test_every_recording_url_a_template_sees_is_safe_legs_included() -> None:
         ("https:///a.wav", False, False),
         ("https://rec.example/a b.wav", False, False),
         ("https://rec.example/\na.wav", False, False),
+        ("https://rec.example/\u2028a.wav", False, False),
+        ("https://rec.example/é.wav", True, True),
         ("https://[::1/a.wav", False, False),
         ("", False, False),
     ],
