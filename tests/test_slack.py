@@ -405,3 +405,13 @@ async def test_presence_and_sms_text_typed_by_users_is_inert_in_slack(
         await conn.deliver(parse(json.dumps(body).encode()), ctx_for("team", delivery_id=i))
     for hit in slack.calls("chat.postMessage"):
         assert_inert(hit.body, set())
+
+
+async def test_a_card_edited_to_a_hostile_name_is_inert_too(slack: SlackFake, ctx_for: Any) -> None:
+    slack.channel("support")
+    conn = build(bot(slack), "team")
+    await conn.deliver(parse(hostile_event("Jane Doe")), ctx_for("team", delivery_id=1))
+    await conn.deliver(parse(hostile_event()), ctx_for("team", delivery_id=2))
+    [update] = slack.calls("chat.update")
+    assert "&lt;!channel&gt;" in update.body["text"]
+    assert_inert(update.body, {"https://rec.example/good.wav"})
