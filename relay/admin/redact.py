@@ -13,4 +13,4 @@ class Redactor(secrets.Redactor):
         super().__init__(settings.secret_values())
 
     def __call__(self, text: str | None) -> str | None:  # type: ignore[override]
-        return None if text is None else self.redact(text)
+        return None if text is None else super().__call__(text)
