@@ -54,6 +54,17 @@ def _leaks(text: str, secrets: tuple[str, ...] = NEVER_SHOWN) -> list[str]:
     return [s for s in secrets if s in text]
 
 
+async def _delivered_by_a_worker(relay: RunningRelay, config: Path) -> tuple[Any, str]:
+    """The one delivery, settled by a real `relay worker` process, and that process's log."""
+    worker = start_worker(config)
+    try:
+        [row] = await relay.settled(timeout=30)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=30)
+    return row, stderr.decode()
+
+
 async def _dashboard(relay: RunningRelay, *paths: str) -> str:
     """The dashboard pages' HTML, after logging in as an admin does."""
     ui = relay.url + "/ui"
@@ -83,12 +94,7 @@ async def test_an_echoed_api_key_and_bearer_token_reach_no_log_api_page_or_cli(
         settings = admin_settings(db_url, connectors, admin={"secure_cookies": False})
         async with run_relay(settings, dispatch=False) as relay:
             event_id = (await relay.post(call_body("secrets_1"))).json()["event_id"]
-            worker = start_worker(config)
-            try:
-                [row] = await relay.settled(timeout=30)
-            finally:
-                worker.send_signal(signal.SIGTERM)
-                _, stderr = worker.communicate(timeout=30)
+            row, log = await _delivered_by_a_worker(relay, config)
             [request] = receiver.requests
             assert request.headers["x-api-key"] == API_KEY  # the target did get the key...
             assert row.state == "dead" and "HTTP 400" in row.last_error
@@ -111,7 +117,6 @@ async def test_an_echoed_api_key_and_bearer_token_reach_no_log_api_page_or_cli(
             assert "HTTP 400" in html
             assert _leaks(html) == []
 
-    log = stderr.decode()
     assert "delivery dead" in log and "*****" in log
     assert _leaks(log) == []
 
@@ -135,12 +140,7 @@ async def test_url_userinfo_is_sent_as_basic_auth_and_never_shown(
         config = write_config(tmp_path / "relay.yaml", data)
         async with run_relay(admin_settings(db_url, connectors), dispatch=False) as relay:
             await relay.post(call_body("basic_1"))
-            worker = start_worker(config)
-            try:
-                [row] = await relay.settled(timeout=30)
-            finally:
-                worker.send_signal(signal.SIGTERM)
-                _, stderr = worker.communicate(timeout=30)
+            row, log = await _delivered_by_a_worker(relay, config)
             _, second = receiver.requests
     basic = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     assert row.state == "succeeded"
@@ -148,7 +148,6 @@ async def test_url_userinfo_is_sent_as_basic_auth_and_never_shown(
     assert (second.path, second.headers["host"]) == ("/in", receiver.url.split("//")[1])
     assert "@" not in second.headers["host"]
     secrets = (PASSWORD, PASSWORD.replace("@", "%40"), basic)
-    log = stderr.decode()
     assert "HTTP 503" in log  # the failed first attempt was logged, scrubbed
     assert _leaks(log, secrets) == []
     checked = run("check-config", config=config)
