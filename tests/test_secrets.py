@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import re
 import signal
@@ -171,15 +172,16 @@ connectors:
     assert "pw-Hx83kQ2zV" not in str(caught.value)
 
 
-def test_text_log_lines_are_scrubbed_in_message_args_fields_and_tracebacks() -> None:
-    """The text format too: a secret passed as an arg, an extra field, or inside a traceback."""
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_log_lines_are_scrubbed_in_message_args_fields_and_tracebacks(fmt: str) -> None:
+    """Both formats: a secret passed as an arg, an extra field, or inside a traceback."""
     stream = io.StringIO()
     root = logging.getLogger()
     saved = root.handlers[:], root.level
-    logs.configure("DEBUG", "text", redact=Redactor([API_KEY]), stream=stream)
+    logs.configure("DEBUG", fmt, redact=Redactor([API_KEY]), stream=stream)
     try:
         log = logging.getLogger("relay.test_secrets")
-        log.warning("target said %s", f"bad key {API_KEY}", extra={"echo": API_KEY})
+        log.warning("target said %s", f"bad key {API_KEY}", extra={"echo": [API_KEY]})
         try:
             raise ValueError(f"Authorization: Bearer {TARGET_BEARER}")
         except ValueError:
@@ -189,6 +191,8 @@ def test_text_log_lines_are_scrubbed_in_message_args_fields_and_tracebacks() -> 
         root.setLevel(level)
     text = stream.getvalue()
     assert "bad key *****" in text and "Bearer *****" in text
+    if fmt == "json":  # an extra field, here a list, is scrubbed too
+        assert json.loads(text.splitlines()[0])["echo"] == ["*****"]
     assert _leaks(text) == []
 
 
