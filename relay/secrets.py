@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 _SECRET_NAME = re.compile(
     r"token|secret|password|passwd|api[_-]?key|private|credential|webhook_url|authorization"
-    r"|cookie|session|signature",
+    r"|cookie",
     re.I,
 )
 # A header map (a webhook's ``headers``): every value in it is secret, whatever its name, since

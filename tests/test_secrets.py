@@ -18,7 +18,7 @@ import pytest
 from relay import logs
 from relay.config import ConfigError, parse_config
 from relay.registry import connector_types
-from relay.secrets import Redactor
+from relay.secrets import Redactor, mask, secret_values
 from tests.fakes.receiver import Receiver
 from tests.support.cli import run
 from tests.support.operations import TOKEN, admin_settings, api
@@ -201,3 +201,10 @@ def test_a_secret_cut_by_an_excerpt_loses_its_start_too() -> None:
     redact = Redactor([API_KEY])
     assert redact(f"HTTP 400 x-api-key: {API_KEY[:9]}…") == "HTTP 400 x-api-key: *****…"
     assert redact("Basic authentication failed") == "Basic authentication failed"
+
+
+def test_hyphenated_api_key_and_cookie_options_count_as_secret() -> None:
+    """A plugin option named like a header (``X-Api-Key``, ``Cookie``) is a secret too."""
+    options = {"X-Api-Key": API_KEY, "Cookie": COOKIE, "region": "eu-west-1"}
+    assert mask(options) == {"X-Api-Key": "*****", "Cookie": "*****", "region": "eu-west-1"}
+    assert sorted(secret_values(options)) == sorted([API_KEY, COOKIE])
