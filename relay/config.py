@@ -17,6 +17,7 @@ import msgspec
 import yaml
 
 from relay.routing import RouteError, check_route
+from relay.secrets import secret_values
 
 if TYPE_CHECKING:
     from relay.connector import Connector
@@ -237,6 +238,19 @@ class Settings(msgspec.Struct, kw_only=True):
     retention: RetentionConfig = RetentionConfig()
     source: str = "<memory>"
     sqs: SqsProcessConfig = SqsProcessConfig()
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret, for the redactor of logs, stored errors, API and CLI output:
+        a target's error body, a URL or a traceback can echo any of them."""
+        found = [self.admin.token, *secret_values(self.database.url)]
+        for integ in self.integrations.values():
+            found.append(integ.secret or "")
+            if integ.sqs:
+                found += [integ.sqs.secret_access_key or "", integ.sqs.signing_secret or ""]
+                found += secret_values(integ.sqs.queue_url)
+        for inst in self.connectors.values():
+            found += secret_values(inst.raw)
+        return [x for x in found if x]
 
 
 def interpolate(value: Any, env: Mapping[str, str], path: str = "$") -> Any:

@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 from relay import logs
 from relay.config import ConfigError, Settings, load_config
 from relay.registry import PluginError
+from relay.secrets import Redactor
 
 
 def fail(message: str) -> NoReturn:
@@ -51,4 +52,5 @@ def safe_url(url: str) -> str:
 
 def configure_logs(settings: Settings) -> None:
     cfg = settings.logging
-    logs.configure(cfg.level, cfg.format, show_numbers=cfg.show_numbers)
+    redact = Redactor(settings.secret_values())
+    logs.configure(cfg.level, cfg.format, show_numbers=cfg.show_numbers, redact=redact)
