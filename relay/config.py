@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -68,6 +68,9 @@ class DatabaseConfig(_Strict):
     url: str = "sqlite+aiosqlite:///./relay.db"
     pool_size: int = 10
     echo: bool = False
+    # SQLite only: `full` syncs every commit, so an acknowledged event survives a power cut;
+    # `normal` risks losing the last acknowledged events to one (docs/configuration.md).
+    sqlite_sync: Annotated[str, msgspec.Meta(pattern="^(full|normal)$")] = "full"
 
 
 class ServerConfig(_Strict):

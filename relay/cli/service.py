@@ -105,7 +105,9 @@ def migrate(ctx: click.Context) -> None:
     settings = load_settings(ctx)
 
     async def run() -> tuple[str | None, str | None]:
-        engine = db.create_engine(settings.database.url)
+        engine = db.create_engine(
+            settings.database.url, sqlite_sync=settings.database.sqlite_sync
+        )
         try:
             before = await db.current_revision(engine)
             await db.migrate(engine)
