@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -69,6 +69,9 @@ class DatabaseConfig(_Strict):
     url: str = "sqlite+aiosqlite:///./relay.db"
     pool_size: int = 10
     echo: bool = False
+    # SQLite only: `full` syncs every commit, so an acknowledged event survives a power cut;
+    # `normal` risks losing the last acknowledged events to one (docs/configuration.md).
+    sqlite_sync: Annotated[str, msgspec.Meta(pattern="^(full|normal)$")] = "full"
 
 
 class ServerConfig(_Strict):
@@ -76,6 +79,21 @@ class ServerConfig(_Strict):
     port: int = 8080
     max_body_size: int = 1024 * 1024
     trusted_proxies: list[str] = []
+    # Bounds on what a client holds: relay faces the internet (relay/cli/http_limits.py).
+    max_connections: int = 1000
+    keep_alive_timeout: Duration = Duration(5)
+    header_timeout: Duration = Duration(10)
+    body_timeout: Duration = Duration(30)
+    max_header_size: int = 16 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        if self.max_header_size < 1024:
+            raise ValueError("max_header_size must be at least 1024 bytes")
+        for name in ("keep_alive_timeout", "header_timeout", "body_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be more than 0")
 
 
 class AdminConfig(_Strict):
