@@ -4,6 +4,13 @@ Wildix ships two payload generations (legacy 2023 ``call:start|update|end`` with
 current ``call:live:*`` / ``call:completed`` with ``data.flows[]``) and documents neither fully.
 Only the envelope is strict (a bad one is a 400); everything below it is read defensively and
 degrades to None, because a rejected webhook is lost after Wildix's few retries.
+
+What the store keeps beside the raw body is bounded here, before any batch: an ``id``,
+``type``, ``integrationId`` or call id longer than its column is a 400 naming the field and the
+limit on every database (PostgreSQL would cut it, SQLite keep it whole). A NUL (``\\u0000``) in
+a string is accepted: the raw body is stored byte-exact on both databases, and the columns
+derived from it hold a form every database accepts (relay.store.rows.column_text) — a caller-ID
+name set by an outside caller must not cost a customer's call log.
 """
 
 from __future__ import annotations
@@ -25,6 +32,12 @@ T = TypeVar("T")
 
 class InvalidEvent(ValueError):
     """Body is not JSON or not a Wildix envelope (→ HTTP 400)."""
+
+
+# the longest values the store's columns hold (relay.store.tables; a test keeps them equal)
+MAX_ID = 255  # events.subject_id, and events.call_id for the call id
+MAX_TYPE = 100  # events.type
+MAX_INTEGRATION_ID = 64  # events.integration_id
 
 
 class Event(msgspec.Struct, frozen=True, dict=True):
@@ -77,10 +90,10 @@ class Event(msgspec.Struct, frozen=True, dict=True):
 
 
 class _Envelope(msgspec.Struct, rename="camel"):
-    id: str
-    type: Annotated[str, msgspec.Meta(min_length=1)]
+    id: Annotated[str, msgspec.Meta(max_length=MAX_ID)]
+    type: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TYPE)]
     time: int
-    integration_id: str
+    integration_id: Annotated[str, msgspec.Meta(max_length=MAX_INTEGRATION_ID)]
     data: Any
     pbx: str | None = None
     company: str | None = None
@@ -93,6 +106,7 @@ _REQUIRED: tuple[tuple[str, type, str], ...] = (
     ("time", int, "an integer (epoch ms)"),
     ("integrationId", str, "a string"),
 )
+_LIMITS = (("id", MAX_ID), ("type", MAX_TYPE), ("integrationId", MAX_INTEGRATION_ID))
 _PRESENCE_KINDS = {f"presence:{kind}": kind for kind in ("user", "telephony", "conference")}
 
 
@@ -110,7 +124,7 @@ def parse(raw: bytes) -> Event:
         time = EPOCH + timedelta(milliseconds=env.time)
     except OverflowError:
         raise InvalidEvent("field 'time' is out of range") from None
-    return Event(
+    event = Event(
         id=env.id,
         type=env.type,
         integration_id=env.integration_id,
@@ -120,6 +134,9 @@ def parse(raw: bytes) -> Event:
         data=env.data,
         raw=raw,
     )
+    if event.call_id is not None and len(event.call_id) > MAX_ID:  # read from data.id
+        raise InvalidEvent(f"the call id (data.id) is longer than {MAX_ID} characters")
+    return event
 
 
 TOO_DEEP = "body is nested too deeply"
@@ -143,6 +160,9 @@ def _diagnose(raw: bytes) -> str:
             return f"field '{name}' must be {label}"
     if not obj["type"]:
         return "field 'type' must not be empty"
+    for name, limit in _LIMITS:
+        if len(obj[name]) > limit:
+            return f"field '{name}' is longer than {limit} characters"
     if "data" not in obj:
         return "missing field 'data'"
     for name in ("pbx", "company"):
