@@ -171,9 +171,7 @@ async def test_sqs_stores_nul_events_beside_their_neighbours(
         queue.send_many(bodies)  # visible together
         await until(relay, queue.is_empty, "every message deleted")
         assert {bytes(row.raw) for row in await relay.events()} == set(bodies)
-        status = await consumer_when(
-            relay, lambda s: s["deleted"] == len(bodies), "the deletes"
-        )
+        status = await consumer_when(relay, lambda s: s["deleted"] == len(bodies), "the deletes")
         assert (status["stored"], status["rejected"], status["state"]) == (
             len(bodies),
             0,
