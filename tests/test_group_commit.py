@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -14,15 +13,14 @@ import pytest
 from sqlalchemy import text
 
 from relay.ingest.accept import group_commit
-from relay.store import db
 from relay.store.records import Store
 from relay.store.rows import Incoming, Recorded, RowRefused
 from relay.store.sqlite import CHECKPOINT_EVERY
 from relay.wildix import parse
 from tests.fakes.receiver import Receiver
-from tests.support.constraints import refuse_type
 from tests.support.relay import make_settings, run_relay
 from tests.support.samples import fixture
+from tests.support.stores import open_store, refuse_type
 
 POISON = "test:poison"
 
@@ -38,17 +36,6 @@ def body(n: int, etype: str = "call:completed") -> bytes:
 async def store(db_url: str) -> AsyncIterator[Store]:
     async with open_store(db_url) as store:
         yield store
-
-
-@contextlib.asynccontextmanager
-async def open_store(url: str) -> AsyncIterator[Store]:
-    engine = db.create_engine(url)
-    await db.ensure_schema(engine, auto_migrate=True)
-    store = Store(engine)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def count(store: Store, table: str) -> int:

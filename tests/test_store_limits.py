@@ -8,15 +8,18 @@ from typing import Any
 
 import msgspec
 import pytest
+from sqlalchemy import select
 
+from relay.store.rows import Incoming, RowRefused
 from relay.store.tables import events, rejections
+from relay.wildix import parse
 from relay.wildix.envelope import MAX_ID, MAX_INTEGRATION_ID, MAX_TYPE
 from tests.fakes.sqs import MotoSqs
-from tests.support.constraints import refuse_type
 from tests.support.relay import call_body, make_settings, run_relay
 from tests.support.sqs import consumer_when, sqs_settings, until
+from tests.support.stores import open_store, refuse_type
 
-REFUSED = "test:refused"  # the event type a constraint refuses (tests.support.constraints)
+REFUSED = "test:refused"  # the event type a constraint refuses (tests.support.stores)
 
 
 def edited(call_id: str, **changes: Any) -> bytes:
@@ -197,3 +200,20 @@ async def test_sqs_treats_a_row_the_database_refuses_as_invalid_and_commits_the_
         assert rejected.reason.startswith("the store cannot hold this event")
         status = await consumer_when(relay, lambda s: s["deleted"] == 9, "the deletes")
         assert (status["stored"], status["rejected"], status["state"]) == (8, 1, "running")
+
+
+@pytest.mark.postgres
+async def test_postgres_refuses_a_value_longer_than_its_column_instead_of_cutting_it(
+    pg_url: str,
+) -> None:
+    """Below the envelope's checks, the store itself never cuts a value (the ingest statement
+    cast every text to its column's width, which cuts): it refuses that one row."""
+    async with open_store(pg_url) as store:
+        event = parse(call_body("long"))
+        long_type = msgspec.structs.replace(event, type="call:" + "x" * MAX_TYPE)
+        with pytest.raises(RowRefused, match="too long"):
+            await store.record_batch([Incoming(long_type, ["log"], "webhook")])
+        [recorded] = await store.record_batch([Incoming(event, ["log"], "webhook")])
+        assert not recorded.duplicate
+        async with store.engine.connect() as conn:
+            assert (await conn.execute(select(events.c.type))).scalars().all() == [event.type]
