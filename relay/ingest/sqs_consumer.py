@@ -32,6 +32,7 @@ from botocore.exceptions import (
 from relay import metrics
 from relay.config import Settings, SqsConfig
 from relay.ingest.accept import Ingest
+from relay.store.rows import RowRefused
 from relay.wildix import Event, InvalidEvent, parse
 from relay.wildix.signature import SQS_ATTRIBUTE, sign, verify
 
@@ -280,6 +281,8 @@ class Consumer:
             return await self._reject(reason or "invalid", raw, meta)
         try:
             recorded = await self.ingest.accept(event, transport="sqs", meta=meta)
+        except RowRefused as exc:  # the store can never hold it: invalid, not "retry later"
+            return await self._reject(str(exc), raw, meta)
         except Exception as exc:
             self.status.last_error = describe(exc)
             log.error("store unavailable: %s", describe(exc), extra=self._extra)

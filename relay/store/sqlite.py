@@ -21,7 +21,7 @@ from typing import Any, ClassVar, TypeVar
 from sqlalchemy import Table
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Engine, Row
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
@@ -35,6 +35,7 @@ from relay.store.rows import (
     EVENT_COLUMNS,
     Incoming,
     Key,
+    RowRefused,
     delivery_rows,
     event_row,
 )
@@ -240,7 +241,10 @@ class SqliteBackend:
             self._numbers.run(conn, _owned(number_columns, number_owners, new))
             return new, known
 
-        return await self.write_soon(write)
+        try:
+            return await self.write_soon(write)
+        except (IntegrityError, DataError) as exc:  # a constraint, a value SQLite refuses
+            raise RowRefused.of(exc) from exc
 
     async def add_deliveries(self, rows: Sequence[tuple[Any, ...]]) -> None:
         if not rows:
