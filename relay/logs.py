@@ -26,6 +26,8 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "taskName",
 }
 
+# uvicorn's copy of its message with ANSI colour escapes: noise in a log file or a shipper
+_DROPPED = frozenset({"color_message"})
 
 Scrub = Callable[[str], str]
 
@@ -84,7 +86,7 @@ class JsonLines(logging.Formatter):
             "message": self._mask(record.getMessage()),
         }
         for key, value in record.__dict__.items():
-            if key not in _STANDARD:
+            if key not in _STANDARD and key not in _DROPPED:
                 line[key] = self._mask(value)
         if record.exc_info:
             line["exc_info"] = self._mask(self.formatException(record.exc_info))
@@ -93,16 +95,26 @@ class JsonLines(logging.Formatter):
         return self._encoder.encode(line).decode()
 
 
-class Scrubbed(logging.Formatter):
-    """Wraps the text formatter and scrubs the whole line it produces (tracebacks included)."""
+class TextLines(logging.Formatter):
+    """``time level logger: message key=value …``: the fields of ``extra=`` follow the message
+    (as JSON values), and the whole line is scrubbed, tracebacks included."""
 
-    def __init__(self, inner: logging.Formatter, scrub: Scrub) -> None:
-        super().__init__()
-        self.inner = inner
+    def __init__(self, scrub: Scrub) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
         self.scrub = scrub
+        self._encode = msgspec.json.Encoder(enc_hook=str).encode
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        line = super().formatMessage(record)
+        fields = [
+            f"{key}={self._encode(value).decode()}"
+            for key, value in record.__dict__.items()
+            if key not in _STANDARD and key not in _DROPPED
+        ]
+        return f"{line} {' '.join(fields)}" if fields else line
 
     def format(self, record: logging.LogRecord) -> str:
-        return self.scrub(self.inner.format(record))
+        return self.scrub(super().format(record))
 
 
 def configure(
@@ -119,8 +131,7 @@ def configure(
     if fmt == "json":
         formatter = JsonLines(show_numbers=show_numbers, redact=redact)
     else:
-        text = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-        formatter = Scrubbed(text, scrubber(redact, show_numbers=show_numbers))
+        formatter = TextLines(scrubber(redact, show_numbers=show_numbers))
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
