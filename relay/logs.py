@@ -104,7 +104,7 @@ class TextLines(logging.Formatter):
         self.scrub = scrub
         self._encode = msgspec.json.Encoder(enc_hook=str).encode
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+    def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)
         fields = [
             f"{key}={self._encode(value).decode()}"
