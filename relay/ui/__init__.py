@@ -1,17 +1,21 @@
 """The dashboard at ``/ui``: server-rendered Jinja pages, htmx for the live bits, no build step.
 
-Login is the admin token; the session is an encrypted cookie (keyed from the token, so changing
-the token logs everyone out) and every form and htmx request carries a CSRF token.
+Login is the admin token, throttled per client address and overall (``relay.admin.auth``); the
+session is an encrypted cookie (keyed from the token, so changing the token logs everyone out)
+naming a session this process opened and has not closed (so logging out ends it, and so does a
+restart), and every form and htmx request carries a CSRF token.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cachetools import TTLCache
 from litestar import Request, Response, Router
 from litestar.config.csrf import CSRFConfig
 from litestar.connection import ASGIConnection
@@ -27,12 +31,37 @@ from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
 
 from relay.admin.api import provide_queries
+from relay.admin.auth import FailureThrottle
 from relay.admin.filters import BadFilter
 from relay.config import Settings
 from relay.store.tables import utcnow
 
 HERE = Path(__file__).resolve().parent
 PREFIX = "/ui"
+SESSIONS = 1000  # open dashboard logins kept at once; past that the least recently used ends
+
+
+class Sessions:
+    """The dashboard logins this process opened and that have not ended (logout, lifetime).
+
+    In memory and bounded: the cookie only names a session, so a copied cookie stops working at
+    logout. Being full or restarting ends sessions (log in again), never revives one.
+    """
+
+    def __init__(self, lifetime: float, capacity: int = SESSIONS) -> None:
+        self._open: TTLCache[str, bool] = TTLCache(capacity, lifetime)
+
+    def open(self) -> str:
+        sid = secrets.token_urlsafe(24)
+        self._open[sid] = True
+        return sid
+
+    def is_open(self, sid: Any) -> bool:
+        return isinstance(sid, str) and self._open.get(sid, False)
+
+    def close(self, sid: Any) -> None:
+        if isinstance(sid, str):
+            self._open.pop(sid, None)
 
 
 def _key(token: str, purpose: str) -> bytes:
@@ -76,11 +105,14 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     )
 
 
-def logged_in(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    if handler.opt.get("public"):
-        return
-    if not connection.session.get("admin"):
-        raise NotAuthorizedException("log in first")
+def logged_in(sessions: Sessions) -> Any:
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        if handler.opt.get("public"):
+            return
+        if not sessions.is_open(connection.session.get("sid")):
+            raise NotAuthorizedException("log in first")
+
+    return guard
 
 
 def _to_login(request: Request[Any, Any, Any], _: Exception) -> Response[Any]:
@@ -129,12 +161,18 @@ def ui_router(settings: Settings) -> Router:
     static = create_static_files_router(
         path="/static", directories=[HERE / "static"], opt={"public": True}
     )
+    sessions = Sessions(admin.session_lifetime)
+    throttle = FailureThrottle()
     return Router(
         path=PREFIX,
         route_handlers=[*HANDLERS, static],
         middleware=[DefineMiddleware(CSRFMiddleware, config=csrf)],
-        guards=[logged_in],
-        dependencies={"queries": Provide(provide_queries, sync_to_thread=False)},
+        guards=[logged_in(sessions)],
+        dependencies={
+            "queries": Provide(provide_queries, sync_to_thread=False),
+            "sessions": Provide(lambda: sessions, sync_to_thread=False),
+            "throttle": Provide(lambda: throttle, sync_to_thread=False),
+        },
         exception_handlers={
             NotAuthorizedException: _to_login,
             PermissionDeniedException: _csrf_failed,
