@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cachetools import TTLCache
 from litestar import Request, Response, Router
 from litestar.config.csrf import CSRFConfig
 from litestar.connection import ASGIConnection
@@ -35,33 +33,10 @@ from relay.admin.auth import FailureThrottle
 from relay.admin.filters import BadFilter
 from relay.config import Settings
 from relay.store.tables import utcnow
+from relay.ui.sessions import Sessions
 
 HERE = Path(__file__).resolve().parent
 PREFIX = "/ui"
-SESSIONS = 1000  # open dashboard logins kept at once; past that the least recently used ends
-
-
-class Sessions:
-    """The dashboard logins this process opened and that have not ended (logout, lifetime).
-
-    In memory and bounded: the cookie only names a session, so a copied cookie stops working at
-    logout. Being full or restarting ends sessions (log in again), never revives one.
-    """
-
-    def __init__(self, lifetime: float, capacity: int = SESSIONS) -> None:
-        self._open: TTLCache[str, bool] = TTLCache(capacity, lifetime)
-
-    def open(self) -> str:
-        sid = secrets.token_urlsafe(24)
-        self._open[sid] = True
-        return sid
-
-    def is_open(self, sid: Any) -> bool:
-        return isinstance(sid, str) and self._open.get(sid, False)
-
-    def close(self, sid: Any) -> None:
-        if isinstance(sid, str):
-            self._open.pop(sid, None)
 
 
 def _key(token: str, purpose: str) -> bytes:

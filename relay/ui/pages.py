@@ -21,7 +21,7 @@ from relay.admin.filters import BadFilter, EventFilter
 from relay.admin.queries import Queries
 from relay.secrets import token_matches
 from relay.store.states import DeliveryState
-from relay.ui import Sessions
+from relay.ui.sessions import Sessions
 
 log = logging.getLogger("relay.ui")
 PUBLIC = {"public": True}
