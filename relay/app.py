@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import logging
 import re
 import secrets
@@ -41,8 +42,14 @@ DASHBOARD_HEADERS: list[tuple[bytes, bytes]] = [
 ]
 
 
+# Request ids: a random prefix per process and a counter (cheaper than random bytes per request;
+# an id need not be secret, only unique across processes and restarts).
+_ID_PREFIX = secrets.token_hex(4)
+_id_counter = itertools.count(1)
+
+
 def new_request_id() -> str:
-    return secrets.token_hex(8)
+    return f"{_ID_PREFIX}{next(_id_counter):08x}"
 
 
 class RequestIds:
@@ -60,10 +67,14 @@ class RequestIds:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
-        rid = given if given and _SANE_REQUEST_ID.fullmatch(given) else new_request_id().encode()
-        scope.setdefault("state", {})["request_id"] = rid.decode()
-        extra = [(b"x-request-id", rid)]
+        rid = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                rid = value.decode() if _SANE_REQUEST_ID.fullmatch(value) else ""
+                break
+        rid = rid or new_request_id()
+        scope.setdefault("state", {})["request_id"] = rid
+        extra = [(b"x-request-id", rid.encode())]
         if scope["path"].startswith("/ui"):
             extra += DASHBOARD_HEADERS
 

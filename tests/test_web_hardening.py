@@ -62,10 +62,10 @@ async def test_an_unexpected_error_is_a_logged_json_500_with_the_request_id(
         # an id a client could abuse (too long, odd characters) is replaced by one of ours
         for given in ("x" * 65, "a b", "<script>"):
             other = await relay.client.get(url, headers={**AUTH, "x-request-id": given})
-            assert re.fullmatch(r"[0-9a-f]{16}", other.headers["x-request-id"]), given
+            assert re.fullmatch(r"[0-9a-f]{16,}", other.headers["x-request-id"]), given
             assert other.json()["request_id"] == other.headers["x-request-id"]
         ok = await relay.client.get(relay.url + "/healthz")
-        assert re.fullmatch(r"[0-9a-f]{16}", ok.headers["x-request-id"])
+        assert re.fullmatch(r"[0-9a-f]{16,}", ok.headers["x-request-id"])
     errors = [r for r in log_lines(log_buffer) if r["level"] == "ERROR"]
     first = next(r for r in errors if r.get("request_id") == "case-17.a")
     assert "/api/v1/rejections" in first["message"]
