@@ -180,10 +180,14 @@ def create_app(
     operations: dict[str, Any] = {}
     if settings.admin.token:  # otherwise the admin API and dashboard paths do not exist (404)
         from relay.admin.api import bearer_guard, openapi_components, routers
+        from relay.admin.auth import FailureThrottle, throttling
         from relay.ui import session_middleware, template_config, ui_router
 
+        throttle = FailureThrottle()  # one budget of wrong tokens for the API and the dashboard
+        guarded = throttling(throttle)
+        api = Router("/", route_handlers=routers(settings), **guarded)
         operations = {
-            "route_handlers": [*routers(settings), ui_router(settings)],
+            "route_handlers": [api, ui_router(settings, throttle)],
             "template_config": template_config(),
             "middleware": [session_middleware(settings)],
             # the schema describes the admin API: it asks for the same token
@@ -192,7 +196,10 @@ def create_app(
                 version="0.1.0",
                 components=openapi_components(),
                 openapi_router=Router(
-                    "/schema", route_handlers=[], guards=[bearer_guard(settings.admin.token)]
+                    "/schema",
+                    route_handlers=[],
+                    guards=[*guarded["guards"], bearer_guard(settings.admin.token)],
+                    exception_handlers=guarded["exception_handlers"],
                 ),
             ),
         }

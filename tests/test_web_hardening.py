@@ -191,6 +191,24 @@ async def test_wrong_logins_are_throttled_and_then_even_the_right_token_waits(
         assert (await relay.client.get(relay.url + "/ui/")).status_code == 302  # not logged in
 
 
+async def test_wrong_admin_api_tokens_are_throttled_with_the_dashboards_budget(
+    db_url: str,
+) -> None:
+    async with run_relay(dashboard_settings(db_url), dispatch=False) as relay:
+        url = relay.url + "/api/v1/events"
+        wrong = {"authorization": "Bearer not-the-token"}
+        assert (await log_in(relay, "not-the-token")).status_code == 401  # counts too
+        for _ in range(PER_CLIENT - 2):
+            assert (await relay.client.get(url, headers=wrong)).status_code == 401
+        assert (await relay.client.get(relay.url + "/schema/openapi.json")).status_code == 401
+        for headers in (wrong, AUTH):
+            locked = await relay.client.get(url, headers=headers)
+            assert locked.status_code == 429
+            assert 0 < int(locked.headers["retry-after"]) <= 300
+        assert (await relay.client.get(relay.url + "/schema", headers=AUTH)).status_code == 429
+        assert (await log_in(relay)).status_code == 429
+
+
 def test_failure_throttle_limits_each_client_and_all_of_them_in_bounded_memory() -> None:
     now = [0.0]
     throttle = FailureThrottle(per_client=3, overall=5, window=60, clients=4, clock=lambda: now[0])

@@ -16,10 +16,14 @@ from collections.abc import Callable
 from typing import Any
 
 from cachetools import TTLCache
+from litestar import Request, Response
 from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
+from litestar.exceptions.responses import create_exception_response
+from litestar.handlers import BaseRouteHandler
 
 # Failures allowed in WINDOW seconds: per client address, and in total.
-PER_CLIENT = 10
+PER_CLIENT = 30
 OVERALL = 100
 WINDOW = 300.0
 CLIENTS = 4096  # addresses remembered at once (each holds at most PER_CLIENT timestamps)
@@ -71,3 +75,23 @@ class FailureThrottle:
 def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     """The peer (or, behind ``server.trusted_proxies``, the forwarded client), bounded."""
     return connection.client.host[:64] if connection.client else None
+
+
+def throttling(throttle: FailureThrottle) -> dict[str, Any]:
+    """Router options putting its token-guarded routes behind ``throttle``: every request is
+    refused (429, ``Retry-After``) while it says wait, and every 401 the routes answer counts
+    as a failure."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        wait = throttle.retry_after(client_address(connection))
+        if wait:
+            raise TooManyRequestsException(
+                "too many wrong admin tokens: try again later", headers={"Retry-After": str(wait)}
+            )
+
+    def refused(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+        assert isinstance(exc, NotAuthorizedException)
+        throttle.failed(client_address(request))
+        return create_exception_response(request, exc)
+
+    return {"guards": [guard], "exception_handlers": {NotAuthorizedException: refused}}

@@ -122,7 +122,7 @@ def session_middleware(settings: Settings) -> DefineMiddleware:
     ).middleware
 
 
-def ui_router(settings: Settings) -> Router:
+def ui_router(settings: Settings, throttle: FailureThrottle) -> Router:
     from relay.ui.pages import HANDLERS
 
     admin = settings.admin
@@ -137,7 +137,6 @@ def ui_router(settings: Settings) -> Router:
         path="/static", directories=[HERE / "static"], opt={"public": True}
     )
     sessions = Sessions(admin.session_lifetime)
-    throttle = FailureThrottle()
     return Router(
         path=PREFIX,
         route_handlers=[*HANDLERS, static],
