@@ -8,15 +8,15 @@ from typing import Any, Literal
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine as sa_create_engine
-from sqlalchemy import event
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool, SingletonThreadPool
 
 MIGRATIONS = Path(str(resources.files("relay.migrations")))
+VERSION_TABLE = "alembic_version"
 
 
 class SchemaOutOfDate(RuntimeError):
@@ -122,12 +122,31 @@ def head_revision() -> str | None:
 
 
 def _current(conn: Connection) -> str | None:
-    return MigrationContext.configure(conn).get_current_revision()
+    """Read ``alembic_version`` directly: Alembic's ``MigrationContext`` logs two INFO lines each
+    time it is made, and ``/readyz`` asks on every probe."""
+    if not inspect(conn).has_table(VERSION_TABLE):
+        return None
+    rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    if len(rows) > 1:
+        raise RuntimeError(f"{VERSION_TABLE} holds several revisions: {sorted(rows)}")
+    return rows[0] if rows else None
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as conn:
         return await conn.run_sync(_current)
+
+
+async def accepts_writes(engine: AsyncEngine) -> None:
+    """Raise unless the database takes a write now (a read-only file, a read-only PostgreSQL
+    replica or transaction default, a full disk…): readiness is about storing events, not only
+    reading. A one-row no-op update, rolled back, so nothing is written and the lock is brief.
+    """
+    async with engine.connect() as conn:
+        try:
+            await conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = version_num"))
+        finally:
+            await conn.rollback()
 
 
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
