@@ -19,6 +19,8 @@ from prometheus_client import REGISTRY, Counter, Histogram, disable_created_metr
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from relay.wildix.views import EVENT_TYPES
+
 __all__ = [
     "ATTEMPT_SECONDS",
     "DELIVERIES",
@@ -72,6 +74,12 @@ SQS_REJECTED = Counter(
 
 def integration_label(integration_id: str | None, known: Iterable[str]) -> str:
     return integration_id if integration_id and integration_id in known else "unknown"
+
+
+def type_label(event_type: str) -> str:
+    """A Wildix event type relay knows, else ``other``: a label never takes a value chosen by
+    whoever sends (each distinct value is a series kept for the life of the process)."""
+    return event_type if event_type in EVENT_TYPES else "other"
 
 
 _ATTEMPT_SERIES: dict[tuple[str, str], tuple[Any, Any]] = {}

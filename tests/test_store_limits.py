@@ -146,11 +146,6 @@ async def test_a_row_the_database_refuses_fails_alone_and_its_batch_commits(db_u
         assert len(await relay.deliveries()) == len(good)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs relay/ingest/webhook_endpoint.py to answer RowRefused with a 400 (see the "
-    "batches branch's report); until then the refused event is 503",
-)
 async def test_a_row_the_database_refuses_is_a_recorded_400(db_url: str) -> None:
     settings = make_settings(db_url, {"log": {"type": "log"}})
     async with run_relay(settings, dispatch=False) as relay:

@@ -88,7 +88,7 @@ class Ingest:
         stored: list[int] = []
         for item, rec in zip(items, recorded, strict=True):
             outcome = "duplicate" if rec.duplicate else "accepted"
-            tally[(item.event.integration_id, item.event.type, outcome)] += 1
+            tally[(item.event.integration_id, metrics.type_label(item.event.type), outcome)] += 1
             if not rec.duplicate:
                 stored.append(rec.event_id)
             if log.isEnabledFor(logging.DEBUG):

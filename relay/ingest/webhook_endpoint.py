@@ -22,6 +22,7 @@ from litestar.types import Receive, Scope, Send
 
 from relay.ingest.accept import Ingest
 from relay.store.records import STORE_ERRORS
+from relay.store.rows import RowRefused
 from relay.wildix import InvalidEvent, parse
 from relay.wildix.signature import verify
 
@@ -137,6 +138,8 @@ async def _receive(
 
     try:
         recorded = await ingest.accept(event, transport="webhook", meta={"remote": request.remote})
+    except RowRefused as exc:  # the store can never hold this event: a retry cannot help
+        return await reject(400, str(exc), iid, body, signed=True)
     except STORE_ERRORS as exc:
         ingest.count_refusal(iid, "unavailable")
         log.error("store unavailable, answering 503: %s", exc, extra={"integration": iid})
