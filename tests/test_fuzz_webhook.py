@@ -17,16 +17,17 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 import pytest
-from hypothesis import HealthCheck, Phase, event, given, settings
+from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from relay.store.tables import deliveries, events
+from relay.store.tables import deliveries, events, rejections
 from relay.wildix.signature import sign
 from tests.support.databases import PG_URL
-from tests.support.hostile import CURRENT_SAMPLES, bodies
+from tests.support.fuzz_bodies import CURRENT_SAMPLES, Shown, bodies
 from tests.support.raw_http import Reply, exchange, request_bytes
 from tests.support.relay import SECRET, call_body, make_settings
+from tests.support.samples import fixture
 from tests.support.threaded_relay import ThreadedRelay, relay_in_thread
 
 LIMIT = 1024 * 1024  # server.max_body_size's default, the documented 413 threshold
@@ -77,6 +78,7 @@ class Attempt:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     allowed: frozenset[int]
+    signed: bool = False  # a valid signature: its refusal may keep a longer excerpt
 
     def wire(self) -> bytes:
         return request_bytes(self.method, self.target, self.headers, self.body)
@@ -94,6 +96,15 @@ def _counts(relay: ThreadedRelay) -> tuple[int, int]:
     return relay.call(count())
 
 
+def _last_rejection(relay: ThreadedRelay) -> int:
+    async def last() -> int:
+        async with relay.relay.store.engine.connect() as conn:
+            top = (await conn.execute(select(func.max(rejections.c.id)))).scalar_one()
+        return int(top or 0)
+
+    return relay.call(last())
+
+
 def _stored_raw(relay: ThreadedRelay, body: bytes) -> list[bytes]:
     digest = hashlib.sha256(body).hexdigest()
     rows = relay.call(relay.relay.rows(events, events.c.body_sha256 == digest))
@@ -102,12 +113,12 @@ def _stored_raw(relay: ThreadedRelay, body: bytes) -> list[bytes]:
 
 def _check(relay: ThreadedRelay, attempt: Attempt) -> Reply:
     """Send one attempt; every invariant that holds whatever the request was."""
-    before = _counts(relay)
+    before, seen = _counts(relay), _last_rejection(relay)
     reply = exchange(relay.url, attempt.wire(), head=attempt.method == b"HEAD")
     after = _counts(relay)
     event(f"answered {reply.status}")
     assert reply.status < 500, (reply.status, reply.body[:300])
-    assert reply.status in attempt.allowed, (reply.status, sorted(attempt.allowed), reply.body)
+    assert reply.status in attempt.allowed, (reply.status, sorted(attempt.allowed), reply.body[:300])
     if reply.status == 200:
         status = reply.body and reply.headers.get("content-type") == "application/json"
         assert status, reply
@@ -115,6 +126,10 @@ def _check(relay: ThreadedRelay, attempt: Attempt) -> Reply:
         assert _stored_raw(relay, attempt.body) == [attempt.body]  # byte-exact, once
     else:
         assert after == before, f"a {reply.status} stored something: {before} -> {after}"
+    if not attempt.signed:  # anyone's bytes: kept short (issue 17: ids cut, 4 KiB of body)
+        for row in relay.call(relay.relay.rows(rejections, rejections.c.id > seen)):
+            assert len(row.integration_id or "") <= 64, len(row.integration_id)
+            assert len(row.body_excerpt or b"") <= 4096, len(row.body_excerpt)
     return reply
 
 
@@ -125,6 +140,19 @@ def _still_accepts(relay: ThreadedRelay) -> None:
     reply = exchange(relay.url, request_bytes(b"POST", b"/webhooks/q7m2xk", headers, body))
     assert reply.status == 200, ("a valid event after the fuzzing", reply.status, reply.body)
     assert _stored_raw(relay, body) == [body]
+
+
+def _known(old: bytes, new: bytes):  # type: ignore[no-untyped-def]
+    """An explicit example: call_completed with ``old`` replaced by ``new``, signed, by path."""
+    body = fixture("call_completed").replace(old, new)
+    return example(
+        body=Shown(body),
+        legacy_path=False,
+        in_body_only=False,
+        spelling="hex",
+        content_type=b"application/json",
+        extra=[],
+    )
 
 
 content_types = st.sampled_from(
@@ -167,6 +195,12 @@ def _post_headers(
     extra=extra_headers,
 )
 @FUZZ
+@_known(b'"id":"it_w204517_1764412210.77"', b'"id":"it\\u0000w"')  # NUL in the ids (PostgreSQL)
+@_known(b'"Giulia Rossi"', b'"Giulia\\u0000Rossi"')  # NUL deep in data
+@_known(b'"type":"call:completed"', b'"type":"call:' + b"x" * 100 + b'"')  # type > 100 chars
+@_known(b'"id":"it_w204517_1764412210.77"', b'"id":"' + b"x" * 256 + b'"')  # id > 255 chars
+@_known(b'"time":1764412755302', b'"time":' + b"9" * 30)  # time past 64 bits
+@_known(fixture("call_completed"), b"[" * 5000 + b"]" * 5000)  # nested too deeply, whole body
 def test_signed_hostile_bodies_are_answered_as_documented_and_never_stored_when_refused(
     relay: ThreadedRelay,
     body: bytes,
@@ -185,7 +219,7 @@ def test_signed_hostile_bodies_are_answered_as_documented_and_never_stored_when_
     # without the id in the path, an id from the body that is not ours is a 404
     allowed = {200, 400, 404} if in_body_only else {200, 400}
     headers = _post_headers(content_type, extra, [signature.encode()])
-    _check(relay, Attempt(b"POST", target, headers, body, frozenset(allowed)))
+    _check(relay, Attempt(b"POST", target, headers, body, frozenset(allowed), signed=True))
     _still_accepts(relay)
 
 
@@ -239,6 +273,26 @@ def _allowed_unsigned(method: bytes, path: str, body: bytes, signed: bool) -> se
     given_signatures=signatures,
 )
 @FUZZ
+@example(  # a 1 MB integration id, unauthenticated, where the id is read from the body
+    method=b"POST",
+    shape="/webhooks",
+    path_id="",
+    query="",
+    body=Shown(b'{"integrationId":"' + b"x" * 1_000_000 + b'"}'),
+    content_type=b"application/json",
+    extra=[],
+    given_signatures=[],
+)
+@example(  # a non-ASCII signature, no secret known
+    method=b"POST",
+    shape="/webhooks/{}",
+    path_id="q7m2xk",
+    query="",
+    body=CURRENT_SAMPLES[3],
+    content_type=b"application/json",
+    extra=[],
+    given_signatures=[b"\xe9" * 64],
+)
 def test_unsigned_requests_of_any_shape_are_refused_as_documented(
     relay: ThreadedRelay,
     method: bytes,

@@ -20,6 +20,15 @@ _SLOT = "\u0001hostile\u0001"  # where a fragment is spliced in (json.dumps esca
 _SLOT_JSON = json.dumps(_SLOT).encode()
 
 
+class Shown(bytes):
+    """Bytes whose repr stays short: a failing example of 1 MB prints as its start and size."""
+
+    def __repr__(self) -> str:
+        if len(self) <= 200:
+            return super().__repr__()
+        return f"Shown({bytes(self[:80])!r} + ... + {bytes(self[-40:])!r}, {len(self)} bytes)"
+
+
 def _nested(depth: int, kind: str) -> bytes:
     if kind == "array":
         return b"[" * depth + b"]" * depth
