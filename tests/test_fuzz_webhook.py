@@ -56,9 +56,9 @@ FUZZ = settings(
         ),
     ],
 )
-def relay(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-    ThreadedRelay
-]:
+def relay(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ThreadedRelay]:
     """One relay per database for the whole module: examples share it, as requests would."""
     tmp: Path = tmp_path_factory.mktemp("fuzz-webhook")
 
@@ -118,7 +118,11 @@ def _check(relay: ThreadedRelay, attempt: Attempt) -> Reply:
     after = _counts(relay)
     event(f"answered {reply.status}")
     assert reply.status < 500, (reply.status, reply.body[:300])
-    assert reply.status in attempt.allowed, (reply.status, sorted(attempt.allowed), reply.body[:300])
+    assert reply.status in attempt.allowed, (
+        reply.status,
+        sorted(attempt.allowed),
+        reply.body[:300],
+    )
     if reply.status == 200:
         status = reply.body and reply.headers.get("content-type") == "application/json"
         assert status, reply
@@ -136,7 +140,10 @@ def _check(relay: ThreadedRelay, attempt: Attempt) -> Reply:
 def _still_accepts(relay: ThreadedRelay) -> None:
     """A fresh valid event, signed like Wildix, is accepted and stored."""
     body = call_body(f"fuzz-probe-{uuid.uuid4().hex}")
-    headers = [(b"content-type", b"application/json"), (b"x-signature", sign(body, SECRET).encode())]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"x-signature", sign(body, SECRET).encode()),
+    ]
     reply = exchange(relay.url, request_bytes(b"POST", b"/webhooks/q7m2xk", headers, body))
     assert reply.status == 200, ("a valid event after the fuzzing", reply.status, reply.body)
     assert _stored_raw(relay, body) == [body]
@@ -224,7 +231,9 @@ def test_signed_hostile_bodies_are_answered_as_documented_and_never_stored_when_
 
 
 path_ids = st.one_of(
-    st.sampled_from(["q7m2xk", "h3p9ta", "Q7M2XK", "q7m2xk%20", "q7m2x%6b", "", "..", "%2e%2e", "unknown"]),
+    st.sampled_from(
+        ["q7m2xk", "h3p9ta", "Q7M2XK", "q7m2xk%20", "q7m2x%6b", "", "..", "%2e%2e", "unknown"]
+    ),
     st.text(max_size=40).map(lambda text: quote(text, safe="")),
     st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=1).map(
         lambda char: char * 5000
@@ -238,7 +247,9 @@ signatures = st.lists(
         st.binary(max_size=100).map(
             lambda raw: bytes(b for b in raw if b == 9 or 32 <= b <= 126 or b >= 128)
         ),
-        st.sampled_from([b"\xe9" * 64, b"0" * 64, b"g" * 64, b"a" * 20_000, b"sha256=" + b"0" * 64]),
+        st.sampled_from(
+            [b"\xe9" * 64, b"0" * 64, b"g" * 64, b"a" * 20_000, b"sha256=" + b"0" * 64]
+        ),
     ),
     max_size=2,
 )

@@ -41,9 +41,7 @@ def _string(text: str) -> bytes:
 
 # JSON value fragments as raw bytes: some are valid JSON, some only look like it.
 fragments: st.SearchStrategy[bytes] = st.one_of(
-    st.builds(
-        _nested, st.sampled_from([2, 64, 500, 1000, 1100, 5000, 20000]), st.just("array")
-    ),
+    st.builds(_nested, st.sampled_from([2, 64, 500, 1000, 1100, 5000, 20000]), st.just("array")),
     st.builds(_nested, st.sampled_from([500, 1100, 5000]), st.just("object")),
     st.sampled_from(
         [

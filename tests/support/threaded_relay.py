@@ -48,7 +48,7 @@ async def _database(database: str, tmp_path: Path) -> AsyncIterator[str]:
 def relay_in_thread(
     settings_for: Callable[[str], Settings], database: str, tmp_path: Path
 ) -> Iterator[ThreadedRelay]:
-    """A fresh ``database`` ("sqlite" or "postgres"), the relay on it (no dispatcher), until exit."""
+    """A fresh ``database`` ("sqlite" or "postgres") and the relay on it (no dispatcher)."""
     started: Future[ThreadedRelay] = Future()
     stop: list[asyncio.Event] = []
 
