@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -85,3 +86,15 @@ def relay_in_thread(
     assert not thread.is_alive(), "the relay did not stop"
     if errors:
         raise errors[0]
+
+
+def until(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    """Poll a plain ``check`` from the test's own thread until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last value {value!r}")
+        time.sleep(0.05)
