@@ -187,13 +187,16 @@ def _check_batch(consuming: Consuming, batch: list[Any], keep: bool) -> None:
         status = consuming.status()
         done = sum(status[k] - before[k] for k in ("stored", "duplicates", "rejected"))
         last[:] = [status, consuming.queue.counts()]
-        return status if done >= total and last[1] == (0, 0) else None
+        # its counters move after SQS answered: an empty queue alone is not the delete counted
+        deleted = keep or status["deleted"] - before["deleted"] >= total
+        return status if done >= total and deleted and last[1] == (0, 0) else None
 
     # keep: every invalid message is received MAX_RECEIVES times, then redriven
     try:
         status = until(handled, "the batch handled and the queue drained", 30 + 5 * MAX_RECEIVES)
     except AssertionError:
-        raise AssertionError(f"stuck: consumer {last[0]}, queue (visible, in flight) {last[1]}")
+        stuck = f"stuck: consumer {last[0]}, queue (visible, in flight) {last[1]}"
+        raise AssertionError(stuck) from None
     assert status["state"] == "running", status
     assert consuming.stored(neighbour), ("the valid neighbour was not stored", status)
     stored = status["stored"] + status["duplicates"] - before["stored"] - before["duplicates"]
