@@ -14,8 +14,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
@@ -106,10 +108,24 @@ def _last_rejection(relay: ThreadedRelay) -> int:
     return relay.call(last())
 
 
-def _stored_raw(relay: ThreadedRelay, body: bytes) -> list[bytes]:
+def _stored(relay: ThreadedRelay, body: bytes) -> list[Any]:
     digest = hashlib.sha256(body).hexdigest()
-    rows = relay.call(relay.relay.rows(events, events.c.body_sha256 == digest))
-    return [bytes(row.raw) for row in rows]
+    return relay.call(relay.relay.rows(events, events.c.body_sha256 == digest))
+
+
+def _stored_raw(relay: ThreadedRelay, body: bytes) -> list[bytes]:
+    return [bytes(row.raw) for row in _stored(relay, body)]
+
+
+def _not_cut(relay: ThreadedRelay, body: bytes) -> None:
+    """An accepted event's type and id are kept whole (PostgreSQL cut them to the column's
+    width, silently): whole, or a 400 — only a NUL may be left out of a column."""
+    envelope = msgspec.json.decode(body)
+    for row in _stored(relay, body):
+        for column, key in (("type", "type"), ("subject_id", "id")):
+            value = envelope[key]
+            kept = getattr(row, column)
+            assert len(kept) >= len(value) - value.count("\0"), (column, len(kept), len(value))
 
 
 def _check(relay: ThreadedRelay, attempt: Attempt) -> Reply:
@@ -130,6 +146,7 @@ def _check(relay: ThreadedRelay, attempt: Attempt) -> Reply:
         assert status, reply
         assert after[0] - before[0] in (0, 1)
         assert _stored_raw(relay, attempt.body) == [attempt.body]  # byte-exact, once
+        _not_cut(relay, attempt.body)
     else:
         assert after == before, f"a {reply.status} stored something: {before} -> {after}"
     if not attempt.signed:  # anyone's bytes: kept short (issue 17: ids cut, 4 KiB of body)
