@@ -2,6 +2,7 @@
 PostgreSQL; then a fixed-rate run (default 1,000 events/s) with its latency distribution.
 
     .venv/bin/python -m bench.ingest [--seconds 10] [--db sqlite,postgresql] [--rate 1000]
+        [--sqlite-sync full|normal]
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import psutil
+import yaml
 from sqlalchemy import text
 
 from bench.common import (
@@ -61,9 +63,11 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--db", default="sqlite,postgresql")
     ap.add_argument("--rate", type=int, default=1000, help="events/s offered in the fixed-rate run")
+    ap.add_argument("--sqlite-sync", choices=["full", "normal"], default="full")
     args = ap.parse_args()
     require_wrk()
     print(machine())
+    print(f"SQLite database.sqlite_sync: {args.sqlite_sync}")
     print(
         f"load: wrk, 1 thread, {args.connections} connections, {args.seconds}s, "
         "unique signed 1.5 KB bodies; servers: uvicorn, 1 worker\n"
@@ -87,6 +91,10 @@ def main() -> None:
             port = free_port()
             url = f"http://127.0.0.1:{port}/webhooks/bench01"
             config = relay_config(work / f"{kind}.yaml", db_url, port, {"sink": {"type": "log"}})
+            if kind == "sqlite":
+                data = yaml.safe_load(config.read_text())
+                data["database"]["sqlite_sync"] = args.sqlite_sync
+                config.write_text(yaml.safe_dump(data))
             migrate(config)
             cmd = relay_cmd(config, "serve", "--no-dispatch")
             with server(cmd, port, work / f"{kind}.log") as proc:

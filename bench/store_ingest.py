@@ -3,7 +3,7 @@
 What a change to relay/store costs per event, without the request handling and wrk that make the
 end-to-end ingest bench move by ±10% on a shared machine. Prints events/s and CPU µs per event.
 
-    python -m bench.store_ingest [--events 16000] [--db sqlite,postgresql]
+    python -m bench.store_ingest [--events 16000] [--db sqlite,postgresql] [--sqlite-sync full]
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from relay.store.rows import Incoming
 from relay.wildix import parse
 
 
-async def run(url: str, count: int, batch: int) -> tuple[float, float]:
-    engine = db.create_engine(url)
+async def run(url: str, count: int, batch: int, sync: db.SqliteSync) -> tuple[float, float]:
+    engine = db.create_engine(url, sqlite_sync=sync)
     await db.ensure_schema(engine, auto_migrate=True)
     store = Store(engine)
     body = msgspec.json.decode(FIXTURE.read_bytes())
@@ -46,14 +46,16 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=16000)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--db", default="sqlite,postgresql")
+    parser.add_argument("--sqlite-sync", choices=["full", "normal"], default="full")
     args = parser.parse_args()
     print(machine())
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.db.split(","):
             with database(kind, Path(tmp), "relay_bench_store") as url:
-                rate, cpu = asyncio.run(run(url, args.events, args.batch))
+                rate, cpu = asyncio.run(run(url, args.events, args.batch, args.sqlite_sync))
             print(
-                f"{kind:<11} {args.events} events in batches of {args.batch}: "
+                f"{kind:<11} (sqlite_sync {args.sqlite_sync}) {args.events} events "
+                f"in batches of {args.batch}: "
                 f"{rate:8.0f} ev/s, {cpu:5.1f} µs CPU/event"
             )
 

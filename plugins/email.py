@@ -86,6 +86,7 @@ class EmailConfig(ConnectorConfig):
     message_id_domain: str | None = None  # default: the domain of `from`
     timezone: str = "UTC"  # for the times the templates show
     templates: dict[str, EmailTemplates] = {}  # overrides, by message kind
+    allow_http_links: bool = False  # recording URLs: https only unless the operator opts in
 
     def __post_init__(self) -> None:
         if not self.host.strip():
@@ -151,7 +152,12 @@ class EmailConnector(Connector):
         return f"<{digest}@{self.domain}>"
 
     def compose(self, event: Event, ctx: DeliveryContext) -> EmailMessage | None:
-        values = template_values(event, ctx, timezone=self.config.timezone)
+        values = template_values(
+            event,
+            ctx,
+            timezone=self.config.timezone,
+            allow_http_links=self.config.allow_http_links,
+        )
         kind = values["kind"]
         if kind is None:
             return None

@@ -70,7 +70,9 @@ class LogConfig(ConnectorConfig):
 
 
 class LogConnector(Connector):
-    """One JSON line per delivered event on the ``relay.connector.<name>`` logger (INFO)."""
+    """One line per delivered event on the ``relay.connector.<name>`` logger (INFO), the event
+    as the ``event`` field: an object in JSON logs, where a shipper can index it, and JSON text
+    after the message in text logs."""
 
     type = "log"
     Config = LogConfig
@@ -85,7 +87,7 @@ class LogConnector(Connector):
         }
         if self.config.include_raw:
             record["raw"] = _raw_json(event)
-        ctx.log.info(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+        ctx.log.info("event %s", event.type, extra={"event": record})
 
 
 class FileConfig(ConnectorConfig):

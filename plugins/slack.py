@@ -61,12 +61,6 @@ class SlackApiError(PermanentError):
         self.error = error
 
 
-def mrkdwn(value: Any) -> str:
-    """Slack's three control characters, escaped as its docs ask."""
-    text = "" if value is None else str(value)
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def slack_date(value: Any) -> str:
     """``<!date^…>``: Slack shows it in each reader's own time zone; the fallback text is UTC."""
     try:
@@ -80,8 +74,7 @@ def slack_date(value: Any) -> str:
     return f"<!date^{int(when.timestamp())}^{{date_short_pretty}} {{time}}|{fallback}>"
 
 
-add_filter("mrkdwn", mrkdwn)
-add_filter("slack_date", slack_date)
+add_filter("slack_date", slack_date)  # event values: chat_text / chat_plain / chat_link (relay)
 
 
 def default_template(kind: str) -> str:
@@ -125,6 +118,7 @@ class SlackConfig(ConnectorConfig):
     post_on: list[str] | None = None  # webhook mode: the call events that post
     templates: dict[str, str | TemplateFile] = {}  # overrides, by message kind
     timeout: float = 10.0
+    allow_http_links: bool = False  # recording URLs: https only unless the operator opts in
 
     def __post_init__(self) -> None:
         if (self.webhook_url is None) == (self.token is None):
@@ -216,7 +210,9 @@ class SlackConnector(Connector):
     # -- messages -------------------------------------------------------------------------------
 
     def render(self, event: Event, ctx: DeliveryContext, call: Any = None) -> dict[str, Any] | None:
-        values = template_values(event, ctx, call=call)
+        values = template_values(
+            event, ctx, call=call, allow_http_links=self.config.allow_http_links
+        )
         kind = values["kind"]
         if kind is None:
             return None

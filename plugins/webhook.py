@@ -4,6 +4,7 @@
 Wildix); ``envelope`` mode wraps it with relay's ids and the normalized view. With a
 ``signing_secret`` the request is signed the Standard Webhooks way (https://www.standardwebhooks.com/),
 with a ``webhook-id`` that stays the same on every retry of a delivery so receivers can dedupe.
+A ``user:password@`` in the URL is sent as HTTP basic auth, never as part of the URL.
 """
 
 from __future__ import annotations
@@ -85,6 +86,13 @@ class WebhookConfig(ConnectorConfig):
         clash = sorted(k for k in self.headers if k.lower() in RESERVED_HEADERS)
         if clash:
             raise ValueError(f"`headers` may not set {', '.join(clash)}: relay sets them")
+        if "@" in parts.netloc:
+            auth = [k for k in self.headers if k.lower() == "authorization"]
+            if auth:
+                raise ValueError(
+                    f"`url` carries user:password@ (sent as basic auth) and `headers.{auth[0]}` "
+                    "is set too: keep one of them"
+                )
         if self.signing_secret is not None:
             try:
                 key = signing_key(self.signing_secret)
@@ -109,10 +117,15 @@ class WebhookConnector(Connector):
         self._key = signing_key(secret) if secret is not None else None
         # What is the same on every request, worked out once: the parsed URL, the timeout as
         # the client's request extension, the fixed headers already encoded.
-        self._url = httpx.URL(config.url)
+        url = httpx.URL(config.url)
         self._extensions = {"timeout": httpx.Timeout(config.timeout).as_dict()}
         self._headers = [(k.encode(), v.encode()) for k, v in config.headers.items()]
         self._headers.append((b"content-type", b"application/json"))
+        if url.userinfo:  # as basic auth (RFC 7617, UTF-8); the URL itself never carries it
+            credential = f"{url.username}:{url.password}".encode()
+            self._headers.append((b"authorization", b"Basic " + base64.b64encode(credential)))
+            url = url.copy_with(username=None, password=None)
+        self._url = url
         self._logger = logging.getLogger(f"relay.connector.{name}")
 
     async def check(self, ctx: ConnectorContext) -> None:

@@ -10,13 +10,14 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
 import yaml
 
-from relay.routing import WhereError, check_where
+from relay.routing import RouteError, check_route
+from relay.secrets import secret_values
 
 if TYPE_CHECKING:
     from relay.connector import Connector
@@ -68,6 +69,9 @@ class DatabaseConfig(_Strict):
     url: str = "sqlite+aiosqlite:///./relay.db"
     pool_size: int = 10
     echo: bool = False
+    # SQLite only: `full` syncs every commit, so an acknowledged event survives a power cut;
+    # `normal` risks losing the last acknowledged events to one (docs/configuration.md).
+    sqlite_sync: Annotated[str, msgspec.Meta(pattern="^(full|normal)$")] = "full"
 
 
 class ServerConfig(_Strict):
@@ -75,6 +79,21 @@ class ServerConfig(_Strict):
     port: int = 8080
     max_body_size: int = 1024 * 1024
     trusted_proxies: list[str] = []
+    # Bounds on what a client holds: relay faces the internet (relay/cli/http_limits.py).
+    max_connections: int = 1000
+    keep_alive_timeout: Duration = Duration(5)
+    header_timeout: Duration = Duration(10)
+    body_timeout: Duration = Duration(30)
+    max_header_size: int = 16 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        if self.max_header_size < 1024:
+            raise ValueError("max_header_size must be at least 1024 bytes")
+        for name in ("keep_alive_timeout", "header_timeout", "body_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be more than 0")
 
 
 class AdminConfig(_Strict):
@@ -238,6 +257,19 @@ class Settings(msgspec.Struct, kw_only=True):
     source: str = "<memory>"
     sqs: SqsProcessConfig = SqsProcessConfig()
 
+    def secret_values(self) -> list[str]:
+        """Every configured secret, for the redactor of logs, stored errors, API and CLI output:
+        a target's error body, a URL or a traceback can echo any of them."""
+        found = [self.admin.token, *secret_values(self.database.url)]
+        for integ in self.integrations.values():
+            found.append(integ.secret or "")
+            if integ.sqs:
+                found += [integ.sqs.secret_access_key or "", integ.sqs.signing_secret or ""]
+                found += secret_values(integ.sqs.queue_url)
+        for inst in self.connectors.values():
+            found += secret_values(inst.raw)
+        return [x for x in found if x]
+
 
 def interpolate(value: Any, env: Mapping[str, str], path: str = "$") -> Any:
     """Replace ``${NAME}`` / ``${NAME:-default}`` in every string; a missing NAME is an error."""
@@ -364,9 +396,9 @@ def _check_integration(
         if not route.events:
             raise ConfigError(f"{rpath}.events", "list at least one event type pattern")
         try:
-            check_where(route.where)
-        except WhereError as exc:
-            raise ConfigError(f"{rpath}.where", str(exc)) from None
+            check_route(route.events, route.where)
+        except RouteError as exc:
+            raise ConfigError(f"{rpath}.{exc.path}", exc.message) from None
 
 
 def load_config(

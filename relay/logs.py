@@ -1,7 +1,10 @@
 """Structured logs: one JSON object per line, carrying event/delivery/connector ids as fields.
 
-Phone numbers are masked in every text of a line (message, fields and tracebacks alike) unless
-``logging.show_numbers`` is set: logs travel further than the database (shippers, tickets).
+Every text of a line (message with its args, extra fields and tracebacks alike) is scrubbed
+before it is written: configured secrets and credentials go through the redactor the caller
+passes (relay.secrets.Redactor, over the settings' secrets), and phone numbers are masked
+unless ``logging.show_numbers`` is set. Logs travel further than the database (shippers,
+tickets), and a target's error body can echo the API key relay sent it.
 """
 
 from __future__ import annotations
@@ -23,26 +26,47 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "taskName",
 }
 
+# uvicorn's copy of its message with ANSI colour escapes: noise in a log file or a shipper
+_DROPPED = frozenset({"color_message"})
 
-def _masked(value: Any) -> Any:
+Scrub = Callable[[str], str]
+
+
+def _unchanged(text: str) -> str:
+    return text
+
+
+def scrubber(redact: Scrub | None = None, *, show_numbers: bool = False) -> Scrub:
+    """One function for every text of a line: secrets first (a number inside a token must not
+    be masked into something the redactor no longer recognises), then phone numbers."""
+    redact = redact or _unchanged
+    if show_numbers:
+        return redact
+    return lambda text: mask(redact(text))
+
+
+def _scrubbed(value: Any, scrub: Scrub) -> Any:
     if isinstance(value, str):
-        return mask(value)
+        return scrub(value)
     if isinstance(value, dict):
-        return {k: _masked(v) for k, v in value.items()}
+        return {k: _scrubbed(v, scrub) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_masked(v) for v in value]
+        return [_scrubbed(v, scrub) for v in value]
+    if isinstance(value, BaseException):  # an exception passed as a field renders as its text
+        return scrub(str(value))
     return value
 
 
 class JsonLines(logging.Formatter):
     """``{"time", "level", "logger", "message", **extra}``, encoded by msgspec (logging sits on
-    the ingest and dispatch hot paths). Numbers are masked in text values only: a JSON number is
-    an id or a duration, never a phone number, and masking it would garble large event ids."""
+    the ingest and dispatch hot paths). Only text values are scrubbed: a JSON number is an id or
+    a duration, never a phone number or a secret, and masking it would garble large event ids."""
 
-    def __init__(self, *, show_numbers: bool = False) -> None:
+    def __init__(self, *, show_numbers: bool = False, redact: Scrub | None = None) -> None:
         super().__init__()
         self._encoder = msgspec.json.Encoder(enc_hook=str)
-        self._mask: Callable[[Any], Any] = (lambda value: value) if show_numbers else _masked
+        scrub = scrubber(redact, show_numbers=show_numbers)
+        self._mask: Callable[[Any], Any] = lambda value: _scrubbed(value, scrub)
         self._second = -1
         self._prefix = ""
 
@@ -62,7 +86,7 @@ class JsonLines(logging.Formatter):
             "message": self._mask(record.getMessage()),
         }
         for key, value in record.__dict__.items():
-            if key not in _STANDARD:
+            if key not in _STANDARD and key not in _DROPPED:
                 line[key] = self._mask(value)
         if record.exc_info:
             line["exc_info"] = self._mask(self.formatException(record.exc_info))
@@ -71,15 +95,26 @@ class JsonLines(logging.Formatter):
         return self._encoder.encode(line).decode()
 
 
-class MaskNumbers(logging.Formatter):
-    """Wraps the text formatter and masks phone numbers in what it produces."""
+class TextLines(logging.Formatter):
+    """``time level logger: message key=value …``: the fields of ``extra=`` follow the message
+    (as JSON values), and the whole line is scrubbed, tracebacks included."""
 
-    def __init__(self, inner: logging.Formatter) -> None:
-        super().__init__()
-        self.inner = inner
+    def __init__(self, scrub: Scrub) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        self.scrub = scrub
+        self._encode = msgspec.json.Encoder(enc_hook=str).encode
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        fields = [
+            f"{key}={self._encode(value).decode()}"
+            for key, value in record.__dict__.items()
+            if key not in _STANDARD and key not in _DROPPED
+        ]
+        return f"{line} {' '.join(fields)}" if fields else line
 
     def format(self, record: logging.LogRecord) -> str:
-        return mask(self.inner.format(record))
+        return self.scrub(super().format(record))
 
 
 def configure(
@@ -87,16 +122,16 @@ def configure(
     fmt: str = "json",
     *,
     show_numbers: bool = False,
+    redact: Scrub | None = None,
     stream: IO[str] | None = None,
 ) -> None:
+    """Log to ``stream`` (stderr); ``redact`` scrubs secrets from every line (see above)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     formatter: logging.Formatter
     if fmt == "json":
-        formatter = JsonLines(show_numbers=show_numbers)
+        formatter = JsonLines(show_numbers=show_numbers, redact=redact)
     else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-        if not show_numbers:
-            formatter = MaskNumbers(formatter)
+        formatter = TextLines(scrubber(redact, show_numbers=show_numbers))
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

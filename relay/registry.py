@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -50,6 +51,13 @@ def collect_connectors(pm: pluggy.PluginManager) -> dict[str, type[Connector]]:
         ctype = getattr(cls, "type", None)
         if not ctype:
             raise PluginError(f"{cls.__qualname__} has no `type` name")
+        for method in ("deliver", "start", "close", "check"):
+            if not inspect.iscoroutinefunction(getattr(cls, method)):
+                # a plain `def deliver` would run its side effect, then fail when awaited and be
+                # retried: the side effect would repeat up to max_attempts times
+                raise PluginError(
+                    f"{cls.__module__}.{cls.__qualname__}.{method} must be `async def`"
+                )
         if ctype in found and found[ctype] is not cls:
             raise PluginError(
                 f"connector type {ctype!r} registered twice "

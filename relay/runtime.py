@@ -108,6 +108,7 @@ async def running(
             settings.database.url,
             pool_size=settings.database.pool_size,
             echo=settings.database.echo,
+            sqlite_sync=settings.database.sqlite_sync,
         )
         stack.push_async_callback(engine.dispose)  # a Store that was never built owns nothing
         await db.ensure_schema(engine, auto_migrate=auto_migrate)

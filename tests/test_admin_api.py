@@ -26,8 +26,7 @@ async def test_without_a_token_the_admin_surface_does_not_exist(db_url: str) -> 
             relay.url + "/api/v1/replay", headers=AUTH, json={"integration": "q7m2xk"}
         )
         assert replay.status_code == 404
-        schema = (await relay.client.get(relay.url + "/schema/openapi.json")).json()
-        assert not [p for p in schema["paths"] if p.startswith("/api")]
+        assert (await relay.client.get(relay.url + "/schema/openapi.json")).status_code == 404
         # ingest is unaffected
         assert (await relay.post(fixture("call_completed"))).status_code == 200
 
@@ -51,7 +50,7 @@ async def test_every_admin_route_wants_the_bearer_token(db_url: str) -> None:
         denied = await relay.client.post(relay.url + "/api/v1/deliveries/1/retry")
         assert denied.status_code == 401
 
-        schema = (await relay.client.get(relay.url + "/schema/openapi.json")).json()
+        schema = (await relay.client.get(relay.url + "/schema/openapi.json", headers=AUTH)).json()
         scheme = schema["components"]["securitySchemes"]["AdminToken"]
         assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
         admin_ops = [

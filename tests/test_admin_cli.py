@@ -12,9 +12,11 @@ from pathlib import Path
 
 import httpx
 import yaml
+from click.testing import CliRunner
 
 from relay.admin.filters import EventFilter
 from relay.admin.queries import Queries
+from relay.cli import main
 from relay.wildix import parse
 from tests.fakes.receiver import Receiver
 from tests.support.cli import free_port, relay_cli
@@ -53,14 +55,19 @@ async def test_list_show_retry_and_replay_from_the_command_line(
         assert listed.returncode == 0, listed.stderr
         assert [e["id"] for e in json.loads(listed.stdout)["items"]] == [second, first]
         by_phone = await relay_cli(config, "events", "list", "--phone", "+33 1 42 68 53 00")
-        assert by_phone.stdout.split()[0] == str(second)
-        assert "succeeded:1" in by_phone.stdout
+        header, row = by_phone.stdout.splitlines()
+        assert header.split()[:4] == ["ID", "RECEIVED", "(UTC)", "INTEGR."]
+        assert header.split()[4:] == ["TYPE", "CALL", "DELIVERIES"]
+        assert row.split()[0] == str(second) and row.endswith("succeeded:1")
         paged = await relay_cli(config, "events", "list", "--limit", "1")
-        assert paged.stdout.split()[0] == str(sms) and f"--cursor {sms}" in paged.stderr
+        assert paged.stdout.splitlines()[1].split()[0] == str(sms)
+        assert f"--cursor {sms}" in paged.stderr
+        none = await relay_cli(config, "events", "list", "--integration", "nope")
+        assert (none.returncode, none.stdout) == (0, "no events match\n")
 
         shown = await relay_cli(config, "events", "show", str(first))
         assert shown.returncode == 0, shown.stderr
-        assert f"delivery {dead.id} → crm: dead after 1 attempt(s)" in shown.stdout
+        assert f"delivery {dead.id} → crm: dead after 1 attempt\n" in shown.stdout
         assert "#1" in shown.stdout and "dead HTTP 400" in shown.stdout
         assert '"remote_number": "+442071838750"' in shown.stdout  # the normalized view
         assert '"id": "cli-1"' in shown.stdout  # the raw body
@@ -69,6 +76,14 @@ async def test_list_show_retry_and_replay_from_the_command_line(
 
         dead_list = await relay_cli(config, "deliveries", "list", "--state", "dead", "--json")
         assert [d["id"] for d in json.loads(dead_list.stdout)["items"]] == [dead.id]
+        dead_text = await relay_cli(config, "deliveries", "list", "--state", "dead")
+        header, row = dead_text.stdout.splitlines()
+        assert header.split()[:6] == ["ID", "EVENT", "CONNECTOR", "STATE", "ATTEMPTS", "UPDATED"]
+        assert row.split()[:5] == [str(dead.id), str(first), "crm", "dead", "1"]
+        empty = await relay_cli(config, "deliveries", "list", "--state", "cancelled")
+        assert (empty.returncode, empty.stdout) == (0, "no deliveries match\n")
+        empty_json = await relay_cli(config, "deliveries", "list", "--connector", "x", "--json")
+        assert json.loads(empty_json.stdout)["items"] == []
         retried = await relay_cli(config, "deliveries", "retry", str(dead.id))
         assert retried.returncode == 0 and f"delivery {dead.id}: due now" in retried.stdout
         refused = await relay_cli(config, "deliveries", "retry", "424242")
@@ -77,8 +92,13 @@ async def test_list_show_retry_and_replay_from_the_command_line(
         dry = await relay_cli(config, "replay", "--type", "call:*", "--dry-run")
         assert dry.returncode == 0, dry.stderr
         assert "2 events matched; would create 2 deliveries" in dry.stdout
+        # `--config` is accepted after the command as well
+        after = await asyncio.to_thread(
+            CliRunner().invoke, main, ["replay", "--call-id", "nope", "--config", str(config)]
+        )
+        assert (after.exit_code, after.stdout) == (0, "0 events matched; created 0 deliveries\n")
         real = await relay_cli(config, "replay", "--call-id", "cli-1")
-        assert "1 events matched; created 1 deliveries" in real.stdout
+        assert "1 event matched; created 1 delivery" in real.stdout
         vague = await relay_cli(config, "replay")
         assert vague.returncode == 1 and "at least one filter" in vague.stderr
 

@@ -9,10 +9,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import httpx
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from relay.cli import main
 from relay.store import db
 from tests.support.cli import RELAY, free_port, relay_cli, run, write
 from tests.support.crm import HUBSPOT
@@ -174,3 +177,52 @@ async def test_check_config_online_asks_each_connector_and_needs_a_migrated_data
             empty = await relay_cli(path, "check-config", "--online")
             assert empty.returncode == 1
             assert "run `relay migrate` first" in empty.stdout + empty.stderr
+
+
+def _commands(group: click.Group, prefix: str = "relay") -> Iterator[tuple[str, click.Command]]:
+    for name, command in group.commands.items():
+        yield f"{prefix} {name}", command
+        if isinstance(command, click.Group):
+            yield from _commands(command, f"{prefix} {name}")
+
+
+def test_every_command_and_option_has_help_text() -> None:
+    missing = [
+        f"{path} {param.opts[0]}"
+        for path, command in _commands(main)
+        for param in command.params
+        if isinstance(param, click.Option) and not param.help
+    ]
+    missing += [path for path, command in _commands(main) if not command.help]
+    assert missing == []
+
+
+def test_config_after_the_command_and_a_missing_file_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write(tmp_path / "mine.yaml", demo_config(tmp_path, "sqlite+aiosqlite:///x.db", 1))
+    monkeypatch.chdir(tmp_path)  # no config.yaml here
+    after = subprocess.run(
+        [*RELAY, "plugins", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert after.returncode == 0 and "log: relay.plugins.log" in after.stdout, after.stderr
+
+    default = subprocess.run([*RELAY, "check-config"], capture_output=True, text=True, timeout=60)
+    assert default.returncode == 1
+    assert f"no configuration file at {tmp_path / 'config.yaml'}" in default.stderr
+    assert "the default: config.yaml in the working directory" in default.stderr
+    assert "--config PATH" in default.stderr and "RELAY_CONFIG" in default.stderr
+    env = {**os.environ, "RELAY_CONFIG": str(tmp_path / "gone.yaml")}
+    by_env = subprocess.run(
+        [*RELAY, "check-config"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert f"no configuration file at {tmp_path / 'gone.yaml'} (given by RELAY_CONFIG)" in (
+        by_env.stderr
+    )
+
+
+def test_send_test_lists_the_samples_without_an_integration(tmp_path: Path) -> None:
+    listed = CliRunner().invoke(main, ["send-test", "--list"])
+    assert listed.exit_code == 0 and "call_completed\n" in listed.stdout
+    bare = CliRunner().invoke(main, ["send-test"])
+    assert bare.exit_code == 2 and "Missing argument 'INTEGRATION_ID'" in bare.stderr

@@ -95,8 +95,13 @@ def test_good_config_is_typed_with_defaults_and_overrides() -> None:
         ),
         (
             lambda t: t.replace("call.status: missed", "cal.status: missed"),
-            "$.integrations.q7m2xk.routes[0].where",
-            "cal",
+            "$.integrations.q7m2xk.routes[0].where.cal.status: unknown field 'cal'",
+            "did you mean 'call'?",
+        ),
+        (
+            lambda t: t.replace('events: ["call:*"]', 'events: ["call:*", "cal:end"]'),
+            "$.integrations.q7m2xk.routes[0].events[1]: 'cal:end' matches no",
+            "did you mean 'call:end'?",
         ),
     ],
 )

@@ -286,7 +286,8 @@ async def test_log_connector_emits_one_json_record(caplog: pytest.LogCaptureFixt
     assert len(records) == 1
     assert records[0].levelno == logging.INFO
     assert records[0].delivery_id == 3  # bound by the context, for the JSON log formatter
-    line = json.loads(records[0].getMessage())
+    assert records[0].getMessage() == "event call:completed"
+    line = records[0].event  # a field: an object in JSON logs, not JSON inside the message
     assert line["type"] == "call:completed"
     assert line["integration_id"] == event.integration_id
     assert line["call_id"] == event.call_id
@@ -302,7 +303,7 @@ async def test_log_connector_leaves_raw_out_by_default(
     with caplog.at_level(logging.INFO, logger="relay.connector.debug"):
         await conn.deliver(load("presence_telephony.json"), ctx_for("debug"))
     (record,) = [r for r in caplog.records if r.name == "relay.connector.debug"]
-    line = json.loads(record.getMessage())
+    line = record.event
     assert "raw" not in line
     assert line["type"] == "presence:telephony" and line["summary"]
 

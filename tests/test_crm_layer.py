@@ -228,3 +228,12 @@ async def test_rate_limit_answers_map_to_retry_and_pause(store: Store) -> None:
         api.respond(400, body="bad field")
         with pytest.raises(PermanentError, match="create: HTTP 400 bad field"):
             await conn.call_api(ctx, "POST", "/x", what="create")
+
+
+def test_pick_reads_a_national_number_in_the_callers_country_first() -> None:
+    french = crm.Person(id="FR", phones=["06 12 34 56 78"])
+    italian = crm.Person(id="IT", phones=["+39 612 345 678"])
+    assert crm.pick("+33612345678", [italian, french], None) is french
+    assert crm.pick("+393123456789", [crm.Person(id="I2", phones=["312 345 6789"])], None)
+    assert crm.pick("+33612345678", [italian], "IT") is None  # full E.164 equality, always
+    assert crm.pick("+442071838750", [crm.Person(id="G", phones=["020 7183 8750"])], "FR")

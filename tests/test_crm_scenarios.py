@@ -351,3 +351,41 @@ async def test_check_verifies_the_token(vendor: Vendor, tmp_path: Any) -> None:
     finally:
         await engine.dispose()
     assert [status for _, _, status in fake.log] == [200, 401]
+
+
+NATIONAL = {  # stored the way a local colleague types it, no country code; E.164 of the caller
+    "fr": ("06 12 34 56 78", "+33612345678"),
+    "it": ("312 345 6789", "+393123456789"),
+    "de": ("030 901820", "+4930901820"),
+    "gb": ("020 7183 8750", "+442071838750"),
+    "us": ("(212) 736-5000", "+12127365000"),
+}
+
+
+def add_contact(vendor: Vendor, fake: Any, phone: str, name: str) -> str:
+    if vendor.name == "pipedrive":
+        return str(fake.add_person(name, phone))
+    first, last = name.split()
+    return fake.add_contact(phone, first, last)
+
+
+@ids
+async def test_national_numbers_match_in_the_callers_country_without_default_region(
+    db_url: str, vendor: Vendor
+) -> None:
+    fake = vendor.fake()
+    # first, so that a comparison of digits alone would pick it for the French caller
+    italian = add_contact(vendor, fake, "+39 612 345 678", "Marco Italiano")
+    seeded = {
+        cc: add_contact(vendor, fake, phone, f"Client {cc}") for cc, (phone, _) in NATIONAL.items()
+    }
+    async with running(fake) as url:
+        block = vendor.block(fake, url, default_region=None, on_no_match="log_unlinked")
+        async with run_relay(make_settings(db_url, {"crm": block})) as relay:
+            for cc, (_, caller) in NATIONAL.items():
+                await post_all(relay, current_inbound_missed(f"nat_{cc}", caller), "q7m2xk")
+            rows = await relay.settled()
+    assert all(r.state == "succeeded" for r in rows)
+    linked = {cc: vendor.person(vendor.records(fake, f"nat_{cc}")[0]) for cc in NATIONAL}
+    assert linked == seeded
+    assert italian not in linked.values()

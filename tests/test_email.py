@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import ssl
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from relay.store.records import Store
 from relay.wildix import parse
 from tests.fakes.smtp import SmtpFake
 from tests.support.connectors import build, check_config, config_error
+from tests.support.hostile import hostile_event
 from tests.support.relay import make_settings, run_relay
 from tests.support.samples import fixture
 
@@ -324,3 +326,51 @@ def test_check_config_masks_the_password(tmp_path: Path) -> None:
     result = check_config(tmp_path, {"mail": block})
     assert result.exit_code == 0, result.output
     assert "mail (email)" in result.output and "pa55-s3cr3t" not in result.output
+
+
+# -- what strangers write: text in HTML, and only https recording links ---------------------
+
+
+async def test_hostile_values_and_urls_never_become_markup_or_hrefs_in_email(
+    db_url: str, smtp: SmtpFake
+) -> None:
+    async with run_relay(make_settings(db_url, {"mail": mail(smtp)})) as relay:
+        assert (await relay.post(hostile_event())).status_code == 200
+        [row] = await relay.settled()
+    assert row.state == "succeeded"
+    [got] = smtp.accepted
+    html = got.message.get_body(("html",)).get_content()
+    assert re.findall(r'href="([^"]*)"', html) == [
+        "https://rec.example/good.wav",
+        "tel:+33142685300",
+    ]
+    assert "&lt;!channel&gt; @here &lt;https://evil.example|Click to call back&gt;" in html
+    assert "<https://evil" not in html and "javascript:" not in html
+    text = got.message.get_body(("plain",)).get_content()
+    assert "javascript:" not in text and "http://rec.example" not in text
+    assert "https://rec.example/good.wav" in text
+
+
+async def test_an_operator_may_allow_http_recording_links_in_email(
+    smtp: SmtpFake, ctx_for: Any
+) -> None:
+    conn = build(mail(smtp, allow_http_links=True), "mail")
+    await conn.deliver(parse(hostile_event("Jane Doe")), ctx_for("mail"))
+    [got] = smtp.accepted
+    html = got.message.get_body(("html",)).get_content()
+    hrefs = re.findall(r'href="([^"]*)"', html)
+    assert hrefs[:2] == ["http://rec.example/plain.wav", "https://rec.example/good.wav"]
+    assert "javascript:" not in html
+
+
+async def test_an_admins_html_template_is_autoescaped_too(smtp: SmtpFake, ctx_for: Any) -> None:
+    links = '{% for r in call.recordings %}<a href="{{ r.url }}">x</a>{% endfor %}'
+    html = "<p>{{ caller | party }}</p>" + links
+    conn = build(mail(smtp, templates={"missed_call": {"html": html}}), "mail")
+    await conn.deliver(parse(hostile_event('"><script>alert(1)</script>')), ctx_for("mail"))
+    [got] = smtp.accepted
+    body = got.message.get_body(("html",)).get_content()
+    assert "<script>" not in body and "&lt;script&gt;" in body
+    hrefs = re.findall(r'href="([^"]*)"', body)
+    assert hrefs[-1] == "https://rec.example/good.wav"
+    assert not any(h.startswith(("javascript", "http:")) for h in hrefs), hrefs

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 from sqlalchemy import text
 
 from relay.ingest.accept import group_commit
-from relay.store import db
 from relay.store.records import Store
-from relay.store.rows import Incoming
+from relay.store.rows import Incoming, Recorded, RowRefused
 from relay.store.sqlite import CHECKPOINT_EVERY
 from relay.wildix import parse
 from tests.fakes.receiver import Receiver
 from tests.support.relay import make_settings, run_relay
 from tests.support.samples import fixture
+from tests.support.stores import open_store, refuse_type
 from tests.support.waiting import eventually
 
 POISON = "test:poison"
@@ -33,47 +33,10 @@ def body(n: int, etype: str = "call:completed") -> bytes:
     return msgspec.json.encode(data)
 
 
-async def poison_trigger(store: Store) -> None:
-    """A real database error in the middle of a batch: inserting this event type aborts."""
-    async with store.engine.begin() as conn:
-        if store.engine.dialect.name == "sqlite":
-            await conn.execute(
-                text(
-                    "CREATE TRIGGER poison BEFORE INSERT ON events "
-                    f"WHEN NEW.type = '{POISON}' BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
-                )
-            )
-        else:
-            await conn.execute(
-                text(
-                    "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN "
-                    f"IF NEW.type = '{POISON}' THEN RAISE EXCEPTION 'poisoned'; END IF; "
-                    "RETURN NEW; END $$ LANGUAGE plpgsql"
-                )
-            )
-            await conn.execute(
-                text(
-                    "CREATE TRIGGER poison BEFORE INSERT ON events "
-                    "FOR EACH ROW EXECUTE FUNCTION poison()"
-                )
-            )
-
-
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[Store]:
     async with open_store(db_url) as store:
         yield store
-
-
-@contextlib.asynccontextmanager
-async def open_store(url: str) -> AsyncIterator[Store]:
-    engine = db.create_engine(url)
-    await db.ensure_schema(engine, auto_migrate=True)
-    store = Store(engine)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def count(store: Store, table: str) -> int:
@@ -123,50 +86,74 @@ async def test_a_batch_mixing_stored_and_new_bodies_adds_rows_for_the_new_ones_o
     }
 
 
-async def test_a_failed_commit_fails_every_waiter_of_its_batch_and_stores_none(
+def counting(store: Store, commits: list[int]) -> Any:
+    """The store's own batch commit, noting the size of every batch it is asked to commit."""
+
+    async def commit(items: Sequence[Incoming]) -> list[Recorded]:
+        commits.append(len(items))
+        return await store.record_batch(items)
+
+    return commit
+
+
+async def test_a_refused_row_fails_only_its_own_waiter_and_the_rest_of_its_batch_commits(
     store: Store,
 ) -> None:
-    await poison_trigger(store)
-    writer = group_commit(store)
-    items = [Incoming(parse(body(n)), ["a"], "webhook") for n in range(10)]
+    await refuse_type(store, POISON)
+    commits: list[int] = []
+    writer = group_commit(store, counting(store, commits))
+    items = [Incoming(parse(body(n % 10)), ["a"], "webhook") for n in range(14)]  # 4 copies
     items.insert(5, Incoming(parse(body(99, POISON)), ["a"], "webhook"))
     results = await asyncio.gather(*(writer.submit(i) for i in items), return_exceptions=True)
-    assert all(isinstance(r, Exception) and "poisoned" in str(r) for r in results)
+    assert isinstance(results[5], RowRefused)
+    assert str(results[5]).startswith("the store cannot hold this event")
+    recorded = [r for n, r in enumerate(results) if n != 5]
+    assert all(isinstance(r, Recorded) for r in recorded)
+    assert sum(not r.duplicate for r in recorded) == 10  # dedupe holds across the halves
+    assert await count(store, "events") == 10
+    assert await count(store, "deliveries") == 10
+    assert commits[0] == 15 and len(commits) <= 1 + 2 * 4  # halves down to the one to blame
+    await writer.close()
+
+
+async def test_a_store_failure_fails_every_waiter_of_its_batch_at_once(store: Store) -> None:
+    """Not a row's fault (the table is gone): one failed commit, every waiter told, no retries
+    of parts of the batch against a store that cannot take any of it."""
+    async with store.engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE deliveries RENAME TO deliveries_away"))
+    commits: list[int] = []
+    writer = group_commit(store, counting(store, commits))
+    items = [Incoming(parse(body(n)), ["a"], "webhook") for n in range(10)]
+    results = await asyncio.gather(*(writer.submit(i) for i in items), return_exceptions=True)
+    assert all(isinstance(r, Exception) and not isinstance(r, RowRefused) for r in results)
+    assert commits == [10]
     assert await count(store, "events") == 0
-    assert await count(store, "deliveries") == 0
-    # the writer survives: the next batch commits
-    ok = await writer.submit(items[0])
+    async with store.engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE deliveries_away RENAME TO deliveries"))
+    ok = await writer.submit(items[0])  # the writer survives: the next batch commits
     assert not ok.duplicate and await count(store, "events") == 1
     await writer.close()
 
 
-async def test_under_200_concurrent_requests_every_200_is_stored_and_every_503_is_not(
+async def test_under_200_concurrent_requests_every_200_is_stored_and_only_refused_rows_fail(
     db_url: str,
 ) -> None:
     async with Receiver() as receiver:
         settings = make_settings(db_url, {"out": {"type": "webhook", "url": receiver.url}})
         async with run_relay(settings, dispatch=False) as relay:
-            await poison_trigger(relay.store)
+            await refuse_type(relay.store, POISON)
             bodies = [body(n) for n in range(190)]
             bodies += [body(n) for n in range(5)]  # duplicates racing their originals
             bodies += [body(1000 + n, POISON) for n in range(5)]
             responses = await asyncio.gather(*(relay.post(b) for b in bodies))
-            codes = [r.status_code for r in responses]
-            assert set(codes) <= {200, 503}
             stored = {bytes(e.raw) for e in await relay.events()}
             for b, r in zip(bodies, responses, strict=True):
-                if r.status_code == 200:
-                    assert b in stored
+                if b"poison" in b:
+                    assert r.status_code != 200 and b not in stored
                 else:
-                    assert r.json()["error"].startswith("store unavailable")
-            for b in stored:  # every stored event was acknowledged (accepted or duplicate)
-                assert any(
-                    r.status_code == 200 for x, r in zip(bodies, responses, strict=True) if x == b
-                )
-            poisoned = [r for b, r in zip(bodies, responses, strict=True) if b"poison" in b]
-            assert all(r.status_code == 503 for r in poisoned)
+                    assert r.status_code == 200 and b in stored
             accepted = [r.json()["event_id"] for r in responses if r.status_code == 200]
-            assert len(set(accepted)) == len(stored)
+            assert len(set(accepted)) == len(stored) == 190
 
 
 async def test_concurrent_batches_of_the_same_bodies_store_each_once(store: Store) -> None:

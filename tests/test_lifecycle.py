@@ -112,7 +112,7 @@ async def test_erase_by_phone_removes_what_mentions_the_number(db_url: str, tmp_
 
         dry = await relay_cli(config, "erase", "--phone", "0044 20 7183 8750", "--dry-run")
         assert dry.returncode == 0, dry.stderr
-        counts = "2 events (2 deliveries, 2 attempts), 1 rejected requests, 1 connector links"
+        counts = "2 events (2 deliveries, 2 attempts), 1 rejected request, 1 connector link"
         assert f"would remove {counts}" in dry.stdout
         assert len(await relay.events()) == 4 and len(await relay.rows(rejections)) == 1
 

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay import logs
+from relay.wildix.numbers import mask
 from tests.fakes.receiver import Receiver
 from tests.fakes.sqs import MotoSqs
 from tests.support.operations import AUTH, TOKEN, admin_settings, wait_state, webhook
@@ -146,7 +147,9 @@ async def test_json_logs_carry_ids_mask_numbers_and_keep_secrets_out(
     lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
     audit = [r for r in lines if r["logger"] == "relay.connector.audit"]
     assert [r["message"] for r in audit][-1] == "delivered"
-    line = next(r for r in audit if r["message"].startswith("{"))  # the log connector's line
+    line = next(r for r in audit if "event" in r)  # the log connector's line
+    assert line["message"] == "event call:completed"
+    assert line["event"]["summary"]["direction"] == "outbound"  # an object, not JSON in a string
     assert (line["integration"], line["connector"]) == ("q7m2xk", "audit")
     assert isinstance(line["event_id"], int) and isinstance(line["delivery_id"], int)
     text = captured_logs.getvalue()
@@ -154,7 +157,7 @@ async def test_json_logs_carry_ids_mask_numbers_and_keep_secrets_out(
         assert "+442071838750" in text
     else:
         assert "442071838750" not in text
-        assert "+44********50" in line["message"]
+        assert line["event"]["summary"]["remote_number"] == "+44********50"
     assert SECRET not in text and TOKEN not in text
 
 
@@ -176,3 +179,25 @@ def test_json_lines_mask_numbers_in_texts_but_never_ids(captured_logs: io.String
     assert first["level"] == "INFO" and first["logger"] == "relay.test"
     assert first["time"].endswith("Z") and "T" in first["time"]
     assert "442071838750" not in second["exc_info"] and "ValueError" in second["exc_info"]
+
+
+def test_text_lines_carry_the_fields_and_uvicorns_colour_copy_is_dropped(
+    captured_logs: io.StringIO,
+) -> None:
+    logs.configure("INFO", "text", stream=captured_logs)
+    logging.getLogger("relay.test").info(
+        "event %s",
+        "call:completed",
+        extra={"event": {"to": "+442071838750"}, "color_message": "\x1b[32mevent\x1b[0m"},
+    )
+    logs.configure("INFO", "json", stream=captured_logs)
+    logging.getLogger("uvicorn.error").info("started", extra={"color_message": "\x1b[1mstarted"})
+    text, json_line = captured_logs.getvalue().splitlines()
+    assert text.endswith('relay.test: event call:completed event={"to":"+44********50"}')
+    assert "color_message" not in json.loads(json_line) and "\x1b" not in json_line
+
+
+def test_masking_leaves_numbers_in_urls_alone() -> None:
+    queue = "https://sqs.eu-west-1.amazonaws.com/123456789012/wildix-events"
+    assert mask(f"cannot connect to {queue}: refused") == f"cannot connect to {queue}: refused"
+    assert mask("from +442071838750 to 00442071838750") == "from +44********50 to 004*********50"

@@ -27,10 +27,11 @@ import relay
 from relay import PauseConnector, hookspecs
 from relay.config import ConfigError, parse_config
 from relay.connector import ConnectorContext, DeliveryContext, Limiters
-from relay.registry import collect_connectors, connector_types
+from relay.registry import PluginError, collect_connectors, connector_types
 from relay.store.records import Store
 from relay.wildix import parse
 from tests.fakes.receiver import Receiver
+from tests.support.relay import make_settings, run_relay
 from tests.support.samples import fixture_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,3 +223,26 @@ async def test_example_plugin_pauses_when_the_quota_is_spent(types: dict[str, An
             await conn.deliver(missed, delivery_ctx(store, http, "alerts", 1))
         assert 500 < info.value.until.timestamp() - time.time() <= 600
         assert await store.get_link("alerts", f"missed:{missed.call_id}") is None
+
+
+async def test_the_minimal_connector_delivers_as_written(tmp_path: Path, db_url: str) -> None:
+    (tmp_path / "ntfy.py").write_text(examples()["ntfy.py"], encoding="utf-8")
+    async with Receiver() as receiver:
+        settings = make_settings(
+            db_url, {"feed": {"type": "ntfy", "url": receiver.url}}, plugin_dirs=[str(tmp_path)]
+        )
+        async with run_relay(settings) as relay:
+            await relay.post(fixture_bytes("call_completed.json"))
+            [delivery] = await relay.settled()
+    assert delivery.state == "succeeded"
+    assert [r.body for r in receiver.requests] == [
+        "call:completed · call it_w204517_1764412210.77".encode()
+    ]
+
+
+def test_a_connector_whose_deliver_is_not_async_is_refused_at_load(tmp_path: Path) -> None:
+    code = examples()["ntfy.py"].replace("async def deliver", "def deliver")
+    code = code.replace("await ctx.http.post", "ctx.http.post")
+    (tmp_path / "ntfy.py").write_text(code, encoding="utf-8")
+    with pytest.raises(PluginError, match=r"relay_plugin_ntfy\.Ntfy\.deliver must be `async def"):
+        connector_types([tmp_path])

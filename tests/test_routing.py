@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
-from relay.routing import WhereError, check_where, event_matches, match, where_matches
-from relay.wildix import Event, parse
+from relay.routing import (
+    ROOTS,
+    WhereError,
+    check_route,
+    check_where,
+    event_matches,
+    match,
+    where_matches,
+)
+from relay.wildix import Call, Event, normalize, parse
+from relay.wildix.views import EVENT_TYPES, VIEWS, view_of
 from tests.support.samples import fixtures_dir
 
 
@@ -74,8 +86,6 @@ def test_event_matches(patterns: Any, event_type: str, expected: bool) -> None:
         ({"call.local.email": "Giulia.Rossi@example.org"}, False, False),  # exact strings
         ({"call.queue": {"exists": False}}, True, True),
         ({"call.queue": {"exists": True}}, False, False),
-        ({"call.nope.deeper": {"exists": False}}, True, True),  # missing path reads as None
-        ({"call.nope": "x"}, False, False),
         ({"call.queue": None}, True, True),
         ({"call.tags": "External"}, True, False),  # list value: element match
         ({"call.tags": {"not": "External"}}, False, True),
@@ -84,9 +94,7 @@ def test_event_matches(patterns: Any, event_type: str, expected: bool) -> None:
         ({"data.flows.0.trunkDirection": "incoming"}, False, True),  # raw data is reachable
         ({"data.endCause": "19"}, False, True),
         ({"call.transcription": False}, True, True),  # bool scalar
-        ({"call.transcription": 0}, False, False),  # ...is not the int 0
         ({"call.talk_time": 0}, False, True),  # int vs float compares numerically
-        ({"call.end_cause": 16}, False, False),  # "16" is a string: no coercion
         ({"pbx": "0a1b2c3d4e5f", "integration_id": "q7m2xk"}, True, True),
         ({"call.direction": "inbound", "call.status": "missed"}, False, True),  # AND
         ({"call.direction": "inbound", "call.status": "completed"}, False, False),
@@ -106,6 +114,26 @@ def test_where_over_fixture_views(
     assert where_matches(where, missed) is on_missed
 
 
+@pytest.mark.parametrize(
+    "where",
+    [
+        {"call.nope.deeper": {"exists": False}},  # a missing path reads as None
+        {"call.transcription": 0},  # a bool is not the int 0
+        {"call.end_cause": 16},  # "16" is a string: no coercion
+    ],
+)
+def test_evaluation_never_coerces_what_check_where_refuses(
+    where: dict[str, Any], completed: dict[str, Any], missed: dict[str, Any]
+) -> None:
+    """Config load refuses these (tests/test_route_validation.py); evaluated anyway, a missing
+    path reads as None and values compare by type."""
+    with pytest.raises(WhereError):
+        check_where(where)
+    expected = "exists" in str(where)
+    assert where_matches(where, completed) is expected
+    assert where_matches(where, missed) is expected
+
+
 def test_where_on_presence_and_sms() -> None:
     presence = load("presence_user.json").view()
     sms = load("sms_status.json").view()
@@ -122,7 +150,7 @@ def test_where_on_presence_and_sms() -> None:
 @pytest.mark.parametrize(
     ("where", "named"),
     [
-        ("call.direction=inbound", "where must be a mapping"),
+        ("call.direction=inbound", "where: must be a mapping"),
         ({"direction": "inbound"}, "where.direction: unknown field 'direction'"),
         ({"raw": {"exists": True}}, "where.raw: unknown field 'raw'"),
         ({"call..status": "x"}, "where.call..status: empty path segment"),
@@ -203,5 +231,76 @@ def test_match_keeps_duplicates_and_order() -> None:
     assert [r.connector for r in match(routes, load("sms_status.json"))] == ["b", "a", "b"]
 
 
+def test_the_routes_above_pass_the_config_checks() -> None:
+    for route in ROUTES:
+        check_route(route.events, route.where)
+
+
 def test_match_with_no_routes() -> None:
     assert match([], load("sms_status.json")) == []
+
+
+# -- the route checks read the views: these keep them honest --------------------------------------
+
+
+SAMPLES = sorted(p.name for p in fixtures_dir().glob("*.json"))
+
+
+def event_of(event_type: str, data: Any = None) -> Event:
+    return Event(
+        id="x",
+        type=event_type,
+        integration_id="q7m2xk",
+        time=datetime(2025, 1, 1, tzinfo=UTC),
+        pbx=None,
+        company=None,
+        data={} if data is None else data,
+        raw=b"",
+    )
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_the_roots_are_what_a_view_holds(name: str) -> None:
+    assert set(load(name).view()) == ROOTS
+
+
+def test_every_sample_is_a_known_event_type() -> None:
+    assert {load(name).type for name in SAMPLES} <= set(EVENT_TYPES)
+
+
+def test_every_type_the_normalizer_names_is_known() -> None:
+    for table in ("_LEGACY_PHASES", "_CURRENT_PHASES"):
+        assert set(getattr(normalize, table)) <= set(EVENT_TYPES), table
+
+
+@pytest.mark.parametrize(
+    "event_type", [*EVENT_TYPES, "call:voicemail:new", "voicemail:new", "presence:away", "sms:x"]
+)
+def test_the_view_each_type_carries_is_the_one_the_event_builds(event_type: str) -> None:
+    event = event_of(event_type)
+    built = {name for name in VIEWS if getattr(event, name) is not None}
+    expected = view_of(event_type)
+    assert built == ({expected} if expected else set())
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_the_enums_cover_what_the_normalizer_produces(name: str) -> None:
+    """Each sample's data read as every known type: every view value fits its declared type
+    (the Literals route checks accept), so a valid filter is never refused."""
+    data = load(name).data
+    for event_type in EVENT_TYPES:
+        view = event_of(event_type, data).view()
+        for root, struct in VIEWS.items():
+            if view[root] is not None:
+                msgspec.convert(view[root], struct)
+
+
+def test_the_docs_list_the_known_types_and_the_enums() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    listed = doc.split("The known types are ", 1)[1].split("\n\n", 1)[0]
+    assert set(re.findall(r"`([^`]+)`", listed)) == set(EVENT_TYPES)
+    for field in ("direction", "status", "phase"):
+        info = next(f.type for f in msgspec.inspect.type_info(Call).fields if f.name == field)
+        assert isinstance(info, msgspec.inspect.LiteralType)
+        written = doc.split(f"`{field}` (", 1)[1].split(")", 1)[0]
+        assert set(written.replace(",", " ").split()) == set(info.values), field

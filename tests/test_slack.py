@@ -23,6 +23,7 @@ from relay.store.records import Store
 from relay.wildix import parse
 from tests.fakes.slack import Message, SlackFake
 from tests.support.connectors import build
+from tests.support.hostile import HOSTILE_NAME, assert_inert, hostile_event, links
 from tests.support.relay import make_settings, run_relay
 from tests.support.samples import fixture
 
@@ -341,3 +342,76 @@ async def test_a_template_override_inline_or_by_file_is_used(
         {"text": "Call back +33142685300", "blocks": None},
         {"text": "giulia.rossi@example.org → dnd", "blocks": None},
     ]
+
+
+# -- what strangers write: inert in every field (docs/connectors.md, Slack: what callers write)
+
+
+async def test_a_hostile_caller_name_reaches_slack_inert_in_every_field(
+    db_url: str, slack: SlackFake
+) -> None:
+    slack.channel("support")
+    hook = {"type": "slack", "webhook_url": slack.webhook(slack.channel("alerts"))}
+    connectors = {"team": bot(slack), "alerts": hook}
+    async with run_relay(make_settings(db_url, connectors)) as relay:
+        assert (await relay.post(hostile_event())).status_code == 200
+        rows = await relay.settled()
+    assert sorted(r.state for r in rows) == ["succeeded", "succeeded"]
+
+    [posted] = slack.calls("chat.postMessage")
+    [hooked] = slack.calls("webhook")
+    for body in (posted.body, json.loads(hooked.body)):
+        assert_inert(body, {"https://rec.example/good.wav"})
+        caller = body["blocks"][1]["fields"][0]["text"]
+        assert caller.startswith("*Caller*\n&lt;!channel&gt; @\u2060here &lt;https:")
+        assert "Click to call back&gt;" in caller  # shown as typed, not a link
+        assert links(json.dumps(body, ensure_ascii=False)) == ["https://rec.example/good.wav"]
+
+
+@pytest.mark.parametrize(
+    ("allow_http", "linked"),
+    [
+        (False, ["https://rec.example/good.wav"]),
+        (True, ["http://rec.example/plain.wav", "https://rec.example/good.wav"]),
+    ],
+)
+async def test_only_https_recordings_become_slack_links_unless_http_is_allowed(
+    slack: SlackFake, ctx_for: Any, allow_http: bool, linked: list[str]
+) -> None:
+    slack.channel("support")
+    opt_in = {"allow_http_links": True} if allow_http else {}  # the default refuses http
+    conn = build(bot(slack, **opt_in), "team")
+    await conn.deliver(parse(hostile_event("Jane Doe")), ctx_for("team"))
+    [posted] = slack.calls("chat.postMessage")
+    recording = posted.body["blocks"][2]["text"]["text"]
+    assert links(recording) == linked
+    assert "script.wav" in recording and "javascript" not in recording  # the name, no link
+    assert "plain.wav" in recording
+
+
+async def test_presence_and_sms_text_typed_by_users_is_inert_in_slack(
+    slack: SlackFake, ctx_for: Any
+) -> None:
+    slack.channel("support")
+    conn = build(bot(slack), "team")
+    presence = json.loads(fixture("presence_user"))
+    sms = json.loads(fixture("sms_status"))
+    presence_data, sms_data = presence["data"], sms["data"]
+    for data in (presence_data, sms_data):
+        for key, value in data.items():
+            if isinstance(value, str) and key not in ("type", "id"):
+                data[key] = HOSTILE_NAME
+    for i, body in enumerate((presence, sms)):
+        await conn.deliver(parse(json.dumps(body).encode()), ctx_for("team", delivery_id=i))
+    for hit in slack.calls("chat.postMessage"):
+        assert_inert(hit.body, set())
+
+
+async def test_a_card_edited_to_a_hostile_name_is_inert_too(slack: SlackFake, ctx_for: Any) -> None:
+    slack.channel("support")
+    conn = build(bot(slack), "team")
+    await conn.deliver(parse(hostile_event("Jane Doe")), ctx_for("team", delivery_id=1))
+    await conn.deliver(parse(hostile_event()), ctx_for("team", delivery_id=2))
+    [update] = slack.calls("chat.update")
+    assert "&lt;!channel&gt;" in update.body["text"]
+    assert_inert(update.body, {"https://rec.example/good.wav"})

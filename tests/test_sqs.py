@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -299,3 +300,26 @@ async def test_an_unreachable_queue_is_a_clear_error_retried_until_it_exists(
         assert status["state"] == "running" and status["stored"] == 1
         assert len(await relay.events()) == 1
     assert SECRET_KEY not in caplog.text
+
+
+async def test_a_refused_connection_says_so_and_names_the_queue_url(
+    tmp_path: Any, moto_sqs: MotoSqs
+) -> None:
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        queue = Queue(moto_sqs, f"{endpoint}/123456789012/wildix-events")
+        settings = sqs_settings(
+            f"sqlite+aiosqlite:///{tmp_path}/relay.db",
+            {"log": {"type": "log"}},
+            {"q7m2xk": queue},
+            endpoint=endpoint,
+        )
+        async with run_relay(settings) as relay:
+
+            async def failing() -> dict[str, Any] | None:
+                status = await consumer(relay)
+                return status if status["state"] == "error" else None
+
+            status = await relay.wait_until(failing, what="the consumer to report the error")
+    assert status["last_error"] == f"cannot connect to {queue.url}: connection refused"

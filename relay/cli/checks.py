@@ -12,7 +12,7 @@ from relay.cli.settings import fail, load_settings, safe_url
 from relay.config import Settings
 from relay.registry import collect_connectors, describe, plugin_manager
 from relay.runtime import running
-from relay.secrets import mask
+from relay.secrets import Redactor, mask, mask_url
 from relay.store import db
 
 
@@ -22,38 +22,46 @@ from relay.store import db
 def check_config(ctx: click.Context, online: bool) -> None:
     """Validate the configuration and print it with secrets masked."""
     settings = load_settings(ctx)
-    click.echo(f"{settings.source}: OK")
-    click.echo(f"database: {safe_url(settings.database.url)}")
-    click.echo(f"server: {settings.server.host}:{settings.server.port}")
-    click.echo(f"admin api: {'on' if settings.admin.token else 'off'}")
-    click.echo("connectors:")
+    # Masking hides secret-named keys; the redactor also catches a secret under any other name.
+    redact = Redactor(settings.secret_values())
+
+    def echo(line: str) -> None:
+        click.echo(redact(line))
+
+    echo(f"{settings.source}: OK")
+    echo(f"database: {safe_url(settings.database.url)}")
+    echo(f"server: {settings.server.host}:{settings.server.port}")
+    echo(f"admin api: {'on' if settings.admin.token else 'off'}")
+    echo("connectors:")
     for name, inst in settings.connectors.items():
         options = mask(msgspec.to_builtins(inst.options, enc_hook=float))  # Duration → seconds
-        click.echo(f"  {name} ({inst.type}) {msgspec.json.encode(options).decode()}")
+        echo(f"  {name} ({inst.type}) {msgspec.json.encode(options).decode()}")
         p = inst.policy
-        click.echo(
+        echo(
             f"    delivery: max_attempts={p.max_attempts} timeout={p.timeout:g}s "
             f"concurrency={p.concurrency}"
         )
-    click.echo("integrations:")
+    echo("integrations:")
     for iid, integ in settings.integrations.items():
         secret = "secret set" if integ.secret or integ.sqs else "no secret"
-        click.echo(f"  {iid} {integ.name or ''} [{integ.transport}, {secret}]".replace("  [", " ["))
+        echo(f"  {iid} {integ.name or ''} [{integ.transport}, {secret}]".replace("  [", " ["))
         if integ.sqs:
             q = integ.sqs
             keys = "keys in config" if q.access_key_id else "AWS default chain"
             signer = "signing_secret" if q.signing_secret else "secret_access_key"
-            click.echo(f"    queue: {q.queue_url} (credentials: {keys}; verified with {signer})")
+            echo(
+                f"    queue: {mask_url(q.queue_url)} (credentials: {keys}; verified with {signer})"
+            )
         for route in integ.routes:
             where = f" where {msgspec.json.encode(route.where).decode()}" if route.where else ""
-            click.echo(f"    → {route.connector}: {', '.join(route.events)}{where}")
+            echo(f"    → {route.connector}: {', '.join(route.events)}{where}")
     if online:
-        failures = asyncio.run(_online_checks(settings))
+        failures = asyncio.run(_online_checks(settings, redact))
         if failures:
             sys.exit(1)
 
 
-async def _online_checks(settings: Settings) -> int:
+async def _online_checks(settings: Settings, redact: Redactor) -> int:
     """Each connector's own ``check``, with the store and HTTP client a delivery would have."""
     failures = 0
     try:
@@ -65,7 +73,7 @@ async def _online_checks(settings: Settings) -> int:
                     click.echo(f"  check {name}: ok")
                 except Exception as exc:
                     failures += 1
-                    click.secho(f"  check {name}: FAILED {exc}", fg="red")
+                    click.secho(redact(f"  check {name}: FAILED {exc}"), fg="red")
     except db.SchemaOutOfDate as exc:
         fail(str(exc))
     return failures

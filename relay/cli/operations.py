@@ -67,6 +67,10 @@ def _states(states: dict[str, int]) -> str:
     return " ".join(f"{k}:{v}" for k, v in sorted(states.items())) or "-"
 
 
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
 def _more(cursor: str | None) -> None:
     if cursor:
         click.echo(f"… more: --cursor {cursor}", err=True)
@@ -91,9 +95,9 @@ def events() -> None:
 
 
 @events.command("list")
-@click.option("--integration")
+@click.option("--integration", help="Only this Wildix Integration ID.")
 @click.option("--type", "type_", help="Event type glob, e.g. 'call:*'.")
-@click.option("--call-id")
+@click.option("--call-id", help="Only this call (Wildix call id).")
 @click.option("--phone", help="A phone number in any written form.")
 @click.option("--since", type=TIME, help="Received at or after (UTC).")
 @click.option("--until", type=TIME, help="Received before (UTC).")
@@ -117,10 +121,21 @@ def events_list(
     page = _run(ctx, lambda st, store: Queries(store, st).events(f, cursor=cursor, limit=limit))
     if as_json:
         return _json(page)
+    if not page.items:
+        click.echo("no events match" if cursor is None else "no more events")
+        return
+    row = "{:>8}  {:<19}  {:<10} {:<22} {:<30} {}"
+    click.echo(row.format("ID", "RECEIVED (UTC)", "INTEGR.", "TYPE", "CALL", "DELIVERIES"))
     for e in page.items:
         click.echo(
-            f"{e.id:>8}  {_when(e.received_at)}  {e.integration_id:<10} {e.type:<22} "
-            f"{e.call_id or '-':<30} {_states(e.delivery_states)}"
+            row.format(
+                e.id,
+                _when(e.received_at),
+                e.integration_id,
+                e.type,
+                e.call_id or "-",
+                _states(e.delivery_states),
+            )
         )
     _more(page.next_cursor)
 
@@ -141,7 +156,8 @@ def events_show(ctx: click.Context, event_id: int, as_json: bool) -> None:
     click.echo(f"received {_when(found.received_at)} via {found.transport}")
     click.echo(f"numbers {', '.join(found.numbers) or '-'}")
     for d in found.deliveries:
-        click.echo(f"\ndelivery {d.id} → {d.connector}: {d.state} after {d.attempts} attempt(s)")
+        tried = _count(d.attempts, "attempt")
+        click.echo(f"\ndelivery {d.id} → {d.connector}: {d.state} after {tried}")
         for a in d.history or []:
             code = f" HTTP {a.status_code}" if a.status_code else ""
             error = f"  {a.error}" if a.error else ""
@@ -161,9 +177,9 @@ def deliveries() -> None:
 
 @deliveries.command("list")
 @click.option("--state", type=STATE, help="e.g. dead for the dead letters.")
-@click.option("--connector")
-@click.option("--integration")
-@click.option("--event", "event_id", type=int)
+@click.option("--connector", help="Only this connector (its name in config.yaml).")
+@click.option("--integration", help="Only this Wildix Integration ID.")
+@click.option("--event", "event_id", type=int, help="Only this event's deliveries (event id).")
 @_paged
 @as_json
 @click.pass_context
@@ -184,10 +200,24 @@ def deliveries_list(
     )
     if as_json:
         return _json(page)
+    if not page.items:
+        click.echo("no deliveries match" if cursor is None else "no more deliveries")
+        return
+    row = "{:>8}  {:>8}  {:<16} {:<10} {:>8}  {:<19}  {}"
+    click.echo(
+        row.format("ID", "EVENT", "CONNECTOR", "STATE", "ATTEMPTS", "UPDATED (UTC)", "ERROR")
+    )
     for d in page.items:
         click.echo(
-            f"{d.id:>8}  event {d.event_id:<8} {d.connector:<16} {d.state:<10} "
-            f"{d.attempts:>3}  {_when(d.updated_at)}  {d.last_error or ''}"
+            row.format(
+                d.id,
+                d.event_id,
+                d.connector,
+                d.state,
+                d.attempts,
+                _when(d.updated_at),
+                d.last_error or "",
+            )
         )
     _more(page.next_cursor)
 
@@ -233,9 +263,9 @@ def _each(
 
 @click.command()
 @click.option("--event", "event_id", type=int, help="One event by id.")
-@click.option("--integration")
+@click.option("--integration", help="Only this Wildix Integration ID's events.")
 @click.option("--type", "type_", help="Event type glob, e.g. 'call:*'.")
-@click.option("--call-id")
+@click.option("--call-id", help="Only this call's events (Wildix call id).")
 @click.option("--since", type=TIME, help="Received at or after (UTC).")
 @click.option("--until", type=TIME, help="Received before (UTC).")
 @click.option("--connector", help="Deliver to this connector only, whatever the routes say.")
@@ -271,11 +301,14 @@ def replay(ctx: click.Context, dry_run: bool, as_json: bool, **kw: Any) -> None:
     if as_json:
         return _json(result)
     verb = "would create" if result.dry_run else "created"
-    click.echo(f"{result.events} events matched; {verb} {result.deliveries} deliveries")
+    click.echo(
+        f"{_count(result.events, 'event')} matched; "
+        f"{verb} {_count(result.deliveries, 'delivery', 'deliveries')}"
+    )
     for name, n in result.by_connector.items():
         click.echo(f"  {name}: {n}")
     if result.skipped:
-        click.echo(f"  skipped {result.skipped} events (no route matches them today)")
+        click.echo(f"  skipped {_count(result.skipped, 'event')} (no route matches them today)")
 
 
 @click.command()
@@ -288,8 +321,9 @@ def erase(ctx: click.Context, phones: tuple[str, ...], dry_run: bool) -> None:
     verb = "would remove" if dry_run else "removed"
     click.echo(f"numbers (digits): {', '.join(out.numbers)}")
     click.echo(
-        f"{verb} {len(out.events)} events ({out.deliveries} deliveries, {out.attempts} "
-        f"attempts), {out.rejections} rejected requests, {out.links} connector links"
+        f"{verb} {_count(len(out.events), 'event')} "
+        f"({_count(out.deliveries, 'delivery', 'deliveries')}, {_count(out.attempts, 'attempt')}),"
+        f" {_count(out.rejections, 'rejected request')}, {_count(out.links, 'connector link')}"
     )
     for event_id, integration, type_ in out.events:
         click.echo(f"  event {event_id}  {integration}  {type_}")
@@ -310,8 +344,8 @@ def purge(ctx: click.Context) -> None:
     """Apply the retention settings now (the service also does so every retention.interval)."""
     out = _run(ctx, lambda st, store: purge_now(store, st))
     click.echo(
-        f"purged {out.events} events and {out.rejections} rejected requests; "
-        f"{out.spared} old events kept because their deliveries are still pending"
+        f"purged {_count(out.events, 'event')} and {_count(out.rejections, 'rejected request')}; "
+        f"{_count(out.spared, 'old event')} kept because their deliveries are still pending"
     )
 
 

@@ -35,7 +35,7 @@ def sample_body(integration_id: str, *, fixture: str, file: str | None, exact: b
 
 
 @click.command("send-test")
-@click.argument("integration_id")
+@click.argument("integration_id", required=False)
 @click.option(
     "--fixture", default="call_completed", show_default=True, help="Built-in sample event."
 )
@@ -49,7 +49,7 @@ def sample_body(integration_id: str, *, fixture: str, file: str | None, exact: b
 @click.pass_context
 def send_test(
     ctx: click.Context,
-    integration_id: str,
+    integration_id: str | None,
     fixture: str,
     file: str | None,
     url: str | None,
@@ -61,6 +61,8 @@ def send_test(
     if list_:
         click.echo("\n".join(fixture_names()))
         return
+    if integration_id is None:
+        raise click.UsageError("Missing argument 'INTEGRATION_ID' (only --list needs none).")
     settings = load_settings(ctx)
     integ = settings.integrations.get(integration_id)
     if integ is None:

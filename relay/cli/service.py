@@ -30,6 +30,7 @@ def serve(
     import uvicorn
 
     from relay.app import create_app, tune_gc
+    from relay.cli.http_limits import Limits, limited_protocol, raise_fd_limit
 
     settings = load_settings(ctx)
     configure_logs(settings)
@@ -37,14 +38,27 @@ def serve(
         asyncio.run(_require_schema(settings))
     app = create_app(settings, dispatch=not no_dispatch, sqs=sqs)
     tune_gc()
+    server = settings.server
+    raise_fd_limit(server.max_connections)
+    limits = Limits(
+        header_timeout=server.header_timeout,
+        body_timeout=server.body_timeout,
+        max_header_size=server.max_header_size,
+        max_connections=server.max_connections,
+    )
     uvicorn.run(
         app,
-        host=host or settings.server.host,
-        port=port or settings.server.port,
+        host=host or server.host,
+        port=port or server.port,
+        http=limited_protocol(limits),
+        # uvicorn answers 503 once this many connections are open (counting the new one): beyond
+        # max_connections, when no connection waiting for its headers could be closed instead
+        limit_concurrency=server.max_connections + 1,
+        timeout_keep_alive=server.keep_alive_timeout,  # type: ignore[arg-type]  # a float works
         log_config=None,
         access_log=False,
-        proxy_headers=bool(settings.server.trusted_proxies),
-        forwarded_allow_ips=",".join(settings.server.trusted_proxies) or None,
+        proxy_headers=bool(server.trusted_proxies),
+        forwarded_allow_ips=",".join(server.trusted_proxies) or None,
         timeout_graceful_shutdown=int(settings.dispatch.shutdown_grace) + 5,
     )
 
@@ -105,7 +119,7 @@ def migrate(ctx: click.Context) -> None:
     settings = load_settings(ctx)
 
     async def run() -> tuple[str | None, str | None]:
-        engine = db.create_engine(settings.database.url)
+        engine = db.create_engine(settings.database.url, sqlite_sync=settings.database.sqlite_sync)
         try:
             before = await db.current_revision(engine)
             await db.migrate(engine)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import click
@@ -11,6 +12,7 @@ from sqlalchemy.engine import make_url
 from relay import logs
 from relay.config import ConfigError, Settings, load_config
 from relay.registry import PluginError
+from relay.secrets import Redactor
 
 
 def fail(message: str) -> NoReturn:
@@ -19,10 +21,28 @@ def fail(message: str) -> NoReturn:
 
 
 def load_settings(ctx: click.Context) -> Settings:
+    path = Path(ctx.find_root().obj["config"])
+    if not path.exists():
+        fail(
+            f"config error: no configuration file at {path.absolute()} ({_why(ctx)}); "
+            "point to yours with `--config PATH` or the RELAY_CONFIG environment variable"
+        )
     try:
-        return load_config(ctx.obj["config"])
+        return load_config(path)
     except (ConfigError, PluginError) as exc:
         fail(f"config error: {exc}")
+
+
+def _why(ctx: click.Context) -> str:
+    root = ctx.find_root()
+    source = root.get_parameter_source("config")
+    if root.obj.get("config") != root.params.get("config"):
+        return "given by --config after the command"
+    if source is click.core.ParameterSource.ENVIRONMENT:
+        return "given by RELAY_CONFIG"
+    if source is click.core.ParameterSource.COMMANDLINE:
+        return "given by --config"
+    return "the default: config.yaml in the working directory"
 
 
 def safe_url(url: str) -> str:
@@ -32,4 +52,5 @@ def safe_url(url: str) -> str:
 
 def configure_logs(settings: Settings) -> None:
     cfg = settings.logging
-    logs.configure(cfg.level, cfg.format, show_numbers=cfg.show_numbers)
+    redact = Redactor(settings.secret_values())
+    logs.configure(cfg.level, cfg.format, show_numbers=cfg.show_numbers, redact=redact)

@@ -53,9 +53,23 @@ def national_digits(e164: str) -> str:
     return str(phonenumbers.parse(e164, None).national_number)
 
 
+def reading_regions(number: str, region: str | None) -> list[str | None]:
+    """The countries a stored number without a country code is read in, when it is compared to
+    ``number``: the caller's own country first (a French customer's contact typed as
+    ``06 12 34 56 78``), then ``default_region``. Either way the match is full E.164 equality, so
+    a number stored for another country never matches."""
+    own = phonenumbers.region_code_for_number(phonenumbers.parse(number, None))
+    return list(dict.fromkeys([own if own and own != "001" else None, region]))
+
+
+def same_number(number: str, stored: str, regions: Iterable[str | None]) -> bool:
+    return any(to_e164(stored, r) == number for r in regions)
+
+
 def pick(number: str, candidates: Iterable[Person], region: str | None) -> Person | None:
     """The first candidate whose phone normalises to ``number``; contacts before leads."""
-    confirmed = [p for p in candidates if any(to_e164(ph, region) == number for ph in p.phones)]
+    regions = reading_regions(number, region)
+    confirmed = [p for p in candidates if any(same_number(number, ph, regions) for ph in p.phones)]
     confirmed.sort(key=lambda p: p.kind != "contact")  # stable: the CRM's ranking otherwise
     return confirmed[0] if confirmed else None
 

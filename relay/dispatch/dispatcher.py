@@ -15,6 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from functools import partial
 
@@ -24,6 +25,7 @@ from relay.connector import Connector, DeliveryContext
 from relay.dispatch.attempt_timeouts import Deadlines
 from relay.dispatch.connector_pool import Connectors
 from relay.dispatch.retry_policy import attempt_outcome, classify
+from relay.secrets import Redactor
 from relay.store.queue import Claim, Outcome, QueueSession, aware
 from relay.store.states import DeliveryState, OutcomeKind
 from relay.store.tables import utcnow
@@ -74,6 +76,8 @@ class Dispatcher:
         self._running = 0  # deliveries in flight, all connectors
         self._loggers = {name: ctx.log.logger for name, ctx in connectors.contexts.items()}
         self._deadlines = Deadlines(WATCH_TICK)
+        # Errors are stored and shown (API, dashboard): a target's error body can echo a secret.
+        self._redact = Redactor(connectors.settings.secret_values())
 
     def wake(self) -> None:
         """Something new may be due (an event was stored, a delivery finished)."""
@@ -219,6 +223,7 @@ class Dispatcher:
                     self._deadlines.forget(limit)
         except Exception as exc:
             failure = classify(exc, status_code=ctx.status_code, limit=policy.timeout)
+            failure = replace(failure, error=self._redact(failure.error))  # before any excerpt
             if failure.unexpected:
                 ctx.log.exception("connector raised %s", type(exc).__name__)
         else:  # the common case, kept short: no error to shape, one log line

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -20,11 +21,18 @@ from urllib.parse import urlsplit
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
-from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionError,
+    ConnectTimeoutError,
+    NoCredentialsError,
+    NoRegionError,
+)
 
 from relay import metrics
 from relay.config import Settings, SqsConfig
 from relay.ingest.accept import Ingest
+from relay.store.rows import RowRefused
 from relay.wildix import Event, InvalidEvent, parse
 from relay.wildix.signature import SQS_ATTRIBUTE, sign, verify
 
@@ -105,8 +113,11 @@ async def send(cfg: SqsConfig, body: bytes) -> str:
     return str(response["MessageId"])
 
 
-def describe(exc: BaseException) -> str:
-    """A short, secret-free error for logs and ``/readyz`` (no SQL parameters, no keys)."""
+def describe(exc: BaseException, url: str | None = None) -> str:
+    """A short, secret-free error for logs and ``/readyz`` (no SQL parameters, no keys).
+
+    ``url``: the queue URL as configured, named in connection errors instead of the endpoint.
+    """
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         text = f"{err.get('Code', 'error')}: {err.get('Message', '')}"
@@ -114,10 +125,24 @@ def describe(exc: BaseException) -> str:
         text = "no AWS region: set sqs.region (or AWS_DEFAULT_REGION)"
     elif isinstance(exc, NoCredentialsError):
         text = "no AWS credentials: set access_key_id/secret_access_key or the AWS environment"
+    elif isinstance(exc, ConnectTimeoutError):
+        text = f"connection to {url or exc.kwargs.get('endpoint_url')} timed out"
+    elif isinstance(exc, ConnectionError):  # botocore's: aiohttp's text says "ssl:default"
+        text = f"cannot connect to {url or exc.kwargs.get('endpoint_url')}: {_os_reason(exc)}"
     else:
         orig = getattr(exc, "orig", None)  # SQLAlchemy wraps the driver's error
         text = f"{type(exc).__name__}: {orig if orig is not None else exc}"
     return text[:300]
+
+
+def _os_reason(exc: BaseException) -> str:
+    """ "connection refused" rather than the HTTP client's wording, from the OSError beneath."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            return os.strerror(seen.errno).lower()
+        seen = getattr(seen, "os_error", None) or seen.__cause__ or seen.__context__
+    return "connection failed"
 
 
 def _signature(message: dict[str, Any]) -> str | None:
@@ -184,7 +209,7 @@ class Consumer:
                 await self._back_off("backing_off", f"store unavailable: {exc}", failures)
             except Exception as exc:  # an unreachable queue must never become a crash loop
                 failures += 1
-                await self._back_off("error", describe(exc), failures)
+                await self._back_off("error", describe(exc, self.cfg.queue_url), failures)
         self.status.state = "stopped"
         log.info("sqs consumer stopped", extra={**self._extra, **asdict(self.status)})
 
@@ -256,6 +281,8 @@ class Consumer:
             return await self._reject(reason or "invalid", raw, meta)
         try:
             recorded = await self.ingest.accept(event, transport="sqs", meta=meta)
+        except RowRefused as exc:  # the store can never hold it: invalid, not "retry later"
+            return await self._reject(str(exc), raw, meta)
         except Exception as exc:
             self.status.last_error = describe(exc)
             log.error("store unavailable: %s", describe(exc), extra=self._extra)
@@ -339,7 +366,11 @@ class Consumer:
                     QueueUrl=self.cfg.queue_url, Entries=entries
                 )
             except Exception as exc:
-                log.warning("could not extend visibility: %s", describe(exc), extra=self._extra)
+                log.warning(
+                    "could not extend visibility: %s",
+                    describe(exc, self.cfg.queue_url),
+                    extra=self._extra,
+                )
                 continue
             for failure in response.get("Failed", []):
                 log.warning(

@@ -26,7 +26,15 @@ from relay.store.bind import Binder
 from relay.store.held_connections import HeldConnections
 from relay.store.named_sql import queries
 from relay.store.queue import Claim, Outcome, QueueSession, aware, next_state, pauses
-from relay.store.rows import DELIVERY_COLUMNS, EVENT_COLUMNS, Incoming, Key, event_row, ordering_key
+from relay.store.rows import (
+    DELIVERY_COLUMNS,
+    EVENT_COLUMNS,
+    Incoming,
+    Key,
+    RowRefused,
+    event_row,
+    ordering_key,
+)
 from relay.store.tables import deliveries, events, utcnow
 
 __all__ = ["PgBackend", "PgSession"]
@@ -49,6 +57,13 @@ _LOST = (
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
     OSError,
+)
+# what a value the server (a data exception, SQLSTATE class 22; a constraint, class 23) or the
+# driver (an argument it cannot encode) refuses raises: the rows' fault, not the connection's
+_REFUSED = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.exceptions._base.DataError,
 )
 
 
@@ -100,14 +115,19 @@ class PgBackend:
             now,
         ]
         try:
-            async with self.held.connection() as raw:
-                rows = await raw.fetch(RECORD_EVENTS, *args)
+            rows = await self._record_events(args)
         except _LOST:
             # A held connection the server dropped (a restart, a failover): once more on a new
             # one. Safe even if the first one committed: stored bodies come back as such.
-            async with self.held.connection() as raw:
-                rows = await raw.fetch(RECORD_EVENTS, *args)
+            rows = await self._record_events(args)
         return {(r[1], r[2]): r[0] for r in rows if r[3]}, {(r[1], r[2]): r[0] for r in rows}
+
+    async def _record_events(self, args: list[Any]) -> list[asyncpg.Record]:
+        try:
+            async with self.held.connection() as raw:
+                return await raw.fetch(RECORD_EVENTS, *args)
+        except _REFUSED as exc:  # RowRefused is not _LOST: what the rows hold is not retried
+            raise RowRefused.of(exc) from exc
 
     async def add_deliveries(self, rows: Sequence[tuple[Any, ...]]) -> None:
         if not rows:

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relay.store.backend import Backend
 from relay.store.postgres import PgBackend
 from relay.store.queue import DeliveryQueue
-from relay.store.rows import Incoming, Key, Recorded
+from relay.store.rows import Incoming, Key, Recorded, RowRefused
 from relay.store.sqlite import SqliteBackend
 from relay.store.tables import connector_state, deliveries, links, rejections, utcnow
 from relay.wildix import Event
@@ -30,8 +30,11 @@ __all__ = ["STORE_ERRORS", "Store", "open_backend"]
 
 T = TypeVar("T")
 # What a failed store write raises: SQLAlchemy's errors, and the driver's own on the statements
-# that bypass SQLAlchemy (PostgreSQL ingest); the disk or the network may fail underneath both.
+# that bypass SQLAlchemy (PostgreSQL ingest); the disk or the network may fail underneath both;
+# and RowRefused, when ingest's database refused what an event holds (a source that tells it
+# apart answers the sender 4xx instead of "retry later").
 STORE_ERRORS = (
+    RowRefused,
     SQLAlchemyError,
     OSError,
     asyncpg.PostgresError,
@@ -86,6 +89,10 @@ class Store(DeliveryQueue):
         Dedupe is on the body's SHA-256 per integration, exact inside the batch (the first copy
         is accepted, later ones are duplicates) and across batches (the unique constraint).
         Every row is built before the transaction: only the SQL runs inside it.
+
+        Raises RowRefused when the database refuses what a row holds (a data or integrity
+        error): nothing of the batch is stored, and the group commit retries the others
+        without the row to blame. Any other error means the store itself failed.
         """
         now = utcnow()
         keys = [item.key for item in items]

@@ -14,9 +14,31 @@ from relay.wildix import Event, numbers
 Key = tuple[str, str]  # (integration_id, body_sha256): what dedupe compares
 
 
+class RowRefused(Exception):
+    """The store refused what one row holds (an integrity or data error), not the store being
+    down: the other events of its batch commit without it (relay.ingest.group_commit), and the
+    sender is told its event cannot be stored rather than to retry it forever."""
+
+    @classmethod
+    def of(cls, exc: BaseException) -> RowRefused:
+        """From the driver's error: its first line, short (never the SQL or its parameters)."""
+        orig = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error
+        reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0][:200]
+        return cls(f"the store cannot hold this event: {reason}")
+
+
+def column_text(value: str) -> str:
+    """A string as the columns derived from an event hold it: PostgreSQL's text types refuse
+    NUL, so it becomes U+FFFD on every database alike (one character for one, so the length
+    limits checked by relay.wildix.envelope still hold). Nothing is lost: those columns are for
+    search and display, and every reader of the event itself parses the raw body, kept
+    byte-exact."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
 def ordering_key(connector: str, event: Event) -> str:
     """Deliveries of one subject (a call, a user's presence) to one connector run in order."""
-    return f"{connector}|{event.integration_id}|{event.call_id or event.id}"
+    return column_text(f"{connector}|{event.integration_id}|{event.call_id or event.id}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +75,12 @@ class Recorded:
 def event_row(item: Incoming) -> tuple[Any, ...]:
     """An event's values in EVENT_COLUMNS order."""
     event = item.event
+    call_id = event.call_id
     return (
         event.integration_id,
-        event.type,
-        event.id,
-        event.call_id,
+        column_text(event.type),
+        column_text(event.id),
+        call_id if call_id is None else column_text(call_id),
         item.sha256,
         event.raw,
         event.time,

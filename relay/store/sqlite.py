@@ -21,13 +21,13 @@ from typing import Any, ClassVar, TypeVar
 from sqlalchemy import Table
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Engine, Row
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert
 
 from relay.store.backend import IngestShape
 from relay.store.bind import Binder
-from relay.store.db import create_inline_engine, create_sync_engine
+from relay.store.db import create_inline_engine, create_sync_engine, sqlite_sync
 from relay.store.named_sql import queries
 from relay.store.queue import Claim, Outcome, QueueSession, aware, next_state, pauses
 from relay.store.rows import (
@@ -35,6 +35,7 @@ from relay.store.rows import (
     EVENT_COLUMNS,
     Incoming,
     Key,
+    RowRefused,
     delivery_rows,
     event_row,
 )
@@ -134,9 +135,10 @@ class SqliteBackend:
         self._numbers = _ManyRows(
             _INGEST["insert_numbers"], Binder(event_numbers, ["event_id", "number"], dialect)
         )
-        self._sync_engine: Engine = create_sync_engine(engine.url)
+        synchronous = sqlite_sync(engine)  # the writes keep what the engine was made to keep
+        self._sync_engine: Engine = create_sync_engine(engine.url, synchronous=synchronous)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="relay-sqlite-writer")
-        self._inline_engine: Engine = create_inline_engine(engine.url)
+        self._inline_engine: Engine = create_inline_engine(engine.url, synchronous=synchronous)
         self._inline_commits = 0
         self._thread_writes = 0  # queued or running on the writer thread
         self._checkpointing = False
@@ -239,7 +241,10 @@ class SqliteBackend:
             self._numbers.run(conn, _owned(number_columns, number_owners, new))
             return new, known
 
-        return await self.write_soon(write)
+        try:
+            return await self.write_soon(write)
+        except (IntegrityError, DataError) as exc:  # a constraint, a value SQLite refuses
+            raise RowRefused.of(exc) from exc
 
     async def add_deliveries(self, rows: Sequence[tuple[Any, ...]]) -> None:
         if not rows:

@@ -1,7 +1,9 @@
 """The dashboard at ``/ui``: server-rendered Jinja pages, htmx for the live bits, no build step.
 
-Login is the admin token; the session is an encrypted cookie (keyed from the token, so changing
-the token logs everyone out) and every form and htmx request carries a CSRF token.
+Login is the admin token, throttled per client address and overall (``relay.admin.auth``); the
+session is an encrypted cookie (keyed from the token, so changing the token logs everyone out)
+naming a session this process opened and has not closed (so logging out ends it, and so does a
+restart), and every form and htmx request carries a CSRF token.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
 
 from relay.admin.api import provide_queries
+from relay.admin.auth import FailureThrottle
 from relay.admin.filters import BadFilter
 from relay.config import Settings
 from relay.store.tables import utcnow
+from relay.ui.sessions import Sessions
 
 HERE = Path(__file__).resolve().parent
 PREFIX = "/ui"
@@ -76,11 +80,14 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     )
 
 
-def logged_in(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    if handler.opt.get("public"):
-        return
-    if not connection.session.get("admin"):
-        raise NotAuthorizedException("log in first")
+def logged_in(sessions: Sessions) -> Any:
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        if handler.opt.get("public"):
+            return
+        if not sessions.is_open(connection.session.get("sid")):
+            raise NotAuthorizedException("log in first")
+
+    return guard
 
 
 def _to_login(request: Request[Any, Any, Any], _: Exception) -> Response[Any]:
@@ -115,7 +122,7 @@ def session_middleware(settings: Settings) -> DefineMiddleware:
     ).middleware
 
 
-def ui_router(settings: Settings) -> Router:
+def ui_router(settings: Settings, throttle: FailureThrottle) -> Router:
     from relay.ui.pages import HANDLERS
 
     admin = settings.admin
@@ -129,12 +136,17 @@ def ui_router(settings: Settings) -> Router:
     static = create_static_files_router(
         path="/static", directories=[HERE / "static"], opt={"public": True}
     )
+    sessions = Sessions(admin.session_lifetime)
     return Router(
         path=PREFIX,
         route_handlers=[*HANDLERS, static],
         middleware=[DefineMiddleware(CSRFMiddleware, config=csrf)],
-        guards=[logged_in],
-        dependencies={"queries": Provide(provide_queries, sync_to_thread=False)},
+        guards=[logged_in(sessions)],
+        dependencies={
+            "queries": Provide(provide_queries, sync_to_thread=False),
+            "sessions": Provide(lambda: sessions, sync_to_thread=False),
+            "throttle": Provide(lambda: throttle, sync_to_thread=False),
+        },
         exception_handlers={
             NotAuthorizedException: _to_login,
             PermissionDeniedException: _csrf_failed,

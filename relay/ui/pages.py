@@ -16,10 +16,12 @@ from litestar.response import Redirect, Template
 
 from relay.admin import actions
 from relay.admin import schemas as s
+from relay.admin.auth import FailureThrottle, client_address
 from relay.admin.filters import BadFilter, EventFilter
 from relay.admin.queries import Queries
 from relay.secrets import token_matches
 from relay.store.states import DeliveryState
+from relay.ui.sessions import Sessions
 
 log = logging.getLogger("relay.ui")
 PUBLIC = {"public": True}
@@ -66,12 +68,24 @@ async def login_page() -> Template:
 
 
 @post("/login", opt=PUBLIC, status_code=200)
-async def login(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+async def login(
+    request: Request[Any, Any, Any],
+    state: State,
+    sessions: NamedDependency[Sessions],
+    throttle: NamedDependency[FailureThrottle],
+) -> Response[Any]:
+    """While too many wrong tokens were tried, even the right one waits (else guessing goes on)."""
+    client = client_address(request)
+    wait = throttle.retry_after(client)
+    if wait:
+        error = f"Too many wrong tokens. Try again in {wait} seconds."
+        headers = {"Retry-After": str(wait)}
+        return Template("login.html", context={"error": error}, status_code=429, headers=headers)
     form = await request.form()
     if token_matches(str(form.get("token", "")), state.queries.settings.admin.token):
-        request.set_session({"admin": True})
+        request.set_session({"sid": sessions.open()})
         return Redirect("/ui/")
-    client = request.client.host if request.client else None
+    throttle.failed(client)
     log.warning("dashboard login refused", extra={"remote": client})
     return Template(
         "login.html", context={"error": "That is not the admin token."}, status_code=401
@@ -79,7 +93,8 @@ async def login(request: Request[Any, Any, Any], state: State) -> Response[Any]:
 
 
 @post("/logout", status_code=200)
-async def logout(request: Request[Any, Any, Any]) -> Redirect:
+async def logout(request: Request[Any, Any, Any], sessions: NamedDependency[Sessions]) -> Redirect:
+    sessions.close(request.session.get("sid"))
     request.clear_session()
     return Redirect("/ui/login")
 

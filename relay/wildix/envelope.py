@@ -4,6 +4,14 @@ Wildix ships two payload generations (legacy 2023 ``call:start|update|end`` with
 current ``call:live:*`` / ``call:completed`` with ``data.flows[]``) and documents neither fully.
 Only the envelope is strict (a bad one is a 400); everything below it is read defensively and
 degrades to None, because a rejected webhook is lost after Wildix's few retries.
+
+What the store keeps beside the raw body is bounded here, before any batch: an ``id``, ``type``
+or ``integrationId`` longer than its column is a 400 naming the field and the limit on every
+database (PostgreSQL would cut it, SQLite keep it whole); a call id in ``data`` that long is no
+call id (relay.wildix.normalize), like any other junk below the envelope. A NUL (``\\u0000``) in
+a string is accepted: the raw body is stored byte-exact on both databases, and the columns
+derived from it hold a form every database accepts (relay.store.rows.column_text) — a caller-ID
+name set by an outside caller must not cost a customer's call log.
 """
 
 from __future__ import annotations
@@ -16,7 +24,14 @@ from typing import Annotated, Any, TypeVar
 
 import msgspec
 
-from relay.wildix.normalize import EPOCH, call_id_of, call_view, presence_view, sms_view
+from relay.wildix.normalize import (
+    EPOCH,
+    MAX_ID,
+    call_id_of,
+    call_view,
+    presence_view,
+    sms_view,
+)
 from relay.wildix.views import Call, Presence, Sms
 
 log = logging.getLogger(__name__)
@@ -25,6 +40,12 @@ T = TypeVar("T")
 
 class InvalidEvent(ValueError):
     """Body is not JSON or not a Wildix envelope (→ HTTP 400)."""
+
+
+# the longest values the store's columns hold (relay.store.tables; a test keeps them equal);
+# MAX_ID (events.subject_id and call_id) is relay.wildix.normalize's
+MAX_TYPE = 100  # events.type
+MAX_INTEGRATION_ID = 64  # events.integration_id
 
 
 class Event(msgspec.Struct, frozen=True, dict=True):
@@ -77,10 +98,10 @@ class Event(msgspec.Struct, frozen=True, dict=True):
 
 
 class _Envelope(msgspec.Struct, rename="camel"):
-    id: str
-    type: Annotated[str, msgspec.Meta(min_length=1)]
+    id: Annotated[str, msgspec.Meta(max_length=MAX_ID)]
+    type: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TYPE)]
     time: int
-    integration_id: str
+    integration_id: Annotated[str, msgspec.Meta(max_length=MAX_INTEGRATION_ID)]
     data: Any
     pbx: str | None = None
     company: str | None = None
@@ -93,6 +114,7 @@ _REQUIRED: tuple[tuple[str, type, str], ...] = (
     ("time", int, "an integer (epoch ms)"),
     ("integrationId", str, "a string"),
 )
+_LIMITS = (("id", MAX_ID), ("type", MAX_TYPE), ("integrationId", MAX_INTEGRATION_ID))
 _PRESENCE_KINDS = {f"presence:{kind}": kind for kind in ("user", "telephony", "conference")}
 
 
@@ -143,6 +165,9 @@ def _diagnose(raw: bytes) -> str:
             return f"field '{name}' must be {label}"
     if not obj["type"]:
         return "field 'type' must not be empty"
+    for name, limit in _LIMITS:
+        if len(obj[name]) > limit:
+            return f"field '{name}' is longer than {limit} characters"
     if "data" not in obj:
         return "missing field 'data'"
     for name in ("pbx", "company"):

@@ -15,6 +15,7 @@ import msgspec
 from relay.wildix.views import Call, Leg, Party, Presence, Recording, Sms
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_ID = 255  # the longest id the store keeps in a column of its own (events.subject_id, call_id)
 
 
 # -- tolerant readers: each returns None (or empty) for anything unexpected -----------------
@@ -191,7 +192,14 @@ def call_id_of(etype: str, envelope_id: str, raw_data: Any) -> str:
     src = data
     if etype not in _LEGACY_PHASES and etype not in _CURRENT_PHASES:
         src = _obj(data.get("call")) or data  # transcription/summary: data.call if present
-    return _str(src.get("id")) or _str(data.get("id")) or envelope_id
+    return _id(src.get("id")) or _id(data.get("id")) or envelope_id
+
+
+def _id(v: Any) -> str | None:
+    """An id from ``data``; one longer than the store keeps is no id (the envelope's stands in,
+    itself bounded by relay.wildix.envelope): junk below the envelope never fails an event."""
+    s = _str(v)
+    return s if s is None or len(s) <= MAX_ID else None
 
 
 def call_view(etype: str, envelope_id: str, raw_data: Any) -> Call:

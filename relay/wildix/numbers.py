@@ -23,7 +23,8 @@ _NOT_A_NUMBER_KEY = re.compile(r"(?:^id$|id$|Id$|_id$|time$|Time$|^pbx$|^company
 # word, id or decimal (call ids look like ``it_w204517_1764412210.77``).
 _EMBEDDED = re.compile(r"\+(\d{7,15})(?!\d)")  # e.g. in recording file names
 _NUMBER_CHARS = "+0123456789-(). \t\n\r\f\v"
-_IN_TEXT = re.compile(r"(?<![\w.+])(\+?\d{7,15})(?![\w.])")
+# not a path segment of a URL either (an AWS account id in an SQS queue URL)
+_IN_TEXT = re.compile(r"(?<![\w.+/])(\+?\d{7,15})(?![\w./])")
 
 
 @lru_cache(maxsize=8192)  # the same few numbers recur in every event of a call, and across calls

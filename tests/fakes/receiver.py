@@ -45,6 +45,7 @@ class _Reply:
     status: int
     body: bytes
     headers: dict[str, str]
+    echo: bool = False  # the request's headers follow the body, as careless targets send them
 
 
 _DEFAULT = _Reply(200, b"ok", {"content-type": "text/plain"})
@@ -86,6 +87,15 @@ class Receiver:
             hdrs["content-type"] = "text/plain"
         with self._lock:
             self._replies.extend(_Reply(status, data, hdrs) for _ in range(times))
+
+    def echo(self, status: int, *, text: str = "", times: int = 1) -> None:
+        """Queue ``times`` replies whose body is ``text`` (a line), then the request's headers
+        (``name: value`` lines): a target that echoes what it got, credentials included, in an
+        error body."""
+        body = f"{text}\n".encode() if text else b""
+        hdrs = {"content-type": "text/plain"}
+        with self._lock:
+            self._replies.extend(_Reply(status, body, hdrs, echo=True) for _ in range(times))
 
     def delay(self, seconds: float) -> None:
         """Hold every later reply for ``seconds`` (after recording the request): for timeouts."""
@@ -221,11 +231,14 @@ class Receiver:
             delay = self._delay
         if delay:
             await asyncio.sleep(delay)
+        body = reply.body
+        if reply.echo:
+            body += "".join(f"{k}: {v}\n" for k, v in headers.items()).encode()
         out = [(k, v) for k, v in reply.headers.items() if k != "content-length"]
-        out.append(("content-length", str(len(reply.body))))
+        out.append(("content-length", str(len(body))))
         data = conn.send(h11.Response(status_code=reply.status, headers=out))
-        if reply.body and request.method != b"HEAD":
-            data += conn.send(h11.Data(data=reply.body))
+        if body and request.method != b"HEAD":
+            data += conn.send(h11.Data(data=body))
         data += conn.send(h11.EndOfMessage())
         writer.write(data)
         await writer.drain()

@@ -24,7 +24,7 @@ from litestar import Litestar, Request, Response, post
 
 from tests.fakes.asgi import serve
 
-__all__ = ["Channel", "Hit", "Message", "SlackFake"]
+__all__ = ["Channel", "Hit", "Message", "SlackFake", "text_objects"]
 
 MAX_TEXT = 40_000
 MAX_BLOCKS = 50
@@ -308,11 +308,37 @@ def _message_problem(body: dict[str, Any]) -> str | None:
         or not all(isinstance(b, dict) and isinstance(b.get("type"), str) for b in blocks)
     ):
         return "invalid_blocks"
+    if blocks is not None and any(_bad_text_object(o) for o in text_objects(blocks)):
+        return "invalid_blocks"
     if not text and not blocks:
         return "no_text"
     if isinstance(text, str) and len(text) > MAX_TEXT:
         return "msg_too_long"
     return None
+
+
+def text_objects(value: Any) -> list[dict[str, Any]]:
+    """Every Block Kit text object (``{"type": "mrkdwn"|"plain_text", "text": …}``) in blocks."""
+    found: list[dict[str, Any]] = []
+    if isinstance(value, dict):
+        if value.get("type") in ("mrkdwn", "plain_text") and "text" in value:
+            found.append(value)
+        for item in value.values():
+            found += text_objects(item)
+    elif isinstance(value, list):
+        for item in value:
+            found += text_objects(item)
+    return found
+
+
+def _bad_text_object(obj: dict[str, Any]) -> bool:
+    """Slack's text-object rules: 1-3000 characters, ``verbatim`` only on mrkdwn, ``emoji``
+    only on plain_text."""
+    text = obj.get("text")
+    if not isinstance(text, str) or not 1 <= len(text) <= 3000:
+        return True
+    wrong = "emoji" if obj["type"] == "mrkdwn" else "verbatim"
+    return wrong in obj
 
 
 def _shown(body: dict[str, Any]) -> dict[str, Any]:

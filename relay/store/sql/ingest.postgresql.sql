@@ -1,7 +1,9 @@
 -- Ingest on PostgreSQL (relay.store.postgres runs these through asyncpg). Each query starts
 -- with a comment line naming it; relay.store.named_sql loads them. {state:…} is spelled from
 -- relay.store.states.DeliveryState at load time. Rows travel as one array per column (unnest),
--- so each statement is prepared once whatever the row count; JSON travels as text.
+-- so each statement is prepared once whatever the row count; JSON travels as text. Text
+-- arrays are VARCHAR without a length: a cast to VARCHAR(n) would cut a longer value
+-- silently, where storing it in the column refuses it (a data error: that row's fault).
 
 -- record_events: a whole batch of events, with the deliveries and phone numbers of those that
 -- are new, as one statement: one transaction in autocommit, one round trip.
@@ -17,8 +19,8 @@ WITH ev AS (
                       transport, transport_meta, received_at)
   SELECT u.integration_id, u.type, u.subject_id, u.call_id, u.body_sha256, u.raw,
          u.occurred_at, u.transport, u.transport_meta::JSON, $17
-  FROM unnest($1::VARCHAR(64)[], $2::VARCHAR(100)[], $3::VARCHAR(255)[], $4::VARCHAR(255)[],
-              $5::VARCHAR(64)[], $6::BYTEA[], $7::TIMESTAMP WITH TIME ZONE[], $8::VARCHAR(16)[],
+  FROM unnest($1::VARCHAR[], $2::VARCHAR[], $3::VARCHAR[], $4::VARCHAR[],
+              $5::VARCHAR[], $6::BYTEA[], $7::TIMESTAMP WITH TIME ZONE[], $8::VARCHAR[],
               $9::TEXT[])
        WITH ORDINALITY AS u(integration_id, type, subject_id, call_id, body_sha256, raw,
                             occurred_at, transport, transport_meta, ord)
@@ -30,7 +32,7 @@ WITH ev AS (
                           next_attempt_at, created_at, updated_at)
   SELECT ev.id, u.connector, u.ordering_key, ev.integration_id, {state:pending}, 0, $17, $17,
          $17
-  FROM unnest($10::VARCHAR(64)[], $11::VARCHAR(64)[], $12::VARCHAR(100)[], $13::VARCHAR(500)[])
+  FROM unnest($10::VARCHAR[], $11::VARCHAR[], $12::VARCHAR[], $13::VARCHAR[])
        WITH ORDINALITY AS u(owner_integration_id, owner_body_sha256, connector, ordering_key,
                             ord)
   JOIN ev ON ev.integration_id = u.owner_integration_id
@@ -39,7 +41,7 @@ WITH ev AS (
 ), nb AS (
   INSERT INTO event_numbers (event_id, number)
   SELECT ev.id, u.number
-  FROM unnest($14::VARCHAR(64)[], $15::VARCHAR(64)[], $16::VARCHAR(32)[])
+  FROM unnest($14::VARCHAR[], $15::VARCHAR[], $16::VARCHAR[])
        WITH ORDINALITY AS u(owner_integration_id, owner_body_sha256, number, ord)
   JOIN ev ON ev.integration_id = u.owner_integration_id
          AND ev.body_sha256 = u.owner_body_sha256 AND ev.inserted
@@ -52,8 +54,8 @@ INSERT INTO deliveries (event_id, integration_id, connector, ordering_key, state
                         next_attempt_at, created_at, updated_at)
 SELECT u.event_id, u.integration_id, u.connector, u.ordering_key, u.state, u.attempts,
        u.next_attempt_at, u.created_at, u.updated_at
-FROM unnest($1::BIGINT[], $2::VARCHAR(64)[], $3::VARCHAR(100)[], $4::VARCHAR(500)[],
-            $5::VARCHAR(16)[], $6::INTEGER[], $7::TIMESTAMP WITH TIME ZONE[],
+FROM unnest($1::BIGINT[], $2::VARCHAR[], $3::VARCHAR[], $4::VARCHAR[],
+            $5::VARCHAR[], $6::INTEGER[], $7::TIMESTAMP WITH TIME ZONE[],
             $8::TIMESTAMP WITH TIME ZONE[], $9::TIMESTAMP WITH TIME ZONE[])
      WITH ORDINALITY AS u(event_id, integration_id, connector, ordering_key, state, attempts,
                           next_attempt_at, created_at, updated_at, ord)
