@@ -17,6 +17,7 @@ from tests.support.relay import (
     write_config,
 )
 from tests.support.samples import fixture
+from tests.support.worker_log import WorkerLog
 
 
 def webhook_to(receiver: Receiver, **extra: object) -> dict[str, dict[str, object]]:
@@ -134,7 +135,10 @@ async def test_two_workers_deliver_every_delivery_exactly_once(pg_url: str, tmp_
             config = write_config(tmp_path / "relay.yaml", config_dict(pg_url, connectors))
             workers = [start_worker(config) for _ in range(2)]
             try:
-                await asyncio.sleep(3)  # both polling before the burst arrives
+                # both dispatching before the burst arrives: a worker logs this line as its
+                # claim loop begins (a busy machine can take many seconds to get there)
+                for log in [WorkerLog(w) for w in workers]:
+                    await log.wait_for("dispatcher started")
                 for i in range(120):
                     assert (await relay.post(call_body(f"call-{i}"))).status_code == 200
                 rows = await relay.settled(timeout=60)

@@ -21,6 +21,7 @@ from tests.fakes.receiver import Receiver
 from tests.support.relay import make_settings, run_relay
 from tests.support.samples import fixture
 from tests.support.stores import open_store, refuse_type
+from tests.support.waiting import eventually
 
 POISON = "test:poison"
 
@@ -231,7 +232,8 @@ async def test_postgres_ingest_returns_idle_connections_to_the_pool(pg_url: str)
         held.idle = 0.05
         await store.record_batch([Incoming(parse(body(1)), ["a"], "webhook")])
         assert store.engine.pool.checkedout() == 1  # kept for the next batch
-        await asyncio.sleep(0.3)
-        assert store.engine.pool.checkedout() == 0
+        await eventually(
+            lambda: store.engine.pool.checkedout() == 0, "the idle connection returned", 10
+        )
         await store.record_batch([Incoming(parse(body(2)), ["a"], "webhook")])
         assert await count(store, "events") == 2
