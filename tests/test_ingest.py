@@ -82,6 +82,7 @@ async def test_duplicate_bytes_are_acknowledged_and_create_nothing(db_url: str) 
         ("non-ASCII signature", 401, "bad signature"),
         ("nested too deeply", 400, "nested too deeply"),
         ("nested too deeply without path", 400, "integrationId"),
+        ("a top-level array nested too deeply", 400, "nested too deeply"),
     ],
 )
 async def test_rejected_requests_get_their_status_and_store_no_event(
@@ -108,6 +109,8 @@ async def test_rejected_requests_get_their_status_and_store_no_event(
         body, kwargs["integration"] = b'{"type": "call:completed"}', None
     elif case == "non-ASCII signature":  # a header is bytes the client chose, not hex
         kwargs["secret"], kwargs["headers"] = None, {"x-signature": "é".encode("latin-1") * 64}
+    elif case == "a top-level array nested too deeply":  # refused as no object, then decoded
+        body = b"[" * 1400 + b"]" * 1400
     elif case.startswith("nested too deeply"):  # deeper than the decoder follows, under 4 KiB
         body = good.rstrip()[:-1] + b', "pad": ' + b"[" * 1400 + b"]" * 1400 + b"}"
         if case.endswith("without path"):

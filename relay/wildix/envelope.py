@@ -155,6 +155,8 @@ def _diagnose(raw: bytes) -> str:
         return f"body has an unsupported value: {exc}"
     except msgspec.DecodeError:
         return "body is not JSON"
+    except RecursionError:  # untyped, the decoder follows what the typed one refused at once
+        return TOO_DEEP
     if not isinstance(obj, dict):
         return "body is not a JSON object"
     for name, kind, label in _REQUIRED:

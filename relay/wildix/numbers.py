@@ -76,7 +76,7 @@ def in_raw(raw: bytes) -> set[str]:
     """Every phone number in a stored body (the migration backfill reads bodies, not Events)."""
     try:
         body = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return set()
     return in_data(body.get("data") if isinstance(body, dict) else None)
 
