@@ -18,6 +18,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay.config import Settings
+from relay.ingest.accept import Ingest
 from relay.ingest.sqs_consumer import SqsConsumers
 from relay.ingest.webhook_endpoint import webhooks
 from relay.runtime import running
@@ -109,6 +110,12 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+# Readiness proves writes: by an ingest commit this recent, else by a probe. The probe never
+# waits longer than a load balancer's probe does (a writer holding SQLite's lock would stall it).
+WRITE_PROOF_AGE = 10.0
+WRITE_PROBE_WAIT = 2.0
+
+
 @get("/readyz")
 async def readyz(state: State) -> Response[dict[str, Any]]:
     """The database answers, takes writes, and its schema is the one this code needs.
@@ -120,10 +127,11 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
     consumers: SqsConsumers | None = state.get("sqs")
     sqs = {"sqs": consumers.snapshot()} if consumers else {}
     head = db.head_revision()
+    ingest: Ingest = state.ingest
     try:
         current = await db.current_revision(store.engine)
-        if current == head:
-            await db.accepts_writes(store.engine)
+        if current == head and not ingest.committed_within(WRITE_PROOF_AGE):
+            await db.accepts_writes(store.engine, wait=WRITE_PROBE_WAIT)
     except Exception as exc:
         body = {"status": "unavailable", "database": str(exc)[:200], **sqs}
         return Response(body, status_code=503)

@@ -7,6 +7,7 @@ this module owns the rest, so both paths dedupe and route identically.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -63,7 +64,12 @@ class Ingest:
         self._unrecorded = 0  # skipped since the last rejection recorded
         self._flooding = False  # said so in the log; said again only once a flood has ended
         self.writer = group_commit(store, self._commit)
+        self._committed_at = -math.inf
         self._latency = {t: metrics.INGEST_SECONDS.labels(t) for t in ("webhook", "sqs")}
+
+    def committed_within(self, seconds: float) -> bool:
+        """An ingest commit succeeded this recently: the store takes writes (``/readyz``)."""
+        return time.monotonic() - self._committed_at < seconds
 
     def connectors_for(self, event: Event) -> list[str]:
         return routing.targets(self.settings.integrations[event.integration_id].routes, event)
@@ -83,7 +89,12 @@ class Ingest:
     async def _commit(self, items: Sequence[Incoming]) -> list[Recorded]:
         """One transaction for a batch, then one log line and one count per kind for all of it:
         at thousands of events a second, a line per event would cost more than storing it."""
-        recorded = await self.store.record_batch(items)
+        try:
+            recorded = await self.store.record_batch(items)
+        except BaseException:
+            self._committed_at = -math.inf  # a failed commit disproves the last success
+            raise
+        self._committed_at = time.monotonic()
         tally: Counter[tuple[str, str, str]] = Counter()
         stored: list[int] = []
         for item, rec in zip(items, recorded, strict=True):

@@ -137,16 +137,26 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         return await conn.run_sync(_current)
 
 
-async def accepts_writes(engine: AsyncEngine) -> None:
+async def accepts_writes(engine: AsyncEngine, *, wait: float = 2.0) -> None:
     """Raise unless the database takes a write now (a read-only file, a read-only PostgreSQL
     replica or transaction default, a full disk…): readiness is about storing events, not only
-    reading. A one-row no-op update, rolled back, so nothing is written and the lock is brief.
-    """
+    reading. A one-row no-op update, rolled back, so nothing is written and the lock is brief;
+    it waits at most ``wait`` seconds for a lock another writer holds (a probe must answer
+    sooner than the load balancer gives up on it)."""
+    ms = int(wait * 1000)
     async with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        previous = (await conn.execute(text("PRAGMA busy_timeout"))).scalar() if sqlite else None
         try:
+            if sqlite:
+                await conn.execute(text(f"PRAGMA busy_timeout = {ms}"))
+            else:
+                await conn.execute(text(f"SET LOCAL lock_timeout = '{ms}ms'"))
             await conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = version_num"))
         finally:
             await conn.rollback()
+            if sqlite:
+                await conn.execute(text(f"PRAGMA busy_timeout = {int(previous or 0)}"))
 
 
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
