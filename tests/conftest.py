@@ -11,23 +11,10 @@ import pytest
 
 from relay.store import db
 from relay.store.records import Store
-from tests.support.databases import PG_URL, postgres_database
+from tests.support.databases import DATABASES, PG_URL, postgres_database
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgres",
-            marks=[
-                pytest.mark.postgres,
-                pytest.mark.skipif(
-                    not PG_URL, reason="set RELAY_TEST_DATABASE_URL to run against PostgreSQL"
-                ),
-            ],
-        ),
-    ]
-)
+@pytest.fixture(params=DATABASES)
 async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path}/relay.db"

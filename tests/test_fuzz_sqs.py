@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from relay.wildix.signature import SQS_ATTRIBUTE, sign
 from tests.fakes.sqs import SECRET_KEY, MotoSqs, Queue
-from tests.support.databases import PG_URL
+from tests.support.databases import DATABASES
 from tests.support.fuzz_bodies import bodies
 from tests.support.relay import call_body
 from tests.support.sqs import consumer, sqs_settings
@@ -73,18 +73,6 @@ def _consuming(
 
     with relay_in_thread(settings_for, request.param, tmp) as running:
         yield Consuming(running, queue, dlq)
-
-
-DATABASES = [
-    "sqlite",
-    pytest.param(
-        "postgres",
-        marks=[
-            pytest.mark.postgres,
-            pytest.mark.skipif(not PG_URL, reason="set RELAY_TEST_DATABASE_URL"),
-        ],
-    ),
-]
 
 
 @pytest.fixture(scope="module", params=DATABASES)

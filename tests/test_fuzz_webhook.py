@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 
 from relay.store.tables import deliveries, events, rejections
 from relay.wildix.signature import sign
-from tests.support.databases import PG_URL
+from tests.support.databases import DATABASES
 from tests.support.fuzz_bodies import CURRENT_SAMPLES, Shown, bodies
 from tests.support.raw_http import Reply, exchange, request_bytes
 from tests.support.relay import SECRET, call_body, make_settings
@@ -46,19 +46,7 @@ FUZZ = settings(
 )
 
 
-@pytest.fixture(
-    scope="module",
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgres",
-            marks=[
-                pytest.mark.postgres,
-                pytest.mark.skipif(not PG_URL, reason="set RELAY_TEST_DATABASE_URL"),
-            ],
-        ),
-    ],
-)
+@pytest.fixture(scope="module", params=DATABASES)
 def relay(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ThreadedRelay]:

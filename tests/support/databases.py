@@ -8,11 +8,26 @@ import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
+import pytest
 from sqlalchemy.engine import make_url
 
 from relay.store import db
 
 PG_URL = os.environ.get("RELAY_TEST_DATABASE_URL")
+
+# the two backends, as fixture params: PostgreSQL only where RELAY_TEST_DATABASE_URL names one
+DATABASES = [
+    "sqlite",
+    pytest.param(
+        "postgres",
+        marks=[
+            pytest.mark.postgres,
+            pytest.mark.skipif(
+                not PG_URL, reason="set RELAY_TEST_DATABASE_URL to run against PostgreSQL"
+            ),
+        ],
+    ),
+]
 
 
 @contextlib.asynccontextmanager
