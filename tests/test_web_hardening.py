@@ -9,12 +9,12 @@ import io
 import json
 import logging
 import re
-import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import text
@@ -73,37 +73,29 @@ async def test_an_unexpected_error_is_a_logged_json_500_with_the_request_id(
     assert len(errors) == 4
 
 
-@contextlib.contextmanager
-def read_only(db_url: str) -> Iterator[None]:
+@contextlib.asynccontextmanager
+async def read_only(db_url: str) -> AsyncIterator[None]:
     """The database refuses writes as it would in the field: an immutable SQLite file (chattr,
     since tests may run as root, which file modes do not stop), or PostgreSQL's read-only
     transaction default (what a replica or an operator's emergency switch gives)."""
     url = make_url(db_url)
     if db.is_sqlite(db_url):
         path = Path(str(url.database))
-        if not shutil.which("chattr"):
-            pytest.skip("chattr is not available")
-        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
-            pytest.skip("cannot make the database file immutable here")
+        subprocess.run(["chattr", "+i", str(path)], check=True)
         try:
             yield
         finally:
             subprocess.run(["chattr", "-i", str(path)], check=True)
         return
-    import psycopg2  # the bench extra; a plain synchronous session for ALTER DATABASE
-
     admin = make_url(PG_URL).set(drivername="postgresql")
-    dsn = admin.render_as_string(hide_password=False)
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
+    conn = await asyncpg.connect(admin.render_as_string(hide_password=False))
+    setting = f'ALTER DATABASE "{url.database}" {{}} default_transaction_read_only'
     try:
-        with conn.cursor() as cur:
-            cur.execute(f'ALTER DATABASE "{url.database}" SET default_transaction_read_only = on')
+        await conn.execute(setting.format("SET") + " = on")
         yield
-        with conn.cursor() as cur:
-            cur.execute(f'ALTER DATABASE "{url.database}" RESET default_transaction_read_only')
+        await conn.execute(setting.format("RESET"))
     finally:
-        conn.close()
+        await conn.close()
 
 
 async def test_readyz_is_503_while_the_database_takes_no_writes(db_url: str) -> None:
@@ -111,12 +103,11 @@ async def test_readyz_is_503_while_the_database_takes_no_writes(db_url: str) -> 
     async with run_relay(settings, dispatch=False) as relay:
         ready = await relay.client.get(relay.url + "/readyz")
         assert ready.status_code == 200, ready.text
-    with read_only(db_url):
-        async with run_relay(settings, dispatch=False) as relay:
-            refused = await relay.client.get(relay.url + "/readyz")
-            assert refused.status_code == 503, refused.text
-            assert refused.json()["status"] == "unavailable"
-            assert "read" in refused.json()["database"].lower()  # says why
+    async with read_only(db_url), run_relay(settings, dispatch=False) as relay:
+        refused = await relay.client.get(relay.url + "/readyz")
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["status"] == "unavailable"
+        assert "read" in refused.json()["database"].lower()  # says why
     async with run_relay(settings, dispatch=False) as relay:
         assert (await relay.client.get(relay.url + "/readyz")).status_code == 200
 
