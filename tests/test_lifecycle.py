@@ -71,9 +71,10 @@ async def test_retention_purge_spares_pending_work(db_url: str) -> None:
         # a restarted service purges at start-up (and every retention.interval after)
         async with run_relay(settings) as relay:
 
-            async def purged() -> bool:
+            async def purged() -> bool:  # events first, then rejections: wait for both
                 ids = {e.id for e in await relay.events()}
-                return ids == {waiting, fresh, legacy["event_id"]}
+                kept = [r.id for r in await relay.rows(rejections)]
+                return ids == {waiting, fresh, legacy["event_id"]} and kept == [old_rejection + 1]
 
             await relay.wait_until(purged, what="the start-up purge")
             left = await relay.deliveries()
