@@ -1,13 +1,14 @@
-"""A scripted day of Wildix calls through `relay serve` to the HubSpot and Pipedrive fakes.
+"""A scripted day of Wildix calls through `relay serve` to every CRM fake (tests/support/crm.py).
 
 200 calls (both generations, answered, missed, internal), events interleaved across calls,
 reordered within calls (the final record before the live end, updates before starts), some sent
 twice byte for byte (absorbed at ingest) and some re-sent with a new envelope time (real
-duplicates for the connectors). The fakes run at HubSpot Professional and Pipedrive Essential
-limits. Prints, per CRM, how many records each call got and how many requests were rejected
-for rate limits.
+duplicates for the connectors). Each fake runs at its default plan limits and each connector at
+its defaults. Prints, per CRM, how many records each call got, the CRM API requests per logged
+call and how many requests were rejected for rate limits. ``--outage``: the whole day is queued
+before anything is delivered (the CRMs were down), then drained.
 
-    .venv/bin/python -m bench.crm_day [--calls 200] [--seed 7]
+    .venv/bin/python -m bench.crm_day [--calls 200] [--seed 7] [--crm hubspot ...] [--outage]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import logging
 import random
 import socket
@@ -22,19 +24,18 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
 
 from relay.wildix.signature import sign
-from tests.fakes.hubspot import FakeHubSpot
-from tests.fakes.pipedrive import FakePipedrive
 from tests.fakes.server import serve
 from tests.support.calls import current_inbound_missed, current_outbound, legacy
-from tests.support.crm import duplicate
+from tests.support.crm import AGENT_EMAIL, CRMS, Vendor, duplicate
 from tests.support.relay import SECRET, config_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,30 +109,24 @@ class Day:
     deliveries: dict[str, int]  # state → count
 
 
-async def run_day(rng: random.Random, plan: list, connectors: dict) -> Day:
-    """`relay serve` with these connectors (routed every call event), the plan's events posted
-    like Wildix would, interleaved across calls; returns once every delivery has settled."""
-    tmp = Path(tempfile.mkdtemp(prefix="crm_day_"))
-    db = tmp / "relay.db"
-    port = free_port()
-    data = config_dict(f"sqlite+aiosqlite:///{db}", connectors)
+@contextlib.asynccontextmanager
+async def serving(
+    tmp: Path, connectors: dict, port: int, *options: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """`relay serve` on the day's store with these connectors, routed every call event."""
+    data = config_dict(f"sqlite+aiosqlite:///{tmp / 'relay.db'}", connectors)
     data["delivery"] = {"max_attempts": 10, "schedule": ["1s", "2s", "5s"], "timeout": "15s"}
     data["logging"] = {"level": "WARNING", "format": "text"}
     data["server"] = {"host": "127.0.0.1", "port": port}
     (tmp / "relay.yaml").write_text(yaml.safe_dump(data))
-    log = (tmp / "relay.log").open("w")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "--config",
-        str(tmp / "relay.yaml"),
-        "serve",
-        cwd=ROOT,
-        stdout=log,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    t0 = time.monotonic()
+    with (tmp / "relay.log").open("a") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "relay", "--config", str(tmp / "relay.yaml"), "serve", *options),
+            cwd=ROOT,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+        )
     try:
         async with httpx.AsyncClient(timeout=10) as client:
             while True:
@@ -140,41 +135,56 @@ async def run_day(rng: random.Random, plan: list, connectors: dict) -> Day:
                         break
                 except httpx.TransportError:
                     await asyncio.sleep(0.1)
-            # interleave the calls: a day's events arrive mixed, each call's in its order
-            queues = [collections.deque((integ, b) for b in sent) for _, _, integ, sent in plan]
-            stream = []
-            while any(queues):
-                q = rng.choice([q for q in queues if q])
-                stream.append(q.popleft())
-            sem = asyncio.Semaphore(8)
-
-            async def post(integ: str, body: bytes) -> int:
-                async with sem:
-                    r = await client.post(
-                        f"http://127.0.0.1:{port}/webhooks/{integ}",
-                        content=body,
-                        headers={
-                            "x-signature": sign(body, SECRET),
-                            "content-type": "application/json",
-                        },
-                    )
-                    return r.status_code
-
-            t_post = time.monotonic()
-            codes = []
-            for i in range(0, len(stream), 40):  # roughly in arrival order, 40 at a time
-                codes += await asyncio.gather(*(post(ig, b) for ig, b in stream[i : i + 40]))
-            posted = time.monotonic() - t_post
-        while True:
-            s = states(db)
-            if s and set(s) <= {"succeeded", "dead"}:
-                break
-            await asyncio.sleep(0.5)
-        elapsed = time.monotonic() - t0
+            yield client
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
-    return Day(codes, posted, elapsed, states(db))
+
+
+async def post_day(rng: random.Random, plan: list, client: httpx.AsyncClient, port: int) -> list:
+    """The plan's events posted like Wildix would: interleaved across calls, each call's in its
+    (possibly reordered) order, 40 at a time; returns the webhook's answers."""
+    queues = [collections.deque((integ, b) for b in sent) for _, _, integ, sent in plan]
+    stream = []
+    while any(queues):
+        q = rng.choice([q for q in queues if q])
+        stream.append(q.popleft())
+
+    async def post(integ: str, body: bytes) -> int:
+        headers = {"x-signature": sign(body, SECRET), "content-type": "application/json"}
+        url = f"http://127.0.0.1:{port}/webhooks/{integ}"
+        return (await client.post(url, content=body, headers=headers)).status_code
+
+    codes = []
+    for i in range(0, len(stream), 40):
+        codes += await asyncio.gather(*(post(ig, b) for ig, b in stream[i : i + 40]))
+    return codes
+
+
+async def run_day(rng: random.Random, plan: list, connectors: dict, outage: bool = False) -> Day:
+    """Post the day and return once every delivery has settled. With ``outage`` the day is
+    ingested while nothing delivers (`serve --no-dispatch`: the CRMs were unreachable all day),
+    then one `relay serve` drains the whole backlog."""
+    tmp = Path(tempfile.mkdtemp(prefix="crm_day_"))
+    port = free_port()
+    t0 = time.monotonic()
+    async with serving(tmp, connectors, port, *(["--no-dispatch"] if outage else [])) as client:
+        codes = await post_day(rng, plan, client, port)
+        posted = time.monotonic() - t0
+        if outage:
+            t0 = time.monotonic()
+        else:
+            await settled(tmp / "relay.db")
+    if outage:
+        async with serving(tmp, connectors, port):
+            await settled(tmp / "relay.db")
+    return Day(codes, posted, time.monotonic() - t0, states(tmp / "relay.db"))
+
+
+async def settled(db: Path) -> None:
+    """Poll the store (another process writes it) until no delivery is pending."""
+    while not (s := states(db)) or not set(s) <= {"succeeded", "dead"}:  # noqa: ASYNC110
+        await asyncio.sleep(0.5)
 
 
 def print_day(calls: int, plan: list, day: Day) -> None:
@@ -186,8 +196,9 @@ def print_day(calls: int, plan: list, day: Day) -> None:
     )
 
 
-def print_records(name: str, plan: list, records: Callable[[str], list], total: int) -> None:
-    """How many CRM records each call got: 1 per external call, 0 per internal one."""
+def print_records(name: str, plan: list, records: Callable[[str], list], total: int) -> int:
+    """How many CRM records each call got (1 per external call, 0 per internal one); returns
+    how many calls were logged."""
     per_call: collections.Counter[int] = collections.Counter()
     wrong = []
     for cid, kind, _, _ in plan:
@@ -201,60 +212,61 @@ def print_records(name: str, plan: list, records: Callable[[str], list], total: 
         f"(external calls {external} → exactly 1 each; internal {len(plan) - external} → 0); "
         f"records in CRM {total}; calls not as expected: {wrong or 'none'}"
     )
+    return external - sum(1 for _, kind, n in wrong if kind != "internal" and n == 0)
 
 
-async def main(calls: int, seed: int, hubspot_limit: int, pipedrive_limit: int) -> None:
-    for name in ("", "uvicorn.error"):  # the fakes and httpx stay quiet
+async def main(args: argparse.Namespace) -> None:
+    for name in ("", "uvicorn.error", "httpx"):  # the fakes and httpx stay quiet
         logging.getLogger(name).setLevel(logging.WARNING)
-    rng = random.Random(seed)
+    rng = random.Random(args.seed)
     known, unknown = numbers(rng, 40), numbers(rng, 15)
-    # relay is configured for HubSpot Professional (190 / 10 s; search 5 / s) and Pipedrive
-    # Essential (20 / 2 s; search 10 / 2 s); the accounts may allow less (shared with other apps)
-    hub = FakeHubSpot(limit=hubspot_limit, interval=10.0)
-    pipe = FakePipedrive(limit=pipedrive_limit, interval=2.0)
-    hub.add_owner("giulia.rossi@example.org")
-    pipe.add_user("giulia.rossi@example.org", "Giulia Rossi")
-    for n in known:
-        hub.add_contact(n, "Known", n[-4:])
-        pipe.add_person(f"Known {n[-4:]}", n)
-    plan = script(rng, calls, known, unknown)
-    async with serve(hub.app) as hub_url, serve(pipe.app) as pipe_url:
-        connectors = {
-            "hubspot": {
-                "type": "hubspot",
-                "token": hub.token,
-                "base_url": hub_url,
-                "default_region": "GB",
-                "rate_limit": {"requests": 190, "per": "10s"},
-            },
-            "pipedrive": {
-                "type": "pipedrive",
-                "api_token": pipe.api_token,
-                "base_url": pipe_url,
-                "default_region": "GB",
-            },
-        }
-        day = await run_day(rng, plan, connectors)
-    print_day(calls, plan, day)
-    for name, fake, records in (
-        ("hubspot", hub, hub.calls_for),
-        ("pipedrive", pipe, pipe.logs_for),
-    ):
-        total = len(fake.calls) if name == "hubspot" else len(fake.call_logs)
-        print_records(name, plan, records, total)
-        print(
-            f"{name}: requests {len(fake.log)}; rejected for rate limits: burst "
-            f"{fake.burst.rejected}, search {fake.search.rejected}, daily {fake.daily.rejected};"
-            f" busiest window {fake.burst.busiest()}/{fake.burst.limit} per "
-            f"{fake.burst.interval:g}s, search {fake.search.busiest()}/{fake.search.limit}"
-        )
+    vendors = [CRMS[name] for name in args.crm or CRMS]
+    # each fake at its default plan limits, each connector at its defaults (the same plan)
+    fakes = {vendor.name: vendor.fake() for vendor in vendors}
+    for vendor in vendors:
+        vendor.add_owner(fakes[vendor.name], AGENT_EMAIL)
+        for n in known:
+            vendor.add_person(fakes[vendor.name], n, f"Known {n[-4:]}")
+    plan = script(rng, args.calls, known, unknown)
+    async with contextlib.AsyncExitStack() as stack:
+        connectors = {}
+        for vendor in vendors:
+            url = await stack.enter_async_context(serve(fakes[vendor.name].app))
+            block = vendor.credentials(fakes[vendor.name], url, vendor.flow)
+            connectors[vendor.name] = {**block, "default_region": "GB"}
+        day = await run_day(rng, plan, connectors, outage=args.outage)
+    print_day(args.calls, plan, day)
+    for vendor in vendors:
+        print_requests(vendor, fakes[vendor.name], plan)
+
+
+def print_requests(vendor: Vendor, fake: Any, plan: list) -> None:
+    """Records per call, then the CRM API requests each logged call cost."""
+    total = len(vendor.all_records(fake))
+    logged = print_records(vendor.name, plan, lambda cid: vendor.records(fake, cid), total)
+    refused = sum(1 for *_, status in fake.log if status == 429)
+    window = getattr(fake, "burst", None)  # a fake without one has only a daily allowance
+    busiest = (
+        f", busiest window {window.busiest()}/{window.limit} per {window.interval:g}s"
+        if window
+        else ""
+    )
+    print(
+        f"{vendor.name}: requests {len(fake.log)} for {logged} logged calls "
+        f"({len(fake.log) / max(logged, 1):.2f} per call); answered 429: {refused}{busiest}"
+    )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--hubspot-limit", type=int, default=190, help="the account's, per 10 s")
-    parser.add_argument("--pipedrive-limit", type=int, default=20, help="the account's, per 2 s")
-    args = parser.parse_args()
-    asyncio.run(main(args.calls, args.seed, args.hubspot_limit, args.pipedrive_limit))
+    parser.add_argument(
+        "--crm", action="append", choices=sorted(CRMS), help="repeatable; default: every CRM"
+    )
+    parser.add_argument(
+        "--outage",
+        action="store_true",
+        help="ingest the whole day before anything is delivered (CRMs down all day), then drain",
+    )
+    asyncio.run(main(parser.parse_args()))

@@ -64,6 +64,11 @@ class Vendor:
     outcomes: dict[str, str]  # normalized outcome ("completed", "missed") → what the CRM shows
     create_path: str  # the request path that creates a call record
     updates: bool  # creates the record at the first event and updates it (else: at the end)
+    # a contact holding this number (bench.crm_day seeds a day's contacts), and a CRM user
+    add_person: Callable[[Any, str, str], str] = lambda fake, number, name: str(
+        fake.add_contact(number, *name.split(" ", 1))
+    )
+    add_owner: Callable[[Any, str], str] = lambda fake, email: str(fake.add_user(email, "Giulia"))
     token_key: str | None = None  # the config key of a static API token; None: OAuth
     milliseconds: bool = False  # durations kept to the millisecond (else whole seconds)
     flow: str = ""  # the OAuth flow (Salesforce has several)
@@ -152,6 +157,7 @@ HUBSPOT = Vendor(
     outcomes={"completed": "COMPLETED", "missed": "NO_ANSWER"},
     create_path="/crm/v3/objects/calls",
     updates=True,
+    add_owner=lambda fake, email: fake.add_owner(email, "Giulia"),
     token_key="token",
     milliseconds=True,
 )
@@ -185,6 +191,7 @@ PIPEDRIVE = Vendor(
     outcomes={"completed": "connected", "missed": "no_answer"},
     create_path="/v1/callLogs",
     updates=False,  # a call log cannot be updated: written once, from the final data
+    add_person=lambda fake, number, name: str(fake.add_person(name, number)),
     token_key="api_token",
 )
 SALESFORCE = Vendor(
