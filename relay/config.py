@@ -85,6 +85,8 @@ class ServerConfig(_Strict):
     header_timeout: Duration = Duration(10)
     body_timeout: Duration = Duration(30)
     max_header_size: int = 16 * 1024
+    # several `relay serve` processes on one port, the kernel spreading connections (PostgreSQL)
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:
@@ -326,6 +328,10 @@ def parse_config(
         raise ConfigError("$", "the top level must be a mapping")
     data = interpolate(data, os.environ if env is None else env)
     top: _Top = _convert(data, _Top, "$")
+    if top.server.reuse_port and top.database.url.startswith("sqlite"):
+        raise ConfigError(
+            "$.server.reuse_port", "needs PostgreSQL: a SQLite store takes one `relay serve`"
+        )
 
     connectors: dict[str, ConnectorInstance] = {}
     for name, block in top.connectors.items():

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import socket
+import sys
 
 import click
 
@@ -46,7 +49,7 @@ def serve(
         max_header_size=server.max_header_size,
         max_connections=server.max_connections,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host or server.host,
         port=port or server.port,
@@ -61,6 +64,28 @@ def serve(
         forwarded_allow_ips=",".join(server.trusted_proxies) or None,
         timeout_graceful_shutdown=int(settings.dispatch.shutdown_grace) + 5,
     )
+    sockets = [shared_socket(config.host, config.port)] if server.reuse_port else None
+    runner = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        runner.run(sockets=sockets)
+    if not runner.started:  # what uvicorn.run does: a failed start-up is exit status 3
+        sys.exit(3)
+
+
+def shared_socket(host: str, port: int) -> socket.socket:
+    """A listening socket other `relay serve` processes can bind too (SO_REUSEPORT): the
+    kernel spreads new connections across them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        fail(f"cannot listen on {host}:{port}: {exc.strerror}")
+    sock.set_inheritable(True)
+    return sock
 
 
 async def _require_schema(settings: Settings) -> None:
