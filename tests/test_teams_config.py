@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,14 +11,17 @@ import pytest
 from relay.plugins.teams import card, default_template, envelope
 
 from relay import MESSAGE_KINDS, render, sample_events, template_values
+from relay.config import parse_config
 from tests.fakes.teams import is_message
-from tests.support.connectors import check_config, config_error
+from tests.support.connectors import TYPES, check_config, config_error
 
 URL = (
     "https://prod-07.westeurope.logic.azure.com:443/workflows/4f1c/triggers/manual/paths/invoke"
     "?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig=Zx9s3cr3tSigValue"
 )
 HOOK = {"type": "teams", "webhook_url": URL}
+DOC = Path(__file__).resolve().parents[1] / "docs" / "connectors.md"
+EXAMPLE = re.compile(r"<!-- example: (\S+) -->\s*\n```\w*\n(.*?)\n```", re.S)
 CARD = '{"type": "AdaptiveCard", "version": "1.4", "body": [%s]}'
 
 
@@ -106,3 +111,16 @@ def test_default_templates_render_every_sample_as_a_valid_card() -> None:
         assert rendered["body"][-1]["isSubtle"] is True, name
         kinds.append(values["kind"])
     assert set(kinds) == set(MESSAGE_KINDS)
+
+
+def test_the_documented_teams_examples_load_and_match_the_defaults() -> None:
+    """docs/connectors.md stays true: its config loads and the card it shows is the default."""
+    docs = dict(EXAMPLE.findall(DOC.read_text(encoding="utf-8")))
+    env = {"TEAMS_WEBHOOK_URL": URL, "WILDIX_SECRET_Q7M2XK": "doc-secret"}
+    settings = parse_config(docs["teams.yaml"], connector_types=TYPES, env=env)
+    assert settings.connectors["teams-calls"].type == "teams"
+    event = sample_events()["call_completed_missed_inbound"]
+    integration = {"id": event.integration_id, "name": "ACME head office"}
+    values = template_values(event, integration=integration)
+    shown = card(render(default_template("missed_call"), **values))
+    assert shown == json.loads(docs["teams-missed-call-card.json"])
