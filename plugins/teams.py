@@ -91,10 +91,13 @@ def card(text: str) -> dict[str, Any]:
     return value
 
 
-def _url(value: str, key: str) -> None:
+def _check_webhook_url(value: str) -> None:
+    """https only, since the URL carries its own secret (``sig=``); plain http only to this
+    machine (a local forward proxy, a test)."""
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"`{key}` must be an http:// or https:// URL")
+    local = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and local)):
+        raise ValueError("`webhook_url` must be an https:// URL (http:// only to localhost)")
 
 
 class TeamsConfig(ConnectorConfig):
@@ -105,7 +108,7 @@ class TeamsConfig(ConnectorConfig):
     allow_http_links: bool = False  # recording URLs: https only unless the operator opts in
 
     def __post_init__(self) -> None:
-        _url(self.webhook_url, "webhook_url")
+        _check_webhook_url(self.webhook_url)
         if self.post_on is not None and not self.post_on:
             raise ValueError("`post_on` must list at least one event type pattern")
         if self.timeout <= 0:
@@ -122,8 +125,8 @@ class TeamsConnector(Connector):
 
     def __init__(self, name: str, config: TeamsConfig) -> None:
         super().__init__(name, config)
-        self.templates = {k: default_template(k) for k in MESSAGE_KINDS}
-        self.templates.update((k, str(v)) for k, v in config.templates.items())  # read and checked
+        overrides = config.templates  # read and checked in __post_init__
+        self.templates = {k: str(overrides.get(k) or default_template(k)) for k in MESSAGE_KINDS}
         self.post_on = tuple(config.post_on or DEFAULT_POST_ON)
 
     def render(self, event: Event, ctx: DeliveryContext) -> dict[str, Any] | None:

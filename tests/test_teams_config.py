@@ -66,6 +66,8 @@ def test_a_broken_template_is_a_config_error_with_its_path(template: str, words:
             {**HOOK, "webhook_url": "prod-07.westeurope.logic.azure.com/workflows"},
             "`webhook_url` must",
         ),
+        ({**HOOK, "webhook_url": "http://prod-07.westeurope.logic.azure.com/x"}, "https://"),
+        ({**HOOK, "webhook_url": "ftp://localhost/x"}, "`webhook_url` must be an https://"),
         ({**HOOK, "post_on": []}, "`post_on` must list"),
         ({**HOOK, "timeout": 0}, "`timeout` must be"),
         ({**HOOK, "channel": "#x"}, "channel"),
