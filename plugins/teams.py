@@ -13,7 +13,7 @@ over Teams' 28 KB, a malformed card) is refused here, before posting, with the r
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +31,7 @@ from relay import (
     render_checked,
     template_source,
     template_values,
+    to_datetime,
 )
 
 DEFAULT_POST_ON = ("call:completed", "call:end")
@@ -44,14 +45,10 @@ MAX_MESSAGE_BYTES = 28 * 1024
 
 def teams_date(value: Any) -> str:
     """``{{DATE(…, SHORT)}} {{TIME(…)}}``: Teams shows it in each reader's own time zone."""
-    try:
-        when = datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        when = None
+    when = to_datetime(value)
     if when is None:
         return ""
-    when = (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
-    stamp = when.strftime("%Y-%m-%dT%H:%M:%SZ")  # strict RFC 3339, as the functions require
+    stamp = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # strict RFC 3339, as required
     return f"{{{{DATE({stamp}, SHORT)}}}} {{{{TIME({stamp})}}}}"
 
 

@@ -29,7 +29,7 @@ from relay.messages import (
     template_source,
     template_values,
 )
-from relay.templates import TemplateError, add_filter, compile_template, render
+from relay.templates import TemplateError, add_filter, compile_template, render, to_datetime
 from relay.wildix import Call, Event, Leg, Party, Presence, Recording, Sms
 
 __all__ = [
@@ -68,4 +68,5 @@ __all__ = [
     "sample_events",
     "template_source",
     "template_values",
+    "to_datetime",
 ]
