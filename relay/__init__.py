@@ -23,11 +23,13 @@ from relay.messages import (
     message_kind,
     once_key,
     party_label,
+    post_once,
+    render_checked,
     sample_events,
     template_source,
     template_values,
 )
-from relay.templates import TemplateError, add_filter, compile_template, render
+from relay.templates import TemplateError, add_filter, compile_template, render, to_datetime
 from relay.wildix import Call, Event, Leg, Party, Presence, Recording, Sms
 
 __all__ = [
@@ -59,9 +61,12 @@ __all__ = [
     "once_key",
     "parse_retry_after",
     "party_label",
+    "post_once",
     "raise_for_response",
     "render",
+    "render_checked",
     "sample_events",
     "template_source",
     "template_values",
+    "to_datetime",
 ]

@@ -6,14 +6,17 @@ admin's template against the bundled Wildix samples so a broken one fails ``chec
 
 Event values are written by strangers (a caller chooses their caller-ID name), so what turns them
 into something a reader clicks or gets pinged by lives here too, for every chat connector: the
-link check (``safe_url``) and Slack-style escaping (``chat_text``, ``chat_plain``, ``chat_link``).
+link check (``safe_url``), Slack-style escaping (``chat_text``, ``chat_plain``, ``chat_link``) and
+Adaptive Card (Teams) escaping (``teams_text``, ``teams_link``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,11 +25,12 @@ from urllib.parse import urlsplit
 import jinja2
 import msgspec
 
+from relay.errors import PermanentError
 from relay.templates import TemplateError, add_filter, compile_template, render
 from relay.wildix import Event, parse, samples
 
 if TYPE_CHECKING:
-    from relay.connector import ConnectorContext
+    from relay.connector import ConnectorContext, DeliveryContext
 
 __all__ = [
     "MESSAGE_KINDS",
@@ -38,8 +42,12 @@ __all__ = [
     "message_kind",
     "once_key",
     "party_label",
+    "post_once",
+    "render_checked",
     "safe_url",
     "sample_events",
+    "teams_link",
+    "teams_text",
     "template_source",
     "template_values",
 ]
@@ -190,11 +198,44 @@ def _checked_links(call: dict[str, Any], allow_http: bool) -> dict[str, Any]:
     return out
 
 
+# Adaptive Card TextBlock / Fact markdown (a CommonMark subset: ** _ lists [label](url)), plus
+# what Teams itself adds: <at>…</at> mentions, autolinked URLs and {{DATE(…)}} functions.
+_WWW = re.compile(r"(?<![\w.])(www)\.", re.IGNORECASE)
+_BLOCK_START = re.compile(r"(?:[-+>#]|\d+[.)])(?:\s|$)")  # a list item or quote, were it alone
+_BRACKETS = str.maketrans({"[": "\uff3b", "]": "\uff3d"})
+
+
+def teams_text(value: Any) -> str:
+    """A value for Adaptive Card markdown (TextBlock ``text``, Fact ``title``/``value``): ``](``
+    and ``]:`` broken so no ``[label](url)`` or reference link forms, ``<`` so no ``<at>``
+    mention or ``<url>`` autolink, ``{{`` so no ``{{DATE()}}`` function, ``://`` and ``www.`` so
+    nothing autolinks, typed ``@channel`` inert; emphasis marks swapped as in ``chat_text``, and
+    a leading list or quote marker made plain. All with the invisible U+2060."""
+    text = _unlinked(_one_line(value)).replace("<", "<" + _JOIN).replace("]", "]" + _JOIN)
+    text = _WWW.sub("\\1" + _JOIN + ".", text.replace("{{", "{" + _JOIN + "{"))
+    text = _LONE_UNDERSCORE.sub("\u02cd", text.translate(_EMPHASIS))
+    return _JOIN + text if _BLOCK_START.match(text) else text
+
+
+@jinja2.pass_context
+def teams_link(context: jinja2.runtime.Context, url: Any, label: Any = None) -> str:
+    """``{{ r.url | teams_link(r.file_name) }}``: ``[label](url)`` for a URL ``safe_url`` accepts,
+    else the label (or nothing) as escaped text, never a link."""
+    checked = safe_url(url, bool(context.get("allow_http_links")))
+    shown = teams_text(label).translate(_BRACKETS) if label not in (None, "") else ""
+    if checked is None:
+        return shown
+    target = checked.replace("(", "%28").replace(")", "%29").replace("<", "%3C")
+    return f"[{shown or 'link'}]({target.replace('>', '%3E')})"
+
+
 add_filter("chat_text", chat_text)
 add_filter("mrkdwn", chat_text)  # the name Slack templates have always used
 add_filter("chat_plain", chat_plain)
 add_filter("chat_link", chat_link)
 add_filter("safe_url", _safe_url_filter)
+add_filter("teams_text", teams_text)
+add_filter("teams_link", teams_link)
 
 
 def template_values(
@@ -237,6 +278,48 @@ def once_key(event: Event) -> str:
     if event.call is not None:
         return f"{event.integration_id}:{event.call.id}:{event.call.phase}"
     return f"{event.integration_id}:{event.type}:{hashlib.sha256(event.raw).hexdigest()[:32]}"
+
+
+def render_checked(
+    ctx: ConnectorContext,
+    source: str,
+    values: dict[str, Any],
+    check: Callable[[str], Any],
+    what: str,
+) -> Any:
+    """A template rendered at delivery and passed to ``check``; any failure is a PermanentError
+    naming ``what`` (the delivery is dead with the reason: a retry would render the same)."""
+    try:
+        return check(ctx.render(source, **values))
+    except ValueError as exc:  # TemplateError, or what check() found wrong
+        raise PermanentError(f"{what}: {exc}") from None
+    except Exception as exc:  # a runtime error in an admin's template
+        raise PermanentError(f"{what}: {type(exc).__name__}: {exc}") from None
+
+
+async def post_once(
+    event: Event,
+    ctx: DeliveryContext,
+    post_on: Sequence[str],
+    compose: Callable[[], Any],
+    send: Callable[[Any], Awaitable[None]],
+) -> None:
+    """For a target that cannot edit what it posted: one message per call phase whose event type
+    matches ``post_on`` (one per event for presence and SMS), ever. ``compose()`` gives the
+    message or None; a retry, replay or redelivered copy finds the durable link: no post."""
+    if event.call is not None and not any(fnmatchcase(event.type, p) for p in post_on):
+        ctx.log.debug("%s is not in post_on: nothing to post", event.type)
+        return
+    key = f"posted:{once_key(event)}"
+    if await ctx.links.get(key) is not None:
+        ctx.log.info("already posted for %s", key)
+        return
+    message = compose()
+    if message is None:
+        ctx.log.debug("no message for %s events", event.type)
+        return
+    await send(message)
+    await ctx.links.set(key, {"at": datetime.now(UTC).isoformat()})
 
 
 class TemplateFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
