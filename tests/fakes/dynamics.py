@@ -23,32 +23,19 @@ from typing import Any
 from litestar import Litestar, Request, Response, get, patch, post
 
 from tests.fakes.dynamics_query import QueryError, error, query
+from tests.fakes.dynamics_rules import (
+    DOES_NOT_EXIST,
+    ENTITY,
+    GUID,
+    NOT_ON_TYPE,
+    PHONECALL,
+    bad_phonecall,
+)
 from tests.fakes.oauth import Tokens
 from tests.fakes.server import Faults, Window
 
-GUID = r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}"
 RECORD = re.compile(rf"(\w+)\(({GUID})\)")
-BIND = re.compile(rf"/(contacts|leads|systemusers)\(({GUID})\)")
-TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})")
 CALL_ID = re.compile(r"Wildix call (\S+)")
-LENGTHS = {"subject": 200, "description": 2000, "phonenumber": 200, "category": 250}
-PHONECALL = {
-    *LENGTHS,
-    "directioncode",
-    "actualstart",
-    "actualend",
-    "actualdurationminutes",
-    "subcategory",
-    "regardingobjectid_contact@odata.bind",
-    "regardingobjectid_lead@odata.bind",
-    "ownerid@odata.bind",
-    "phonecall_activity_parties",
-}
-PARTY_BINDS = {
-    "partyid_contact@odata.bind": "contacts",
-    "partyid_lead@odata.bind": "leads",
-    "partyid_systemuser@odata.bind": "systemusers",
-}
 PERSON_COLUMNS = {"fullname", "firstname", "lastname", "telephone1", "mobilephone", "statecode"}
 COLUMNS = {
     "contacts": {"contactid", "_ownerid_value", *PERSON_COLUMNS},
@@ -57,14 +44,6 @@ COLUMNS = {
     "phonecalls": {"activityid", "statecode", "statuscode", *PHONECALL}
     - {"phonecall_activity_parties"},
 }
-ENTITY = {
-    "contacts": "contact",
-    "leads": "lead",
-    "systemusers": "systemuser",
-    "phonecalls": "phonecall",
-}
-NOT_ON_TYPE = "0x80060888"  # Dataverse's code for an unknown property or malformed query
-DOES_NOT_EXIST = "0x80040217"
 
 
 @dataclass
@@ -199,75 +178,6 @@ class FakeDynamics:
         except ValueError:
             return None
 
-    # -- validation ------------------------------------------------------------------------------
-
-    def _bind(self, value: Any, tables: tuple[str, ...]) -> Response[Any] | None:
-        match = BIND.fullmatch(str(value))
-        if match is None or match[1] not in tables:
-            return error(400, NOT_ON_TYPE, f"Bad Request - Error in query syntax: {value!r}")
-        if match[2] not in self._tables()[match[1]]:
-            return error(
-                404, DOES_NOT_EXIST, f"{ENTITY[match[1]]} With Id = {match[2]} Does Not Exist"
-            )
-        return None
-
-    def _bad_call(self, body: Any) -> Response[Any] | None:
-        if not isinstance(body, dict):
-            return error(400, NOT_ON_TYPE, "The request body is not a JSON object.")
-        for name, value in body.items():
-            if name not in PHONECALL:
-                return error(
-                    400,
-                    NOT_ON_TYPE,
-                    f"The property '{name}' does not exist on type "
-                    "'Microsoft.Dynamics.CRM.phonecall'. Make sure to only use property names "
-                    "that are defined by the type.",
-                )
-            if name in LENGTHS and (not isinstance(value, str) or len(value) > LENGTHS[name]):
-                return error(
-                    400,
-                    "0x80044331",
-                    f"A validation error occurred. The length of the '{name}' attribute of the "
-                    f"'phonecall' entity exceeded the maximum allowed length of '{LENGTHS[name]}'.",
-                )
-        if "directioncode" in body and not isinstance(body["directioncode"], bool):
-            return error(
-                400, NOT_ON_TYPE, "Cannot convert the literal to the expected type 'Edm.Boolean'."
-            )
-        minutes = body.get("actualdurationminutes", 0)
-        if not isinstance(minutes, int) or isinstance(minutes, bool) or minutes < 0:
-            return error(
-                400, NOT_ON_TYPE, "Cannot convert the literal to the expected type 'Edm.Int32'."
-            )
-        for name in ("actualstart", "actualend"):
-            if name in body and not TIME.fullmatch(str(body[name])):
-                return error(
-                    400,
-                    NOT_ON_TYPE,
-                    "Cannot convert the literal to the expected type 'Edm.DateTimeOffset'.",
-                )
-        for name, tables in (
-            ("regardingobjectid_contact@odata.bind", ("contacts",)),
-            ("regardingobjectid_lead@odata.bind", ("leads",)),
-            ("ownerid@odata.bind", ("systemusers",)),
-        ):
-            if name in body and (bad := self._bind(body[name], tables)) is not None:
-                return bad
-        parties = body.get("phonecall_activity_parties", [])
-        if not isinstance(parties, list):
-            return error(400, NOT_ON_TYPE, "phonecall_activity_parties must be a collection.")
-        for party in parties:
-            binds = [k for k in party if k in PARTY_BINDS] if isinstance(party, dict) else []
-            if len(binds) != 1 or set(party) != {binds[0], "participationtypemask"}:
-                return error(400, NOT_ON_TYPE, f"An activity party is malformed: {party!r}")
-            if party["participationtypemask"] not in (1, 2):  # a phone call: From or To
-                return error(
-                    400, "0x80040203", "Invalid participation type mask for a phone call party."
-                )
-            if (bad := self._bind(party[binds[0]], (PARTY_BINDS[binds[0]],))) is not None:
-                return bad
-        return None
-
     # -- the API ---------------------------------------------------------------------------------
 
     def _token(self, tenant: str, form: dict[str, str], base: str) -> tuple[dict[str, Any], int]:
@@ -363,7 +273,7 @@ class FakeDynamics:
                         body.get("telephone1", ""), body.get("firstname", ""), body["lastname"]
                     )
                 elif resource == "phonecalls":
-                    if (bad := fake._bad_call(body)) is not None:
+                    if (bad := bad_phonecall(body, fake._tables())) is not None:
                         return fake._finish(request, bad)
                     rid = str(uuid.uuid4())
                     fake.phonecalls[rid] = {
@@ -400,7 +310,7 @@ class FakeDynamics:
                     return fake._finish(request, error(405, "0x80060888", "Method not allowed."))
                 rid = match[2].lower()
                 body = await fake._body(request)
-                if (bad := fake._bad_call(body)) is not None:
+                if (bad := bad_phonecall(body, fake._tables())) is not None:
                     return fake._finish(request, bad)
                 if rid not in fake.phonecalls:
                     if request.headers.get("if-match") == "*":
