@@ -67,8 +67,11 @@ async def test_lookups_quote_odata_literals_and_match_typed_numbers(store: Store
         raw = {"$filter": "internalemailaddress eq 'o'neil@example.org'"}
         with pytest.raises(PermanentError, match=r"0x80060888.*Syntax error"):
             await conn.call_api(ctx, "GET", "/systemusers", what="raw", params=raw)
-    searches = [path for method, path, _ in fake.log if method == "GET" and "contacts" in path]
-    assert len(searches) == 1  # the contact matched: no lead search
+    assert [e for e in fake.log if e[0] == "GET"] == [
+        ("GET", "/api/data/v9.2/systemusers", 200),
+        ("GET", "/api/data/v9.2/contacts", 200),  # the contact matched: no lead search
+        ("GET", "/api/data/v9.2/systemusers", 400),  # the unescaped quote
+    ]
 
 
 async def test_requests_over_the_window_pause_the_connector_for_retry_after(db_url: str) -> None:

@@ -255,7 +255,9 @@ class FakeDynamics:
                 except QueryError as exc:
                     return fake._finish(request, error(400, NOT_ON_TYPE, str(exc)))
                 context = f"{request.base_url}api/data/{fake.api_version}/$metadata#{resource}"
-                return fake._finish(request, Response({"@odata.context": context, "value": rows}))
+                return fake._finish(
+                    request, Response({"@odata.context": context, "value": rows}, status_code=200)
+                )
 
         @post(data, status_code=201)
         async def create(request: Request[Any, Any, Any]) -> Response[Any]:
