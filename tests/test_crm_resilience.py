@@ -19,6 +19,7 @@ import pytest
 from relay.store.tables import connector_state
 from tests.support.calls import current_inbound_missed, current_outbound
 from tests.support.crm import (
+    DYNAMICS,
     FR_CALLER,
     HUBSPOT,
     REFRESHING,
@@ -73,10 +74,19 @@ async def test_failure_after_the_create_still_makes_one_record(
     assert vendor.seconds(record) == vendor.kept_seconds(180_602)
 
 
-async def test_worker_killed_between_create_and_link_write(db_url: str, tmp_path: Path) -> None:
-    """A real `relay worker` process dies (SIGKILL) while HubSpot has already stored the call;
+# how each CRM looks its record up by marker after a crash: (method, path ending)
+MARKER_LOOKUP = {
+    "hubspot": ("POST", "/crm/v3/objects/calls/search"),
+    "dynamics": ("GET", "/phonecalls"),
+}
+
+
+@pytest.mark.parametrize("vendor", [HUBSPOT, DYNAMICS], ids=vendor_id)
+async def test_worker_killed_between_create_and_link_write(
+    db_url: str, tmp_path: Path, vendor: Vendor
+) -> None:
+    """A real `relay worker` process dies (SIGKILL) while the CRM has already stored the call;
     another dispatcher takes the delivery over after the lease and finds the call by marker."""
-    vendor = HUBSPOT
     fake = vendor.fake()
     vendor.seed(fake)
     fake.faults.set("hang")
@@ -92,14 +102,15 @@ async def test_worker_killed_between_create_and_link_write(db_url: str, tmp_path
         finally:
             worker.send_signal(signal.SIGKILL)  # ...and the worker dies before the link write
             worker.wait()
-        assert len(fake.calls) == 1
+        assert len(vendor.all_records(fake)) == 1
         async with run_relay(make_settings(db_url, connectors)) as relay:
             rows = await relay.settled(timeout=60)
             assert all(r.state == "succeeded" for r in rows)
     [call] = vendor.records(fake, "killed_1")
-    assert len(fake.calls) == 1
-    assert call["properties"]["hs_call_status"] == "COMPLETED"
-    searches = [e for e in fake.log if e[1] == "/crm/v3/objects/calls/search"]
+    assert len(vendor.all_records(fake)) == 1
+    assert vendor.outcome(call) == vendor.outcomes["completed"]
+    method, path = MARKER_LOOKUP[vendor.name]
+    searches = [e for e in fake.log if e[0] == method and e[1].endswith(path)]
     assert len(searches) == 1  # only the recovering attempt searched
 
 

@@ -48,6 +48,9 @@ async def test_outbound_completed_current_generation(db_url: str, vendor: Vendor
                 [call] = early
                 if vendor.name == "hubspot":
                     assert call["properties"]["hs_call_status"] == "IN_PROGRESS"
+                elif vendor.name == "dynamics":
+                    assert (call["category"], call["directioncode"]) == ("In progress", True)
+                    assert "actualend" not in call and "actualdurationminutes" not in call
                 else:
                     assert (call["Status"], call["TaskSubtype"]) == ("In Progress", "Call")
                     assert "CallDurationInSeconds" not in call
@@ -97,6 +100,29 @@ async def test_outbound_completed_current_generation(db_url: str, vendor: Vendor
         assert record["CallObject"] == "it_out_1"
         assert record["ActivityDate"] == "2025-11-29"
         assert record["OwnerId"] == seeded["owner"]
+        assert record["updates"] >= 1
+    elif vendor.name == "dynamics":
+        assert REC in record["description"]
+        assert record["subject"] == TITLE
+        assert (record["directioncode"], record["category"]) == (True, "Answered")
+        assert record["phonenumber"] == UK_CONTACT
+        assert (record["actualstart"], record["actualend"]) == (
+            "2025-11-29T10:30:10Z",
+            "2025-11-29T10:33:11Z",
+        )
+        assert record["actualdurationminutes"] == 4  # 181 s, rounded up to whole minutes
+        assert record["ownerid@odata.bind"] == f"/systemusers({seeded['owner']})"
+        assert record["regardingobjectid_contact@odata.bind"] == f"/contacts({seeded['uk']})"
+        assert record["phonecall_activity_parties"] == [  # outgoing: our user is the sender
+            {
+                "partyid_systemuser@odata.bind": f"/systemusers({seeded['owner']})",
+                "participationtypemask": 1,
+            },
+            {
+                "partyid_contact@odata.bind": f"/contacts({seeded['uk']})",
+                "participationtypemask": 2,
+            },
+        ]
         assert record["updates"] >= 1
     else:
         assert REC in record["Description"]
@@ -157,6 +183,19 @@ async def test_inbound_missed_and_legacy_generation(db_url: str, vendor: Vendor)
         for task in (missed, leg_missed):
             assert (task["CallType"], task["CallDisposition"]) == ("Inbound", "No answer")
         assert (out["CallType"], out["CallDisposition"]) == ("Outbound", "Answered")
+    elif vendor.name == "dynamics":
+        for call in (missed, leg_missed):
+            assert (call["directioncode"], call["category"]) == (False, "Missed")
+            assert call["phonenumber"] == FR_CALLER
+            assert call["regardingobjectid_lead@odata.bind"] == f"/leads({seeded['fr']})"
+            assert "regardingobjectid_contact@odata.bind" not in call
+        assert missed["actualstart"].endswith("Z")  # UTC whatever the account's time zone
+        assert missed["actualdurationminutes"] == 1  # 28 s
+        assert missed["phonecall_activity_parties"][-1] == {  # incoming: the caller sends
+            "partyid_lead@odata.bind": f"/leads({seeded['fr']})",
+            "participationtypemask": 1,
+        }
+        assert (out["directioncode"], out["category"]) == (True, "Answered")
     else:
         for call in (missed, leg_missed):
             assert call["Call_Type"] == "Missed"

@@ -108,14 +108,16 @@ class CrmHttp:
         json: Any = None,
         params: Mapping[str, Any] | None = None,
         allow: tuple[int, ...] = (),
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         """One request to ``path`` (under ``api_root``, or a full URL), rate limited and
         authenticated; non-2xx raises per the outcome contract except the statuses in
-        ``allow``, which the caller handles."""
+        ``allow``, which the caller handles. ``headers`` are added to the auth headers (e.g.
+        Dataverse's ``If-Match: *``, which stops a PATCH from creating a record)."""
         limit = self.buckets()[bucket]
         refreshed = False
         while True:
-            headers = await self.auth_headers(ctx)
+            sent = {**(headers or {}), **await self.auth_headers(ctx)}
             url = path if "://" in path else await self.api_root(ctx) + path
             # evenly spaced, no bursts: a CRM's rolling window never sees more than its limit
             async with ctx.limiter(bucket, 1, limit.per / limit.requests):
@@ -124,7 +126,7 @@ class CrmHttp:
                     url,
                     json=json,
                     params=params,
-                    headers=headers,
+                    headers=sent,
                     timeout=self.config.request_timeout,
                 )
             if response.status_code == 401 and not refreshed and await self.refresh_auth(ctx):

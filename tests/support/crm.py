@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import msgspec
 
 from relay.admin import actions
 from relay.store.tables import links
+from tests.fakes.dynamics import FakeDynamics
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.pipedrive import FakePipedrive
 from tests.fakes.salesforce import TEST_KEY_PEM, FakeSalesforce
@@ -252,11 +255,56 @@ ZOHO = Vendor(
     updates=False,  # Call_Type cannot change once created: written at the end
 )
 
-CRMS = {vendor.name: vendor for vendor in (HUBSPOT, PIPEDRIVE, SALESFORCE, ZOHO)}
+
+def _dynamics_person(record: Record) -> str | None:
+    for kind in ("contact", "lead"):
+        bind = record.get(f"regardingobjectid_{kind}@odata.bind")
+        if bind:
+            return re.sub(r"^/\w+\((.*)\)$", r"\1", bind)
+    return None
+
+
+def _dynamics_seconds(record: Record) -> float:
+    start, end = (datetime.fromisoformat(record[k]) for k in ("actualstart", "actualend"))
+    return (end - start).total_seconds()
+
+
+DYNAMICS = Vendor(
+    name="dynamics",
+    make_fake=FakeDynamics,
+    credentials=lambda fake, url, _: {
+        "type": "dynamics",
+        "url": url,
+        "login_url": url,
+        "tenant_id": fake.tenant_id,
+        "client_id": fake.client_id,
+        "client_secret": fake.client_secret,
+    },
+    limits={
+        "rate_limit": {"requests": 50, "per": 1},
+        "search_rate_limit": {"requests": 20, "per": 1},
+    },
+    seed=SALESFORCE.seed,  # a contact typed nationally, a lead typed internationally
+    records=lambda fake, call_id: fake.calls_for(call_id),
+    records_of=lambda fake: fake.phonecalls.values(),
+    record_id=lambda record: str(record["activityid"]),
+    person=_dynamics_person,
+    seconds=_dynamics_seconds,  # actualend - actualstart (actualdurationminutes is in minutes)
+    outcome=lambda record: record["category"],
+    notes=lambda record: record["description"],
+    contacts_with=lambda fake, number: [
+        cid for cid, contact in fake.contacts.items() if contact["telephone1"] == number
+    ],
+    outcomes={"completed": "Answered", "missed": "Missed"},
+    create_path="/phonecalls",
+    updates=True,
+)
+
+CRMS = {vendor.name: vendor for vendor in (HUBSPOT, PIPEDRIVE, SALESFORCE, ZOHO, DYNAMICS)}
 VENDORS = list(CRMS.values())
 OAUTH_VENDORS = [vendor for vendor in VENDORS if vendor.oauth]
 # every way to get an access token: each Salesforce flow, and Zoho's refresh token
-TOKEN_VENDORS = [*(SALESFORCE.with_flow(flow) for flow in FLOWS), ZOHO]
+TOKEN_VENDORS = [*(SALESFORCE.with_flow(flow) for flow in FLOWS), ZOHO, DYNAMICS]
 REFRESHING = [SALESFORCE.with_flow("refresh_token"), ZOHO]  # those holding a refresh token
 
 
