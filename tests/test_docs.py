@@ -19,7 +19,7 @@ import pytest
 
 from relay import crm
 from relay.cli import main
-from relay.config import ConnectorInstance, Settings
+from relay.config import CircuitPolicy, ConnectorInstance, Settings
 from relay.connector import Connector
 from relay.registry import connector_types
 
@@ -83,7 +83,7 @@ def plain(path: str) -> str:
 # Settings fields that are not keys of config.yaml: where the file was read from.
 NOT_KEYS = {"source"}
 # What a connector block holds besides its type's own keys (those are checked per type below).
-CONNECTOR_BLOCK_KEYS = ("type", "delivery")
+CONNECTOR_BLOCK_KEYS = ("type", "delivery", "circuit")
 
 
 def struct_of(info: msgspec.inspect.Type) -> msgspec.inspect.StructType | None:
@@ -142,6 +142,15 @@ def test_config_key_is_documented(where: str, key: str) -> None:
         assert key in found.table_keys(), (
             f"docs/configuration.md: `{where}.{key}` has no row in the `{where}` table"
         )
+
+
+@pytest.mark.parametrize("key", [f.encode_name for f in msgspec.structs.fields(CircuitPolicy)])
+def test_circuit_key_is_documented(key: str) -> None:
+    found = section(DOCS / "configuration.md", "connectors.<id>.circuit")
+    assert found is not None, (
+        "docs/configuration.md has no section headed `connectors.<id>.circuit`"
+    )
+    assert key in found.table_keys(), f"docs/configuration.md: circuit `{key}` has no row"
 
 
 # -- connector options ------------------------------------------------------------------------
