@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from relay import metrics
 from relay.admin import actions
 from relay.admin import schemas as s
-from relay.admin.circuits import CircuitsController
+from relay.admin.breakers import CircuitsController
 from relay.admin.filters import BadFilter, EventFilter
 from relay.admin.queries import Queries, queue_stats
 from relay.config import Settings

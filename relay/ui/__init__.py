@@ -123,7 +123,7 @@ def session_middleware(settings: Settings) -> DefineMiddleware:
 
 
 def ui_router(settings: Settings, throttle: FailureThrottle) -> Router:
-    from relay.ui.circuits import HANDLERS as CIRCUITS
+    from relay.ui.circuit_panel import HANDLERS as CIRCUITS
     from relay.ui.pages import HANDLERS
 
     admin = settings.admin

@@ -9,7 +9,7 @@ from litestar.params import FromPath
 from litestar.response import Template
 
 from relay.admin.actions import ActionError
-from relay.admin.circuits import close_circuit, open_circuit, statuses
+from relay.admin.breakers import close_circuit, open_circuit, statuses
 from relay.admin.queries import Queries
 
 Q = NamedDependency[Queries]

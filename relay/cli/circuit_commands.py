@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from relay.admin.circuits import CircuitStatus, close_circuit, open_circuit, statuses
+from relay.admin.breakers import CircuitStatus, close_circuit, open_circuit, statuses
 from relay.cli.operations import _json, _run, _when, as_json
 
 
