@@ -129,7 +129,7 @@ async def test_an_operator_opens_and_closes_a_circuit_by_hand(db_url: str, tmp_p
         unknown = await relay_cli(config, "circuit", "open", "nope")
         assert unknown.returncode != 0 and "no connector 'nope'" in unknown.stderr
 
-        settings = admin_settings(db_url, connectors)
+        settings = admin_settings(db_url, connectors, admin={"secure_cookies": False})
         async with run_relay(settings) as relay:
             await relay.post(call_body("cb-hand-1"))
             await relay.post(call_body("cb-hand-2"))
@@ -141,6 +141,11 @@ async def test_an_operator_opens_and_closes_a_circuit_by_hand(db_url: str, tmp_p
             scrape = (await relay.client.get(relay.url + "/metrics", headers=AUTH)).text
             assert 'relay_circuit_state{connector="out",state="open"} 1.0' in scrape
             assert 'relay_circuit_state{connector="other",state="closed"} 1.0' in scrape
+            csrf = await dashboard_login(relay)
+            assert 'id="circuits"' in (await relay.client.get(relay.url + "/ui/")).text
+            panel = (await relay.client.get(relay.url + "/ui/circuits")).text
+            assert re.search(r'id="circuit-out" data-state="open"', panel), panel
+            assert "CRM upgrade" in panel and "closed → open" in panel
 
             closed = await api(relay, "POST", "/circuits/out/close", json={"reason": "done"})
             assert closed["state"] == "closed" and closed["history"][0]["reason"] == "done"
@@ -148,8 +153,15 @@ async def test_an_operator_opens_and_closes_a_circuit_by_hand(db_url: str, tmp_p
             rows = await relay.settled()
             assert {d.state for d in rows} == {"succeeded"}
 
-            opened = await api(relay, "POST", "/circuits/out/open")
-            assert opened["state"] == "open" and opened["next_probe_at"] is None
+            panel = await relay.client.post(relay.url + "/ui/circuits/out/open", headers=csrf)
+            assert 'id="circuit-out" data-state="open"' in panel.text
+            [opened] = [c for c in await api(relay, "GET", "/circuits") if c["connector"] == "out"]
+            assert opened["state"] == "open" and opened["manual"] is True
+            assert (
+                opened["next_probe_at"] is None and opened["reason"] == "opened from the dashboard"
+            )
+            again = await api(relay, "POST", "/circuits/out/open", json={"reason": "still"})
+            assert again["state"] == "open"
             missing = await relay.client.post(
                 relay.url + "/api/v1/circuits/nope/open", headers=AUTH
             )
@@ -161,7 +173,19 @@ async def test_an_operator_opens_and_closes_a_circuit_by_hand(db_url: str, tmp_p
         listed = await relay_cli(config, "circuits", "--history")
         assert listed.returncode == 0
         assert re.search(r"^out\s+open\*", listed.stdout, re.M), listed.stdout
-        assert "opened by hand" in listed.stdout
+        assert "opened from the dashboard" in listed.stdout
+
+
+async def dashboard_login(relay: RunningRelay) -> dict[str, str]:
+    """Log in to /ui; the header htmx sends with every POST (the CSRF token)."""
+    login = await relay.client.get(relay.url + "/ui/login")
+    token = re.search(r'name="_csrf_token" value="([^"]+)"', login.text)
+    assert token is not None
+    done = await relay.client.post(
+        relay.url + "/ui/login", data={"token": TOKEN, "_csrf_token": token[1]}
+    )
+    assert done.status_code == 302
+    return {"x-csrftoken": relay.client.cookies["relay_csrf"]}
 
 
 async def test_one_probe_slot_for_the_whole_cluster(db_url: str) -> None:
