@@ -202,6 +202,11 @@ class Breakers:
     def is_probe(self, claim: Claim) -> bool:
         return self._probes.get(claim.connector) == claim.delivery_id
 
+    def forget_probe(self, claim: Claim) -> None:
+        """The probe went back unattempted: its slot frees itself when the lease runs out."""
+        if self.is_probe(claim):
+            del self._probes[claim.connector]
+
     async def unused_probe(self, connector: str) -> None:
         self._cache[connector] = await apply(
             self.store, connector, probe_unused(self.worker), worker=self.worker
@@ -210,9 +215,20 @@ class Breakers:
     async def report(
         self, claim: Claim, blames_target: bool | None, error: str | None
     ) -> datetime | None:
+        """See ``_report``; the database being away leaves the attempt's outcome as it is."""
+        try:
+            return await self._report(claim, blames_target, error)
+        except Exception as exc:
+            log.error("updating the circuit of %s failed: %s", claim.connector, exc)
+            return None
+
+    async def _report(
+        self, claim: Claim, blames_target: bool | None, error: str | None
+    ) -> datetime | None:
         """An attempt's result for its connector's circuit. When the circuit now holds the
-        connector's deliveries, when its next probe may go (now, if opened by hand): the
-        attempt is refunded and the delivery waits."""
+        connector's deliveries, when the delivery is due again (now: the open circuit holds it,
+        and once it closes, by hand or by a probe, the delivery goes at once): the attempt is
+        refunded."""
         name, policy = claim.connector, self.policies[claim.connector]
         cached = self._cache.get(name) or Circuit(name)
         change: Change | None = None
@@ -230,7 +246,7 @@ class Breakers:
             cached = self._cache[name] = await apply(self.store, name, change, worker=self.worker)
         if blames_target is not True or not cached.holds:
             return None
-        return cached.probe_at or utcnow()
+        return utcnow()
 
     def watches(self, connector: str) -> bool:
         """A success must be reported: the stored count or state is not the resting one."""

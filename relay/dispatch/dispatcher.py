@@ -225,6 +225,7 @@ class Dispatcher:
             self._waiting[claim.connector].discard(claim.delivery_id)
             why = self._give_back(claim, claimed_at)
             if why:
+                self._breakers.forget_probe(claim)
                 await self.store.release([claim.delivery_id], worker=self.worker)
                 ctx.log.info("claim released unattempted: %s", why)
                 return
@@ -242,16 +243,6 @@ class Dispatcher:
         if self._breakers.holds(claim.connector) and not self._breakers.is_probe(claim):
             return "the connector's circuit opened while it waited for a free slot"
         return None
-
-    async def _report(
-        self, claim: Claim, blames_target: bool | None, error: str | None
-    ) -> datetime | None:
-        """Tell the connector's circuit; when it holds the delivery, until when (see Breakers)."""
-        try:
-            return await self._breakers.report(claim, blames_target, error)
-        except Exception as exc:  # the database is away: the attempt's outcome still counts
-            log.error("updating the circuit of %s failed: %s", claim.connector, exc)
-            return None
 
     async def _attempt(
         self, claim: Claim, policy: DeliveryPolicy, connector: Connector, ctx: DeliveryContext
@@ -281,9 +272,9 @@ class Dispatcher:
             metrics.observe_attempt(claim.connector, _DELIVERED, duration_ms)
             self._finish(claim, outcome)
             if self._breakers.watches(claim.connector):
-                await self._report(claim, False, None)
+                await self._breakers.report(claim, False, None)
             return
-        held_until = await self._report(claim, failure.blames_target, failure.error)
+        held_until = await self._breakers.report(claim, failure.blames_target, failure.error)
         duration_ms = int((time.perf_counter() - t0) * 1000)
         outcome = attempt_outcome(
             claim, policy, failure, started, duration_ms, held_until=held_until

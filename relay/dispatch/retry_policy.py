@@ -124,7 +124,7 @@ def attempt_outcome(
 ) -> Outcome:
     """A failed attempt under the connector's policy: dead once its attempts are used up; a
     pause waits without using one (the queue refunds it), and so does a failure that blames
-    the target while its circuit is open (``held_until``: when the next probe may go)."""
+    the target while its circuit is open (``held_until``: when it is due again)."""
     kind, code = failure.kind, failure.status_code
     error = excerpt(failure.error, 2000) if failure.error else None
     if held_until is not None and kind is OutcomeKind.RETRY and failure.blames_target:
