@@ -25,6 +25,7 @@ from tests.support.operations import AUTH, TOKEN, admin_settings, api, webhook
 from tests.support.relay import RunningRelay, call_body, config_dict, run_relay, write_config
 from tests.support.stores import open_store
 from tests.support.waiting import eventually
+from tests.support.workers import dispatching_workers
 
 COOL_DOWN, MAX = 0.4, 1.6
 BREAKER = {"failures": 2, "cool_down": f"{COOL_DOWN}s", "max": f"{MAX}s"}
@@ -213,6 +214,32 @@ async def test_one_probe_slot_for_the_whole_cluster(db_url: str) -> None:
         assert await everyone(30) == [False] * 8  # the probe's lease is running
         await eventually(lambda: now.probe_until < utcnow(), "the probe's lease to run out")
         assert (await everyone(30)).count(True) == 1  # its process died: another may probe
+
+
+async def test_two_workers_send_one_probe_per_cool_down_between_them(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The cluster's coordinator is the database: two `relay worker` processes, one target."""
+    async with Receiver() as target:
+        target.respond(503, body="down", times=100_000)
+        connectors = {"out": webhook(target, delivery=FAST, circuit=BREAKER)}
+        config = write_config(tmp_path / "relay.yaml", config_dict(pg_url, connectors))
+        async with run_relay(admin_settings(pg_url, connectors), dispatch=False) as relay:
+            async with dispatching_workers(config, 2):
+                for n in range(8):
+                    assert (await relay.post(call_body(f"cb-pair-{n}"))).status_code == 200
+                found = await relay.wait_until(
+                    lambda: _at_least(probes(relay), 4), timeout=60, what="four probes"
+                )
+                sent = [r.at.timestamp() for r in found[:4]]
+                # each cool-down let exactly one request through, whichever worker sent it
+                for start, end in itertools.pairwise(sent):
+                    assert len([r for r in target.requests if start <= r.at < end]) == 1
+                assert not [d for d in await relay.deliveries() if d.state == "dead"]
+                target.clear()
+                rows = await relay.settled(timeout=60)
+            assert [d.state for d in rows] == ["succeeded"] * 8
+            assert all(d.attempts <= 2 for d in rows), [d.attempts for d in rows]
 
 
 def test_circuit_settings_are_checked() -> None:
