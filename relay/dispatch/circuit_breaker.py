@@ -130,10 +130,7 @@ def closed_by_hand(reason: str) -> Change:
 
 async def apply(store: Store, connector: str, change: Change, *, worker: str | None) -> Circuit:
     """Store one change; count and log a transition. The circuit as it is now."""
-    changed = await store.change_circuit(connector, change, worker=worker)
-    if changed is None:
-        return (await store.circuits()).get(connector) or Circuit(connector)
-    old, new = changed
+    old, new = await store.change_circuit(connector, change, worker=worker)
     if new.state != old.state:
         metrics.CIRCUIT_TRANSITIONS.labels(connector, new.state).inc()
         level = logging.WARNING if new.holds else logging.INFO

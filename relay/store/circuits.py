@@ -137,11 +137,11 @@ class Circuits:
 
     async def change_circuit(
         self, connector: str, change: Change, *, worker: str | None
-    ) -> tuple[Circuit, Circuit] | None:
-        """Apply ``change`` to the stored breaker under its row lock; (before, after) if it
-        changed anything. A change of state is written to the history too."""
+    ) -> tuple[Circuit, Circuit]:
+        """Apply ``change`` to the stored breaker under its row lock: (before, after), the
+        same circuit twice when nothing changed. A change of state goes to the history too."""
 
-        def work(conn: Connection) -> tuple[Circuit, Circuit] | None:
+        def work(conn: Connection) -> tuple[Circuit, Circuit]:
             now = utcnow()
             conn.execute(
                 self.backend.insert(circuits)
@@ -161,7 +161,7 @@ class Circuits:
             old = _circuit(row)
             new = change(old, now)
             if new is None or new == old:
-                return None
+                return old, old
             new = replace(new, updated_at=now)
             values = {name: getattr(new, name) for name in _COLUMNS if name != "connector"}
             conn.execute(update(circuits).where(circuits.c.connector == connector).values(values))
