@@ -134,6 +134,23 @@ class DeliveryPolicy(_Strict):
             raise ValueError("concurrency must be at least 1")
 
 
+class CircuitPolicy(_Strict):
+    """A connector's circuit breaker: after ``failures`` consecutive failures that blame the
+    target, its deliveries wait (no attempt spent) and one probe goes every cool-down."""
+
+    failures: int = 5  # 0 turns the breaker off for this connector
+    cool_down: Duration = Duration(30)
+    max: Duration = Duration(600)
+
+    def __post_init__(self) -> None:
+        if self.failures < 0:
+            raise ValueError("failures must be 0 (off) or more")
+        if self.cool_down <= 0:
+            raise ValueError("cool_down must be more than 0")
+        if self.max < self.cool_down:
+            raise ValueError("max must be at least cool_down")
+
+
 class DispatchConfig(_Strict):
     poll_interval: Duration = Duration(1)
     # A claim lasts the delivery timeout plus this margin; a crashed worker's claims are taken
@@ -229,6 +246,7 @@ class ConnectorInstance(msgspec.Struct, kw_only=True):
     policy: DeliveryPolicy
     options: Any
     raw: dict[str, Any]
+    circuit: CircuitPolicy = CircuitPolicy()
 
 
 class _Top(_Strict):
@@ -380,9 +398,10 @@ def _connector(
     policy_block = block.pop("delivery", None) or {}
     merged = msgspec.structs.asdict(defaults) | policy_block
     policy = _convert(merged, DeliveryPolicy, f"{path}.delivery")
+    circuit = _convert(block.pop("circuit", None) or {}, CircuitPolicy, f"{path}.circuit")
     options = _convert(block, cls.Config, path)
     return ConnectorInstance(
-        name=name, type=ctype, cls=cls, policy=policy, options=options, raw=block
+        name=name, type=ctype, cls=cls, policy=policy, options=options, raw=block, circuit=circuit
     )
 
 

@@ -11,7 +11,7 @@ so a scanner posting to random URLs cannot grow the series), connectors are conf
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +23,7 @@ from relay.wildix.views import EVENT_TYPES
 
 __all__ = [
     "ATTEMPT_SECONDS",
+    "CIRCUIT_TRANSITIONS",
     "DELIVERIES",
     "EVENTS",
     "INGEST_SECONDS",
@@ -56,6 +57,13 @@ ATTEMPT_SECONDS = Histogram(
     "Duration of one delivery attempt",
     ["connector"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+# The process that moved a connector's circuit breaker counts it (relay.dispatch.circuit_breaker,
+# and the admin API or CLI for a circuit opened or closed by hand).
+CIRCUIT_TRANSITIONS = Counter(
+    "relay_circuit_transitions",
+    "Circuit breaker transitions by connector and the state entered (open, half_open, closed)",
+    ["connector", "to"],
 )
 # The SQS source increments these: received when a message is read, deleted once its event is
 # committed (or it is dropped as invalid under on_invalid: delete), rejected when it fails checks.
@@ -103,6 +111,10 @@ class QueueSnapshot:
     active: Mapping[str, int]  # deliveries pending or running
     dead: Mapping[str, int]
     oldest: Mapping[str, datetime]  # connector → created_at of its oldest unfinished delivery
+    circuits: Mapping[str, str] = field(default_factory=dict)  # connector → its circuit's state
+
+
+CIRCUIT_STATES = ("closed", "open", "half_open")
 
 
 LABELS = ["connector"]
@@ -135,7 +147,16 @@ class QueueCollector(Collector):
             since = snap.oldest.get(name)
             oldest.add_metric([name], (snap.at - since).total_seconds() if since else 0.0)
             dead.add_metric([name], snap.dead.get(name, 0))
-        yield from (depth, oldest, dead)
+        circuit = GaugeMetricFamily(
+            "relay_circuit_state",
+            "1 for the state each connector's circuit breaker is in (closed, open, half_open)",
+            labels=["connector", "state"],
+        )
+        for name in names:
+            now = snap.circuits.get(name, "closed")
+            for state in CIRCUIT_STATES:
+                circuit.add_metric([name, state], 1.0 if state == now else 0.0)
+        yield from (depth, oldest, dead, circuit)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

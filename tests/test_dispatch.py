@@ -17,7 +17,7 @@ from tests.support.relay import (
     write_config,
 )
 from tests.support.samples import fixture
-from tests.support.worker_log import WorkerLog
+from tests.support.workers import dispatching_workers
 
 
 def webhook_to(receiver: Receiver, **extra: object) -> dict[str, dict[str, object]]:
@@ -133,20 +133,10 @@ async def test_two_workers_deliver_every_delivery_exactly_once(pg_url: str, tmp_
         receiver.delay(0.02)
         async with run_relay(settings, dispatch=False) as relay:
             config = write_config(tmp_path / "relay.yaml", config_dict(pg_url, connectors))
-            workers = [start_worker(config) for _ in range(2)]
-            try:
-                # both dispatching before the burst arrives: a worker logs this line as its
-                # claim loop begins (a busy machine can take many seconds to get there)
-                for log in [WorkerLog(w) for w in workers]:
-                    await log.wait_for("dispatcher started")
+            async with dispatching_workers(config, 2):  # both claiming before the burst
                 for i in range(120):
                     assert (await relay.post(call_body(f"call-{i}"))).status_code == 200
                 rows = await relay.settled(timeout=60)
-            finally:
-                for w in workers:
-                    w.send_signal(signal.SIGTERM)
-                for w in workers:
-                    assert w.wait(timeout=20) == 0
             assert len(rows) == 120 and all(r.state == "succeeded" for r in rows)
             assert all(r.attempts == 1 for r in rows)
             ids = [r.headers["x-relay-delivery-id"] for r in receiver.requests]

@@ -19,7 +19,7 @@ import pytest
 
 from relay import crm
 from relay.cli import main
-from relay.config import ConnectorInstance, Settings
+from relay.config import CircuitPolicy, ConnectorInstance, Settings
 from relay.connector import Connector
 from relay.registry import connector_types
 
@@ -83,7 +83,7 @@ def plain(path: str) -> str:
 # Settings fields that are not keys of config.yaml: where the file was read from.
 NOT_KEYS = {"source"}
 # What a connector block holds besides its type's own keys (those are checked per type below).
-CONNECTOR_BLOCK_KEYS = ("type", "delivery")
+CONNECTOR_BLOCK_KEYS = ("type", "delivery", "circuit")
 
 
 def struct_of(info: msgspec.inspect.Type) -> msgspec.inspect.StructType | None:
@@ -118,6 +118,8 @@ def config_keys(
         elif inner.cls is ConnectorInstance:
             for key in CONNECTOR_BLOCK_KEYS:
                 yield f"{path}{suffix}", key, f"{path}{suffix}.{key}"
+            circuit = msgspec.inspect.type_info(CircuitPolicy)
+            yield from config_keys(circuit, f"{path}{suffix}.circuit.")
         else:
             yield from config_keys(inner, f"{path}{suffix}.")
 

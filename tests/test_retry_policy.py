@@ -34,18 +34,32 @@ LATER = datetime(2030, 1, 1, tzinfo=UTC)
         ),
         (
             PermanentError("HTTP 400 bad field", status_code=400),
-            Failure(OutcomeKind.DEAD, "HTTP 400 bad field", 400),
+            Failure(OutcomeKind.DEAD, "HTTP 400 bad field", 400, blames_target=False),
         ),
-        (AuthError("HTTP 401", status_code=401), Failure(OutcomeKind.DEAD, "HTTP 401", 401)),
+        (
+            AuthError("HTTP 401", status_code=401),
+            Failure(OutcomeKind.DEAD, "HTTP 401", 401, blames_target=False),
+        ),
         (InvalidEvent("not an event"), Failure(OutcomeKind.DEAD, "not an event")),
         (
             RetryableError("HTTP 429", 7.0, status_code=429),
-            Failure(OutcomeKind.RETRY, "HTTP 429", 429, retry_after=7.0),
+            Failure(OutcomeKind.RETRY, "HTTP 429", 429, retry_after=7.0, blames_target=True),
         ),
-        (TimeoutError(), Failure(OutcomeKind.RETRY, "timed out after 3s", 202)),
+        (
+            RetryableError("HTTP 503", status_code=503),
+            Failure(OutcomeKind.RETRY, "HTTP 503", 503, blames_target=True),
+        ),
+        (
+            RetryableError("HTTP 423 locked", status_code=423),
+            Failure(OutcomeKind.RETRY, "HTTP 423 locked", 423, blames_target=False),
+        ),
+        (
+            TimeoutError(),
+            Failure(OutcomeKind.RETRY, "timed out after 3s", 202, blames_target=True),
+        ),
         (
             httpx.ConnectError("connection refused"),
-            Failure(OutcomeKind.RETRY, "ConnectError: connection refused"),
+            Failure(OutcomeKind.RETRY, "ConnectError: connection refused", blames_target=True),
         ),
         (
             ValueError("not a number"),

@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from relay import metrics
 from relay.admin import actions
 from relay.admin import schemas as s
+from relay.admin.breakers import CircuitsController
 from relay.admin.filters import BadFilter, EventFilter
 from relay.admin.queries import Queries, queue_stats
 from relay.config import Settings
@@ -227,12 +228,14 @@ async def metrics_endpoint(state: State) -> Response[bytes]:
             active[connector] = active.get(connector, 0) + n
         elif state == DeliveryState.DEAD:
             dead[connector] = n
+    circuits = {name: c.state.value for name, c in (await store.circuits()).items()}
     metrics.QUEUE.snapshot = metrics.QueueSnapshot(
         at=utcnow(),
         connectors=list(settings.connectors),
         active=active,
         dead=dead,
         oldest=oldest,
+        circuits=circuits,
     )
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
@@ -244,6 +247,7 @@ def routers(settings: Settings) -> list[Any]:
         route_handlers=[
             EventsController,
             DeliveriesController,
+            CircuitsController,
             replay,
             list_rejections,
             list_integrations,

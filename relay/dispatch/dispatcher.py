@@ -23,6 +23,7 @@ from relay import metrics
 from relay.config import DeliveryPolicy
 from relay.connector import Connector, DeliveryContext
 from relay.dispatch.attempt_timeouts import Deadlines
+from relay.dispatch.circuit_breaker import Breakers
 from relay.dispatch.connector_pool import Connectors
 from relay.dispatch.retry_policy import attempt_outcome, classify
 from relay.secrets import Redactor
@@ -78,6 +79,12 @@ class Dispatcher:
         self._deadlines = Deadlines(WATCH_TICK)
         # Errors are stored and shown (API, dashboard): a target's error body can echo a secret.
         self._redact = Redactor(connectors.settings.secret_values())
+        self._breakers = Breakers(
+            self.store,
+            {name: inst.circuit for name, inst in connectors.settings.connectors.items()},
+            worker=self.worker,
+            poll_interval=self.settings.poll_interval,
+        )
 
     def wake(self) -> None:
         """Something new may be due (an event was stored, a delivery finished)."""
@@ -128,6 +135,7 @@ class Dispatcher:
     async def _claim_round(self, db: QueueSession) -> bool:
         """Claim for every connector with spare capacity; True if it should go again at once."""
         paused = await self._paused()
+        await self._breakers.refresh()
         again = False
         for name, policy in self.connectors.policies.items():
             if name in paused or self._stopping:
@@ -136,10 +144,34 @@ class Dispatcher:
             if not free:
                 continue
             lease = policy.timeout + self.settings.lease
+            if self._breakers.holds(name):  # its circuit is open: at most the one probe goes
+                await self._probe(db, name, policy, lease)
+                continue
             claims = await db.claim(name, free, worker=self.worker, lease=lease)
-            if self._stopping:  # stop() began while we claimed: hand them straight back
-                await self.store.release([c.delivery_id for c in claims], worker=self.worker)
+            if not await self._start(name, policy, claims):
                 return False
+            again = again or (len(claims) == free)
+        return again
+
+    async def _probe(
+        self, db: QueueSession, name: str, policy: DeliveryPolicy, lease: float
+    ) -> None:
+        """Send the cluster's one probe delivery, if its cool-down is over and we win the slot."""
+        if not self._breakers.probe_due(name) or not await self._breakers.claim_probe(name, lease):
+            return
+        claims = await db.claim(name, 1, worker=self.worker, lease=lease)
+        if not claims:
+            await self._breakers.unused_probe(name)
+            return
+        self._breakers.probing(name, claims[0].delivery_id)
+        await self._start(name, policy, claims)
+
+    async def _start(self, name: str, policy: DeliveryPolicy, claims: list[Claim]) -> bool:
+        """A task per claim; False when stop() began meanwhile (the claims went back)."""
+        if self._stopping:  # stop() began while we claimed: hand them straight back
+            await self.store.release([c.delivery_id for c in claims], worker=self.worker)
+            return False
+        if claims:
             running, waiting = self._inflight[name], self._waiting[name]
             connector = self.connectors.instances[name]
             self._running += len(claims)
@@ -150,8 +182,7 @@ class Dispatcher:
                 running[claim.delivery_id] = task
                 waiting.add(claim.delivery_id)
                 task.add_done_callback(partial(self._done, name, claim.delivery_id))
-            again = again or (len(claims) == free)
-        return again
+        return True
 
     async def _paused(self) -> dict[str, datetime]:
         """Quota pauses, re-read at most once per poll interval (they last minutes to hours)."""
@@ -192,8 +223,9 @@ class Dispatcher:
         await slots.acquire()
         try:
             self._waiting[claim.connector].discard(claim.delivery_id)
-            why = self._give_back(claim.connector, claimed_at)
+            why = self._give_back(claim, claimed_at)
             if why:
+                self._breakers.forget_probe(claim)
                 await self.store.release([claim.delivery_id], worker=self.worker)
                 ctx.log.info("claim released unattempted: %s", why)
                 return
@@ -201,13 +233,15 @@ class Dispatcher:
         finally:
             slots.release()
 
-    def _give_back(self, connector: str, claimed_at: float) -> str | None:
+    def _give_back(self, claim: Claim, claimed_at: float) -> str | None:
         """Why a claim that waited for a slot should go back to the queue instead of running."""
         if time.monotonic() - claimed_at > self.settings.lease / 2:
             return "it waited so long for a free slot that its lease could run out mid-attempt"
-        pause = self._paused_cache.get(connector)
+        pause = self._paused_cache.get(claim.connector)
         if pause is not None and pause > utcnow():
             return "the connector was paused while it waited for a free slot"
+        if self._breakers.holds(claim.connector) and not self._breakers.is_probe(claim):
+            return "the connector's circuit opened while it waited for a free slot"
         return None
 
     async def _attempt(
@@ -237,9 +271,14 @@ class Dispatcher:
                 logger.info("delivered", extra=extra)
             metrics.observe_attempt(claim.connector, _DELIVERED, duration_ms)
             self._finish(claim, outcome)
+            if self._breakers.watches(claim.connector):
+                await self._breakers.report(claim, False, None)
             return
+        held_until = await self._breakers.report(claim, failure.blames_target, failure.error)
         duration_ms = int((time.perf_counter() - t0) * 1000)
-        outcome = attempt_outcome(claim, policy, failure, started, duration_ms)
+        outcome = attempt_outcome(
+            claim, policy, failure, started, duration_ms, held_until=held_until
+        )
         self._log(ctx, outcome)
         metrics.observe_attempt(claim.connector, outcome.kind, outcome.duration_ms)
         self._finish(claim, outcome)

@@ -34,6 +34,9 @@ class Failure:
     retry_after: float | None = None  # seconds, from the target's Retry-After
     pause_until: datetime | None = None
     unexpected: bool = False  # not part of the outcome contract: worth a traceback in the log
+    # Whom it blames, for the connector's circuit breaker: True the target (down, overloaded,
+    # unreachable), False the event (the target answered, and refused it), None neither.
+    blames_target: bool | None = None
 
 
 # How each exception reads, given the status the attempt last saw (``ctx.check_response``) and
@@ -41,24 +44,38 @@ class Failure:
 Reader = Callable[[Any, int | None, float], Failure]
 
 
+def target_status(code: int | None) -> bool:
+    """A retryable status that says the target is in trouble rather than the event: any 5xx,
+    408 and 429 (a 429 with a quota body is the connector's PauseConnector, not this)."""
+    return code is None or code >= 500 or code in (408, 429)
+
+
 def _paused(exc: PauseConnector, _seen: int | None, _limit: float) -> Failure:
     return Failure(OutcomeKind.PAUSED, exc.message, exc.status_code, pause_until=exc.until)
 
 
 def _dead(exc: PermanentError | InvalidEvent, _seen: int | None, _limit: float) -> Failure:
-    return Failure(OutcomeKind.DEAD, str(exc), getattr(exc, "status_code", None))
+    code = getattr(exc, "status_code", None)
+    # a status means the target answered (the event's fault); an InvalidEvent blames no one
+    return Failure(OutcomeKind.DEAD, str(exc), code, blames_target=False if code else None)
 
 
 def _retryable(exc: RetryableError, _seen: int | None, _limit: float) -> Failure:
-    return Failure(OutcomeKind.RETRY, exc.message, exc.status_code, retry_after=exc.retry_after)
+    return Failure(
+        OutcomeKind.RETRY,
+        exc.message,
+        exc.status_code,
+        retry_after=exc.retry_after,
+        blames_target=target_status(exc.status_code),
+    )
 
 
 def _timed_out(_exc: TimeoutError, seen: int | None, limit: float) -> Failure:
-    return Failure(OutcomeKind.RETRY, f"timed out after {limit:g}s", seen)
+    return Failure(OutcomeKind.RETRY, f"timed out after {limit:g}s", seen, blames_target=True)
 
 
 def _unreachable(exc: httpx.TransportError, _seen: int | None, _limit: float) -> Failure:
-    return Failure(OutcomeKind.RETRY, f"{type(exc).__name__}: {exc}")
+    return Failure(OutcomeKind.RETRY, f"{type(exc).__name__}: {exc}", blames_target=True)
 
 
 def _unexpected(exc: BaseException, seen: int | None, _limit: float) -> Failure:
@@ -97,12 +114,29 @@ def retry_delay(policy: DeliveryPolicy, attempt: int, retry_after: float | None)
 
 
 def attempt_outcome(
-    claim: Claim, policy: DeliveryPolicy, failure: Failure, started: datetime, duration_ms: int
+    claim: Claim,
+    policy: DeliveryPolicy,
+    failure: Failure,
+    started: datetime,
+    duration_ms: int,
+    *,
+    held_until: datetime | None = None,
 ) -> Outcome:
     """A failed attempt under the connector's policy: dead once its attempts are used up; a
-    pause waits without using one (the queue refunds it)."""
+    pause waits without using one (the queue refunds it), and so does a failure that blames
+    the target while its circuit is open (``held_until``: when it is due again)."""
     kind, code = failure.kind, failure.status_code
     error = excerpt(failure.error, 2000) if failure.error else None
+    if held_until is not None and kind is OutcomeKind.RETRY and failure.blames_target:
+        return Outcome(
+            DeliveryState.PENDING,
+            OutcomeKind.HELD,
+            started,
+            duration_ms,
+            next_attempt_at=held_until,
+            status_code=code,
+            error=f"circuit open: {error}",
+        )
     if kind is OutcomeKind.RETRY and claim.attempt >= policy.max_attempts:
         kind, error = OutcomeKind.DEAD, f"gave up after {claim.attempt} attempts: {error}"
     if kind is OutcomeKind.DEAD:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay.store.states import DeliveryState, OutcomeKind
+from relay.store.states import REFUNDED, DeliveryState, OutcomeKind
 from relay.store.tables import connector_state, deliveries, utcnow
 
 if TYPE_CHECKING:
@@ -55,8 +55,8 @@ def aware(value: datetime) -> datetime:
 
 def next_state(outcome: Outcome, now: datetime) -> tuple[int, datetime | None, datetime | None]:
     """(attempts refund, next attempt, completed at) for a delivery's row."""
-    # Waiting out a quota is not a failed attempt.
-    refund = 1 if outcome.kind == OutcomeKind.PAUSED else 0
+    # Waiting out a quota, or a target's open circuit, is not a failed attempt.
+    refund = 1 if outcome.kind in REFUNDED else 0
     if outcome.state == DeliveryState.PENDING:
         return refund, outcome.next_attempt_at or now, None
     return refund, None, now

@@ -37,3 +37,8 @@ class OutcomeKind(StrEnum):
     RETRY = "retry"
     DEAD = DeliveryState.DEAD.value
     PAUSED = "paused"
+    HELD = "held"  # failed while the connector's circuit was open: no attempt spent
+
+
+# Outcomes that wait rather than fail: the queue refunds their attempt.
+REFUNDED: frozenset[str] = frozenset({OutcomeKind.PAUSED, OutcomeKind.HELD})

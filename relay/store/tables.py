@@ -8,7 +8,9 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -145,6 +147,40 @@ class ConnectorStateRow(Base):
     updated_at: Mapped[datetime]
 
 
+class CircuitRow(Base):
+    """Per connector: its circuit breaker, shared by every process (relay.store.circuits)."""
+
+    __tablename__ = "circuits"
+
+    connector: Mapped[str] = mapped_column(String(100), primary_key=True)
+    # closed | open | half_open (relay.store.circuits.CircuitState)
+    state: Mapped[str] = mapped_column(String(16))
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # consecutive, blaming the target
+    cool_down: Mapped[float] = mapped_column(Float, default=0.0)  # seconds, the current one
+    opened_at: Mapped[datetime | None]
+    probe_at: Mapped[datetime | None]  # when the next probe may go (open)
+    probe_by: Mapped[str | None] = mapped_column(String(100))
+    probe_until: Mapped[datetime | None]  # the probe slot's lease (half_open)
+    manual: Mapped[bool] = mapped_column(Boolean, default=False)  # opened by hand: no probes
+    reason: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime]
+
+
+class CircuitTransitionRow(Base):
+    """A circuit's history: each change of state, and each probe sent."""
+
+    __tablename__ = "circuit_transitions"
+    __table_args__ = (Index(None, "connector", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    connector: Mapped[str] = mapped_column(String(100))
+    at: Mapped[datetime]
+    from_state: Mapped[str] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(100))
+
+
 class RejectionRow(Base):
     """An inbound request or message we refused, kept for inspection (never the secret)."""
 
@@ -181,6 +217,8 @@ attempts = AttemptRow.__table__
 links = LinkRow.__table__
 connector_state = ConnectorStateRow.__table__
 rejections = RejectionRow.__table__
+circuits = CircuitRow.__table__
+circuit_transitions = CircuitTransitionRow.__table__
 event_numbers = EventNumberRow.__table__
 
 

@@ -123,6 +123,7 @@ def session_middleware(settings: Settings) -> DefineMiddleware:
 
 
 def ui_router(settings: Settings, throttle: FailureThrottle) -> Router:
+    from relay.ui.circuit_panel import HANDLERS as CIRCUITS
     from relay.ui.pages import HANDLERS
 
     admin = settings.admin
@@ -139,7 +140,7 @@ def ui_router(settings: Settings, throttle: FailureThrottle) -> Router:
     sessions = Sessions(admin.session_lifetime)
     return Router(
         path=PREFIX,
-        route_handlers=[*HANDLERS, static],
+        route_handlers=[*HANDLERS, *CIRCUITS, static],
         middleware=[DefineMiddleware(CSRFMiddleware, config=csrf)],
         guards=[logged_in(sessions)],
         dependencies={

@@ -97,6 +97,11 @@ class Receiver:
         with self._lock:
             self._replies.extend(_Reply(status, body, hdrs, echo=True) for _ in range(times))
 
+    def clear(self) -> None:
+        """Drop the queued replies: a target that was down answers 200 "ok" again."""
+        with self._lock:
+            self._replies.clear()
+
     def delay(self, seconds: float) -> None:
         """Hold every later reply for ``seconds`` (after recording the request): for timeouts."""
         with self._lock:
