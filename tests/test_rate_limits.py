@@ -206,6 +206,27 @@ async def test_slack_posts_to_one_channel_are_paced(db_url: str) -> None:
     assert len(posts) == 6
 
 
+async def test_two_workers_share_a_channels_pace(pg_url: str, tmp_path: Path) -> None:
+    """Two `relay worker` processes post cards to one channel: together, not each, they keep to
+    Slack's pace (each alone may post two at once; two at once each is past the fake's burst)."""
+    async with SlackFake() as slack:
+        slack.channel("calls")
+        block = {"type": "slack", "token": slack.token, "channel": "#calls"}
+        delivery = {"concurrency": 2}  # a worker claims 3 at most: both get some
+        connectors = {"team": {**block, "base_url": slack.api_url, "delivery": delivery}}
+        async with run_relay(make_settings(pg_url, connectors), dispatch=False) as relay:
+            for i in range(8):
+                assert (await relay.post(call_body(f"shared_{i}"))).status_code == 200
+            data = support.config_dict(pg_url, connectors)
+            with workers(support.write_config(tmp_path / "relay.yaml", data), 2):
+                rows = await relay.settled(timeout=60)
+                tries = await relay.rows(attempts)
+    assert all(r.state == "succeeded" for r in rows)
+    assert len({a.worker for a in tries}) == 2  # both processes posted
+    assert len(slack.messages("calls")) == 8
+    assert slack.refused("calls") == 0
+
+
 async def test_the_fake_slack_refuses_a_burst_past_its_pace() -> None:
     """What the test above relies on: unpaced, the same six posts meet 429s."""
     async with SlackFake() as slack, httpx.AsyncClient() as http:
