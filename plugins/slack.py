@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from importlib import resources
@@ -41,6 +42,11 @@ from relay import (
 DEFAULT_BASE_URL = "https://slack.com/api/"
 DEFAULT_POST_ON = ("call:completed", "call:end")
 MAX_BLOCKS = 50
+# Slack posts about one message per second per channel ("short bursts >1 allowed", docs.slack.dev
+# rate limits), webhooks included: 2 per 2 s is 1/s with a burst of 2. Every process of a cluster
+# shares each bucket (ctx.limiter). The other methods (chat.update: Tier 3, 50+/min) share one.
+POST_PACE = (2, 2.0)
+API_PACE = (5, 5.0)
 # Web API errors (HTTP 200, {"ok": false}) worth another try; any other needs a human.
 RETRYABLE_ERRORS = frozenset(
     {"ratelimited", "internal_error", "service_unavailable", "request_timeout", "fatal_error"}
@@ -177,7 +183,7 @@ class SlackConnector(Connector):
 
     async def _api(self, ctx: ConnectorContext, method: str, body: dict[str, Any]) -> Any:
         what = f"slack {method}"
-        async with ctx.limiter("web-api", 5, 5.0):  # Slack: ~1 message/s, short bursts allowed
+        async with self._pace(ctx, method, body):
             response = await ctx.http.post(
                 self.config.base_url + method,
                 json=body,
@@ -200,8 +206,16 @@ class SlackConnector(Connector):
             raise AuthError(f"{what}: {error}", status_code=200)
         raise SlackApiError(what, error)
 
+    def _pace(
+        self, ctx: ConnectorContext, method: str, body: dict[str, Any]
+    ) -> AbstractAsyncContextManager[None]:
+        """Posts are paced per channel, other methods together; both for the whole cluster."""
+        if method == "chat.postMessage":
+            return ctx.limiter(f"post:{body.get('channel')}", *POST_PACE)
+        return ctx.limiter("web-api", *API_PACE)
+
     async def _webhook(self, ctx: DeliveryContext, message: dict[str, Any]) -> None:
-        async with ctx.limiter("webhook", 5, 5.0):
+        async with ctx.limiter("webhook", *POST_PACE):  # a webhook posts to one channel
             response = await ctx.http.post(
                 str(self.config.webhook_url), json=message, timeout=self.config.timeout
             )

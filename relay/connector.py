@@ -8,6 +8,8 @@ sandboxed template renderer and per-account rate limiters.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import MutableMapping
@@ -92,17 +94,64 @@ class State:
         return value
 
 
+class SharedLimiter:
+    """``async with`` it to take a token of a bucket every process of the cluster shares.
+
+    The database says how long to wait for the token (one statement per take); waiting happens
+    here. The bucket is ``rate`` tokens per ``period``: evenly spaced, with at most ``rate`` at
+    once, as aiolimiter's ``AsyncLimiter(rate, period)`` is in one process.
+    """
+
+    def __init__(self, store: Store, connector: str, key: str, rate: float, period: float) -> None:
+        self._take = store.backend.take_token
+        self.connector, self.key = connector, key
+        self.interval = period / rate  # seconds between two tokens
+        self.burst = max(int(rate), 1)
+
+    async def acquire(self) -> None:
+        wait = await self._take(self.connector, self.key, self.interval, self.burst)
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+Limiter = AsyncLimiter | SharedLimiter
+
+
 class Limiters:
-    """Per-process token buckets keyed by connector and account/endpoint."""
+    """Token buckets keyed by connector and account/endpoint/channel: in the database when the
+    store shares them between processes (PostgreSQL), else in this process (SQLite, tests)."""
 
-    def __init__(self) -> None:
-        self._buckets: dict[tuple[str, str], AsyncLimiter] = {}
+    def __init__(self, store: Store | None = None) -> None:
+        self._store = store if store is not None and store.backend.shared_buckets else None
+        self._buckets: dict[tuple[str, str], Limiter] = {}
 
-    def get(self, connector: str, key: str, rate: float, period: float) -> AsyncLimiter:
-        bucket = self._buckets.get((connector, key))
-        if bucket is None:
-            bucket = self._buckets[(connector, key)] = AsyncLimiter(rate, period)
-        return bucket
+    def get(self, connector: str, key: str, rate: float, period: float) -> Limiter:
+        if rate <= 0 or period <= 0:
+            raise ValueError(f"a rate limit needs a positive rate and period, not {rate}/{period}")
+        key = _bucket_key(key)
+        found = self._buckets.get((connector, key))  # the first rate asked for a key holds
+        if found is None:
+            found = (
+                SharedLimiter(self._store, connector, key, rate, period)
+                if self._store is not None
+                else AsyncLimiter(rate, period)
+            )
+            self._buckets[(connector, key)] = found
+        return found
+
+
+def _bucket_key(key: str) -> str:
+    """At most 255 characters (the database column): a longer key, e.g. made of something a
+    remote service answered, is replaced by its digest."""
+    if len(key) <= 255:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
 class ConnectorContext:
@@ -122,8 +171,9 @@ class ConnectorContext:
         self.log = log or _Bound(logging.getLogger(f"relay.connector.{name}"), {"connector": name})
         self._limiters = limiters
 
-    def limiter(self, key: str, rate: float, period: float = 1.0) -> AsyncLimiter:
-        """``async with ctx.limiter("search", 5): ...`` — at most 5 per second, per account."""
+    def limiter(self, key: str, rate: float, period: float = 1.0) -> Limiter:
+        """``async with ctx.limiter("search", 5): ...`` — at most 5 per second, per connector and
+        key, for the whole cluster on PostgreSQL (every process takes from one bucket)."""
         return self._limiters.get(self.name, key, rate, period)
 
     def render(self, source: str, /, *, html: bool = False, **context: Any) -> str:
@@ -190,7 +240,7 @@ class DeliveryContext(ConnectorContext):
             raise AttributeError(attr)
         return getattr(self.context, attr)
 
-    def limiter(self, key: str, rate: float, period: float = 1.0) -> AsyncLimiter:
+    def limiter(self, key: str, rate: float, period: float = 1.0) -> Limiter:
         return self.context.limiter(key, rate, period)
 
     @property

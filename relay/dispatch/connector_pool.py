@@ -21,7 +21,7 @@ class Connectors:
         self.settings = settings
         self.store = store
         self.http = http
-        self.limiters = Limiters()
+        self.limiters = Limiters(store)  # cluster-wide on PostgreSQL
         self.instances: dict[str, Connector] = {
             name: inst.cls(name, inst.options) for name, inst in settings.connectors.items()
         }

@@ -37,6 +37,12 @@ class IngestShape:
 class Backend(Protocol):
     dialect: ClassVar[str]  # the SQLAlchemy dialect name this backend serves
     ingest: ClassVar[IngestShape]
+    shared_buckets: ClassVar[bool]  # rate limits kept in the database, for every process
+
+    async def take_token(self, connector: str, bucket: str, interval: float, burst: int) -> float:
+        """Where ``shared_buckets``: one token of a bucket whose tokens come every ``interval``
+        seconds, at most ``burst`` at once; the seconds the caller waits before using it."""
+        ...
 
     @staticmethod
     def insert(table: Table) -> Insert:

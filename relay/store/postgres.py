@@ -48,6 +48,7 @@ PAUSE = _QUEUE["pause"]
 _INGEST = queries("ingest.postgresql")
 RECORD_EVENTS = _INGEST["record_events"]
 ADD_DELIVERIES = _INGEST["add_deliveries"]
+TAKE = queries("rate.postgresql")["take"]
 
 # what a connection that died while held raises on its next use
 # (InternalClientError: the server's goodbye arrived while the connection sat idle)
@@ -78,6 +79,8 @@ class PgBackend:
     # then committed in parts, each while the event loop reads the next instead of after it
     # has read them all (bench/README.md has the measured gain)
     ingest: ClassVar[IngestShape] = IngestShape(concurrency=2, max_batch=16)
+    # every `relay serve`/`relay worker` of a cluster takes from the same buckets (rate_buckets)
+    shared_buckets: ClassVar[bool] = True
 
     @staticmethod
     def insert(table: Table) -> Insert:
@@ -134,6 +137,20 @@ class PgBackend:
             return
         columns = tuple(self._deliveries.prepare(rows))
         await self.write(lambda conn: conn.exec_driver_sql(ADD_DELIVERIES, columns))
+
+    # -- rate limits shared by the cluster ---------------------------------------------------
+
+    async def take_token(self, connector: str, bucket: str, interval: float, burst: int) -> float:
+        """One token of a cluster-wide bucket: the seconds to wait before using it (one
+        statement on a held connection; relay/store/sql/rate.postgresql.sql)."""
+        try:
+            return await self._take_token(connector, bucket, interval, burst)
+        except _LOST:  # a held connection the server dropped: once more, on a new one
+            return await self._take_token(connector, bucket, interval, burst)
+
+    async def _take_token(self, connector: str, bucket: str, interval: float, burst: int) -> float:
+        async with self.held.connection() as raw:
+            return float(await raw.fetchval(TAKE, connector, bucket, interval, burst))
 
     # -- the delivery queue -------------------------------------------------------------------
 

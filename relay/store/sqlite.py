@@ -116,6 +116,8 @@ class SqliteBackend:
     # one writer, and its batches run on the event loop: one at a time, as large as what has
     # arrived
     ingest: ClassVar[IngestShape] = IngestShape(concurrency=1, max_batch=500)
+    # one process: its buckets stay in memory (relay.connector.Limiters), never in the database
+    shared_buckets: ClassVar[bool] = False
 
     @staticmethod
     def insert(table: Table) -> Insert:
@@ -196,6 +198,10 @@ class SqliteBackend:
             log.warning("WAL checkpoint failed: %s", exc)
         finally:
             self._checkpointing = False
+
+    async def take_token(self, connector: str, bucket: str, interval: float, burst: int) -> float:
+        """Not kept here: one process needs no database round trip per token."""
+        raise NotImplementedError("SQLite's rate limits are in memory (relay.connector.Limiters)")
 
     async def close(self) -> None:
         self._writer.shutdown(wait=True)

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Double,
     Float,
     ForeignKey,
     Index,
@@ -211,6 +212,18 @@ class EventNumberRow(Base):
     )
 
 
+class RateBucketRow(Base):
+    """A token bucket shared by every process on PostgreSQL (relay.store.sql/rate.*.sql): when
+    its next token is due, as the database's clock in epoch seconds (GCRA's theoretical arrival
+    time). SQLite's single process keeps its buckets in memory and leaves this table empty."""
+
+    __tablename__ = "rate_buckets"
+
+    connector: Mapped[str] = mapped_column(String(100), primary_key=True)
+    bucket: Mapped[str] = mapped_column(String(255), primary_key=True)
+    tat: Mapped[float] = mapped_column(Double())
+
+
 events = EventRow.__table__
 deliveries = DeliveryRow.__table__
 attempts = AttemptRow.__table__
@@ -220,6 +233,7 @@ rejections = RejectionRow.__table__
 circuits = CircuitRow.__table__
 circuit_transitions = CircuitTransitionRow.__table__
 event_numbers = EventNumberRow.__table__
+rate_buckets = RateBucketRow.__table__
 
 
 def utcnow() -> datetime:

@@ -4,7 +4,9 @@ Incoming webhooks answer ``200 ok`` (text/plain) or an error string with a statu
 ``invalid_payload``/``no_text``/``invalid_blocks``, 404 ``no_service``/``channel_not_found``, 410
 ``channel_is_archived``, 500 ``rollup_error``). The Web API answers JSON, errors included, with
 HTTP 200 (``{"ok": false, "error": "channel_not_found"}``), except rate limiting: 429, a
-``Retry-After`` header and ``ratelimited``. It requires ``Authorization: Bearer <token>``
+``Retry-After`` header and ``ratelimited``, which it also answers to a channel's posts beyond one
+a second past a small burst (``chat.postMessage`` and webhooks: Slack's "1 per second, short
+bursts >1 allowed"). It requires ``Authorization: Bearer <token>``
 (``not_authed`` / ``invalid_auth``). The channels keep their messages, every version of each,
 so a test asserts on what the channel finally shows. Reference: shared/reference/crm-apis.md §6.
 """
@@ -24,7 +26,7 @@ from litestar import Litestar, Request, Response, post
 
 from tests.fakes.asgi import serve
 
-__all__ = ["Channel", "Hit", "Message", "SlackFake", "text_objects"]
+__all__ = ["Channel", "Hit", "Message", "Pace", "SlackFake", "text_objects"]
 
 MAX_TEXT = 40_000
 MAX_BLOCKS = 50
@@ -71,6 +73,26 @@ class Hit:
     at: float  # time.time() on arrival
 
 
+class Pace:
+    """A channel's posts: a bucket of ``burst`` that refills ``rate`` a second, as Slack paces
+    posting; ``refused`` counts the posts it answered 429."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._tokens, self._at = float(burst), time.monotonic()
+        self.refused = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1:
+            self.refused += 1
+            return False
+        self._tokens -= 1
+        return True
+
+
 @dataclass
 class _Fault:
     status: int
@@ -81,8 +103,16 @@ class _Fault:
 class SlackFake:
     """``async with SlackFake() as slack``: ``slack.api_url`` is a bot's ``base_url``."""
 
-    def __init__(self, token: str = "xoxb-4242-1717-fakebottoken") -> None:
+    def __init__(
+        self,
+        token: str = "xoxb-4242-1717-fakebottoken",
+        *,
+        post_rate: float = 1.0,
+        post_burst: int = 3,
+    ) -> None:
         self.token = token
+        self.post_rate, self.post_burst = post_rate, post_burst
+        self.paces: dict[str, Pace] = {}  # channel id → its posting pace
         self.url = ""
         self.channels: dict[str, Channel] = {}
         self.hooks: dict[str, str] = {}  # "T…/B…/secret" → channel id
@@ -189,6 +219,8 @@ class SlackFake:
         if problem is not None:
             return 400, problem, None
         chan = self.channels[self.hooks[path]]
+        if not self._paced(chan):
+            return 429, "rate_limited", 1
         if chan.deleted:
             return 404, "channel_not_found", None
         if chan.archived:
@@ -230,7 +262,24 @@ class SlackFake:
             return fault.status, {"ok": False, "error": fault.error}, fault.retry_after
         if not isinstance(body, dict):
             return 200, {"ok": False, "error": "invalid_json"}, None
+        if method == "chat.postMessage":
+            chan = self._find(body.get("channel"), by_name=True)
+            if chan is not None and not self._paced(chan):
+                return 429, {"ok": False, "error": "ratelimited"}, 1
         return 200, handlers[method](body), None
+
+    def _paced(self, chan: Channel) -> bool:
+        """Whether the channel takes one more post now (Slack's per-channel posting pace)."""
+        pace = self.paces.get(chan.id)
+        if pace is None:
+            pace = self.paces[chan.id] = Pace(self.post_rate, self.post_burst)
+        return pace.allow()
+
+    def refused(self, name: str) -> int:
+        """How many posts to channel ``name`` were answered 429 for its pace."""
+        chan = next(c for c in self.channels.values() if c.name == name.lstrip("#"))
+        pace = self.paces.get(chan.id)
+        return pace.refused if pace is not None else 0
 
     def _auth_test(self, body: dict[str, Any]) -> dict[str, Any]:
         return {
