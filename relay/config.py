@@ -18,6 +18,7 @@ import yaml
 
 from relay.routing import RouteError, check_route
 from relay.secrets import secret_values
+from relay.store.db import is_sqlite
 
 if TYPE_CHECKING:
     from relay.connector import Connector
@@ -346,7 +347,7 @@ def parse_config(
         raise ConfigError("$", "the top level must be a mapping")
     data = interpolate(data, os.environ if env is None else env)
     top: _Top = _convert(data, _Top, "$")
-    if top.server.reuse_port and top.database.url.startswith("sqlite"):
+    if top.server.reuse_port and is_sqlite(top.database.url):
         raise ConfigError(
             "$.server.reuse_port", "needs PostgreSQL: a SQLite store takes one `relay serve`"
         )
