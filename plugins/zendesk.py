@@ -37,6 +37,7 @@ OUTCOME_TAGS = {
     "in_progress": "call_in_progress",
 }
 SUBDOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+TAG = re.compile(r"^[^\s,]{1,80}$")
 
 
 class ZendeskConfig(crm.CrmConfig, kw_only=True):
@@ -71,6 +72,8 @@ class ZendeskConfig(crm.CrmConfig, kw_only=True):
             raise ValueError("`api_token` needs `email`: the Zendesk agent the token acts as")
         if not self.tickets_for:
             raise ValueError("`tickets_for` is empty: no call would open a ticket")
+        if bad := [t for t in self.tags if not TAG.match(t)]:
+            raise ValueError(f"`tags`: Zendesk tags are single words, got {bad[:3]!r}")
         for key, value in [*self.owners.items(), ("default_owner", self.default_owner)]:
             if value is not None and not str(value).isdigit():
                 raise ValueError(f"owner {key!r}: Zendesk user ids are numbers, got {value!r}")
