@@ -34,8 +34,7 @@ OUTCOME_TAGS = {
     "missed": "call_missed",
     "busy": "call_busy",
     "failed": "call_failed",
-    "in_progress": "call_in_progress",
-}
+}  # created once the call has ended: never in progress
 SUBDOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 TAG = re.compile(r"^[^\s,]{1,80}$")
 
@@ -227,10 +226,11 @@ class ZendeskConnector(crm.CrmConnector):
             ticket["voice_comment"] = self.voice(activity)
         if activity.person is not None:
             ticket["requester_id"] = int(activity.person.id)
-        if activity.owner is not None:
-            ticket["assignee_id"] = int(activity.owner)
         if group is not None:
             ticket["group_id"] = group
+        # a missed call sent to its group waits there for whoever calls back
+        if activity.owner is not None and not (missed and group is not None):
+            ticket["assignee_id"] = int(activity.owner)
         response = await self.call_api(
             ctx, "POST", "/api/v2/tickets", what="create ticket", json={"ticket": ticket}
         )

@@ -88,9 +88,10 @@ class FakeZendesk:
         self.users[uid] = {"id": uid, "name": name, "email": email, "role": "agent", "phone": None}
         return str(uid)
 
-    def add_group(self, name: str) -> int:
+    def add_group(self, name: str, *agents: str) -> int:
+        """A group and the agents (ids) who are its members."""
         gid = 9000 + len(self.groups)
-        self.groups[gid] = {"id": gid, "name": name}
+        self.groups[gid] = {"id": gid, "name": name, "agents": {int(a) for a in agents}}
         return gid
 
     @property
@@ -182,8 +183,15 @@ class FakeZendesk:
         assignee = t.get("assignee_id")
         if assignee is not None and self.users.get(assignee, {}).get("role") not in AGENTS:
             return _invalid("assignee", "Assignee: is not an agent")
-        if t.get("group_id") is not None and t["group_id"] not in self.groups:
+        group = t.get("group_id")
+        if group is not None and group not in self.groups:
             return _invalid("group", "Group: is invalid")
+        if (
+            group is not None
+            and assignee is not None
+            and assignee not in self.groups[group]["agents"]
+        ):
+            return _invalid("assignee", "Assignee: is not a member of the group")
         for key in ("tags", "additional_tags", "remove_tags"):
             tags = t.get(key, [])
             if not isinstance(tags, list) or not all(

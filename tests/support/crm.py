@@ -258,7 +258,7 @@ def _zendesk_seconds(record: Record) -> int:
     return int(voice["data"]["call_duration"])
 
 
-ZENDESK_OUTCOMES = ("answered", "missed", "busy", "failed", "in_progress")
+ZENDESK_OUTCOMES = ("answered", "missed", "busy", "failed")
 ZENDESK = Vendor(
     name="zendesk",
     make_fake=FakeZendesk,
