@@ -16,7 +16,7 @@ from relay.store.records import Store
 from tests.fakes.zendesk import API_USER_ID
 from tests.support.calls import current_inbound_missed, current_outbound, legacy
 from tests.support.connectors import build, config_error
-from tests.support.crm import FR_CALLER, UK_CONTACT, ZENDESK, post_all, running
+from tests.support.crm import FR_CALLER, UK_CONTACT, ZENDESK, day, post_all, running
 from tests.support.relay import make_settings, run_relay
 
 
@@ -106,3 +106,23 @@ def test_config_errors_say_what_to_set(block: dict[str, Any], message: str) -> N
 def test_the_subdomain_names_the_account() -> None:
     conn = build({"type": "zendesk", "subdomain": "Acme", "email": "a@b.example", "api_token": "t"})
     assert conn.config.base_url == "https://acme.zendesk.com"
+
+
+async def test_the_update_ticket_limit_is_waited_out(db_url: str) -> None:
+    """Update Ticket has its own account-wide limit, besides the account's: its 429 is retried
+    after the Retry-After, and every call still has one ticket with one update."""
+    fake = ZENDESK.fake(update_limit=1, interval=0.5)
+    ZENDESK.seed(fake)
+    async with running(fake) as url:
+        block = ZENDESK.block(fake, url, delivery={"max_attempts": 30})
+        async with run_relay(make_settings(db_url, {"crm": block})) as relay:
+            await post_all(relay, day(4), "q7m2xk")
+            rows = await relay.settled(timeout=90)
+            tries = [a for r in rows for a in await relay.attempts(r.id)]
+    assert all(r.state == "succeeded" for r in rows)
+    assert fake.update.rejected > 0 and fake.update.busiest() <= 1
+    limited = [a for a in tries if a.status_code == 429]
+    assert limited and all(a.outcome == "retry" for a in limited)
+    for i in range(4):
+        [ticket] = ZENDESK.records(fake, f"day_{i}")
+        assert ticket["updates"] == 1

@@ -2,8 +2,8 @@
 external_id), users (create, Users search, me), the Search API for end users by phone, with
 Zendesk's auth (basic ``{email}/token:{api_token}`` or an OAuth bearer token), its error bodies
 (``{"error", "description"}``; 422 ``RecordInvalid`` with ``details``), the account's per-minute
-limit and the Search API's own, 429 with ``Retry-After`` and the ``ratelimit-*`` headers. Records
-live in memory for tests. Shapes: docs/crm.md (`zendesk`) and the Zendesk API reference."""
+limit and the endpoints' own (Search, Update Ticket, List Tickets: ``Zendesk-RateLimit-*``), 429
+with ``Retry-After`` and the ``ratelimit-*`` headers. Records live in memory for tests. Shapes: docs/crm.md (`zendesk`) and the Zendesk API reference."""
 
 from __future__ import annotations
 
@@ -46,7 +46,9 @@ class FakeZendesk:
     bearer: str | None = None
     limit: int = 200  # Team plan: requests per minute for the account
     interval: float = 60.0
-    search_limit: int = 100  # the Search API's own window
+    search_limit: int = 2500  # the Search API's own window (per minute, every plan)
+    update_limit: int = 100  # Update Ticket's own account-wide window (per minute)
+    list_limit: int = 100  # List Tickets' own window (per minute)
     users: dict[int, dict[str, Any]] = field(default_factory=dict)
     groups: dict[int, dict[str, Any]] = field(default_factory=dict)
     tickets: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -56,6 +58,8 @@ class FakeZendesk:
     def __post_init__(self) -> None:
         self.burst = Window(self.limit, self.interval)
         self.search = Window(self.search_limit, self.interval)
+        self.update = Window(self.update_limit, self.interval)
+        self.listing = Window(self.list_limit, self.interval)
         self.daily = Daily(None)  # Zendesk has no daily quota; kept so every fake reads alike
         self.faults = Faults()
         self._ids = itertools.count(API_USER_ID + 1)
@@ -107,7 +111,8 @@ class FakeZendesk:
 
     @property
     def rejected_for_rate(self) -> int:
-        return self.burst.rejected + self.search.rejected
+        windows = (self.burst, self.search, self.update, self.listing)
+        return sum(w.rejected for w in windows)
 
     # -- machinery -------------------------------------------------------------------------------
 
@@ -118,29 +123,40 @@ class FakeZendesk:
         pair = f"{self.email}/token:{self.api_token}".encode()
         return header == f"Basic {base64.b64encode(pair).decode()}"
 
-    def _headers(self, window: Window) -> dict[str, str]:
+    def _headers(self, window: Window, name: str = "") -> dict[str, str]:
+        reset = str(max(1, round(window.reset_in())))
+        if name:  # an endpoint's own limit
+            value = f"total={window.limit}; remaining={window.remaining}; resets={reset}"
+            return {f"zendesk-ratelimit-{name}": value}
         return {
             "x-rate-limit": str(window.limit),
             "x-rate-limit-remaining": str(window.remaining),
             "ratelimit-limit": str(window.limit),
             "ratelimit-remaining": str(window.remaining),
-            "ratelimit-reset": str(max(1, round(window.reset_in()))),
+            "ratelimit-reset": reset,
         }
 
-    def _guard(self, request: Request[Any, Any, Any], window: Window) -> Response[Any] | None:
+    def _guard(
+        self, request: Request[Any, Any, Any], *windows: tuple[str, Window]
+    ) -> Response[Any] | None:
+        """Auth, then each window in turn: ("", the account's) or (an endpoint's name, its own)."""
         if not self._authorized(request):
             return _error(401, "Couldn't authenticate you", "Couldn't authenticate you")
-        if not window.allow():
-            resp = _error(
-                429, "APIRateLimitExceeded", "Number of allowed API requests per minute exceeded"
-            )
-            resp.headers.update(self._headers(window))
-            resp.headers["retry-after"] = str(max(1, round(window.reset_in() + 0.5)))
-            return resp
+        for name, window in windows:
+            if not window.allow():
+                resp = _error(
+                    429,
+                    "APIRateLimitExceeded",
+                    "Number of allowed API requests per minute exceeded",
+                )
+                resp.headers.update(self._headers(window, name))
+                resp.headers["retry-after"] = str(max(1, round(window.reset_in() + 0.5)))
+                return resp
         return None
 
-    def _ok(self, body: Any, window: Window, status: int = 200) -> Response[Any]:
-        return Response(body, status_code=status, headers=self._headers(window))
+    def _ok(self, body: Any, *windows: tuple[str, Window], status: int = 200) -> Response[Any]:
+        headers = {k: v for name, w in windows for k, v in self._headers(w, name).items()}
+        return Response(body, status_code=status, headers=headers)
 
     def _finish(self, request: Request[Any, Any, Any], resp: Response[Any]) -> Response[Any]:
         self.log.append((request.method, request.url.path, resp.status_code))
@@ -158,7 +174,7 @@ class FakeZendesk:
         return None
 
     def _invalid_ticket(self, t: dict[str, Any], creating: bool) -> Response[Any] | None:
-        if creating and not (t.get("comment") or t.get("voice_comment")):
+        if creating and not t.get("comment"):  # "The only required property is comment"
             return _invalid("description", "Description: cannot be blank")
         comment = t.get("comment")
         if comment is not None and not (isinstance(comment, dict) and comment.get("body")):
@@ -216,10 +232,14 @@ class FakeZendesk:
 
     def _app(self) -> Litestar:
         fake = self
+        account = (("", fake.burst),)
+        updating = (*account, ("tickets-update", fake.update))
+        listing = (*account, ("tickets-index", fake.listing))
+        searching = (("search-index", fake.search),)  # not counted in the account's window
 
         @post("/api/v2/tickets", status_code=201)
         async def create_ticket(request: Request[Any, Any, Any]) -> Response[Any]:
-            if (denied := fake._guard(request, fake.burst)) is not None:
+            if (denied := fake._guard(request, *account)) is not None:
                 return fake._finish(request, denied)
             t = await fake._body(request, "ticket")
             if t is None:
@@ -243,12 +263,12 @@ class FakeZendesk:
             if await fake.faults.after_persist():
                 return fake._finish(request, _error(500, "InternalError", "Internal error"))
             shown = {k: v for k, v in ticket.items() if k not in ("comments", "updates")}
-            return fake._finish(request, fake._ok({"ticket": shown}, fake.burst, 201))
+            return fake._finish(request, fake._ok({"ticket": shown}, *account, status=201))
 
         @put("/api/v2/tickets/{ticket_id:int}")
         async def update_ticket(request: Request[Any, Any, Any]) -> Response[Any]:
             ticket_id = request.path_params["ticket_id"]
-            if (denied := fake._guard(request, fake.burst)) is not None:
+            if (denied := fake._guard(request, *updating)) is not None:
                 return fake._finish(request, denied)
             ticket = fake.tickets.get(ticket_id)
             if ticket is None:
@@ -267,11 +287,11 @@ class FakeZendesk:
             ticket["comments"] += fake._comments(t)
             ticket["updates"] += 1
             shown = {k: v for k, v in ticket.items() if k not in ("comments", "updates")}
-            return fake._finish(request, fake._ok({"ticket": shown}, fake.burst))
+            return fake._finish(request, fake._ok({"ticket": shown}, *updating))
 
         @get("/api/v2/tickets")
         async def list_tickets(request: Request[Any, Any, Any]) -> Response[Any]:
-            if (denied := fake._guard(request, fake.burst)) is not None:
+            if (denied := fake._guard(request, *listing)) is not None:
                 return fake._finish(request, denied)
             wanted = request.query_params.get("external_id")
             found = [
@@ -280,11 +300,11 @@ class FakeZendesk:
                 if wanted is None or t["external_id"] == wanted
             ]
             body = {"tickets": found, "next_page": None, "previous_page": None, "count": len(found)}
-            return fake._finish(request, fake._ok(body, fake.burst))
+            return fake._finish(request, fake._ok(body, *listing))
 
         @get("/api/v2/search")
         async def search(request: Request[Any, Any, Any]) -> Response[Any]:
-            if (denied := fake._guard(request, fake.search)) is not None:
+            if (denied := fake._guard(request, *searching)) is not None:
                 return fake._finish(request, denied)
             terms = dict(
                 part.split(":", 1)
@@ -310,11 +330,11 @@ class FakeZendesk:
                 "previous_page": None,
                 "count": len(results),
             }
-            return fake._finish(request, fake._ok(body, fake.search))
+            return fake._finish(request, fake._ok(body, *searching))
 
         @post("/api/v2/users", status_code=201)
         async def create_user(request: Request[Any, Any, Any]) -> Response[Any]:
-            if (denied := fake._guard(request, fake.burst)) is not None:
+            if (denied := fake._guard(request, *account)) is not None:
                 return fake._finish(request, denied)
             u = await fake._body(request, "user")
             if u is None or not u.get("name"):
@@ -324,22 +344,22 @@ class FakeZendesk:
             first, _, last = u["name"].rpartition(" ")
             uid = int(fake.add_contact(u.get("phone") or "", first, last))
             fake.users[uid]["name"] = u["name"]
-            return fake._finish(request, fake._ok({"user": fake.users[uid]}, fake.burst, 201))
+            return fake._finish(request, fake._ok({"user": fake.users[uid]}, *account, status=201))
 
         @get("/api/v2/users/search")
         async def search_users(request: Request[Any, Any, Any]) -> Response[Any]:
-            if (denied := fake._guard(request, fake.burst)) is not None:
+            if (denied := fake._guard(request, *account)) is not None:
                 return fake._finish(request, denied)
             query = request.query_params.get("query", "").lower()
             found = [u for u in fake.users.values() if query and query == (u["email"] or "")]
             body = {"users": found, "next_page": None, "previous_page": None, "count": len(found)}
-            return fake._finish(request, fake._ok(body, fake.burst))
+            return fake._finish(request, fake._ok(body, *account))
 
         @get("/api/v2/users/me")
         async def me(request: Request[Any, Any, Any]) -> Response[Any]:
-            if (denied := fake._guard(request, fake.burst)) is not None:
+            if (denied := fake._guard(request, *account)) is not None:
                 return fake._finish(request, denied)
-            return fake._finish(request, fake._ok({"user": fake.users[API_USER_ID]}, fake.burst))
+            return fake._finish(request, fake._ok({"user": fake.users[API_USER_ID]}, *account))
 
         return Litestar(
             [create_ticket, update_ticket, list_tickets, search, create_user, search_users, me],
