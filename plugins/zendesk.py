@@ -81,12 +81,14 @@ class ZendeskConfig(crm.CrmConfig, kw_only=True):
 
 
 def kind(facts: crm.Facts) -> TicketKind:
+    """Which ``tickets_for`` entry a call falls under: busy and failed inbound calls were missed."""
     if facts.direction == "inbound":
         return "inbound_answered" if facts.status == "completed" else "inbound_missed"
     return "outbound" if facts.direction == "outbound" else "internal"
 
 
 def _iso(activity: crm.Activity) -> str:
+    """The voice comment's ``started_at``: ISO 8601, as the docs ask."""
     when = activity.started_at or activity.ended_at
     assert when is not None  # created at the end: an event time is always known
     return when.isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -115,7 +117,7 @@ class ZendeskConnector(crm.CrmConnector):
                 " integrations → Zendesk API; a deleted token stops working at once)"
             )
         else:
-            hint = "the OAuth access token was revoked or expired: put a valid one in config.yaml"
+            hint = "the OAuth access token was revoked or expired: put a valid one"
         return (
             f"credentials of connector {self.name!r} rejected (HTTP 401 {error}); {hint} in"
             " config.yaml, then retry the dead deliveries"
