@@ -27,6 +27,7 @@ from tests.support.crm import (
     TOKEN_VENDORS,
     UK_CONTACT,
     VENDORS,
+    ZENDESK,
     ZOHO,
     Vendor,
     day,
@@ -78,10 +79,11 @@ async def test_failure_after_the_create_still_makes_one_record(
 MARKER_LOOKUP = {
     "hubspot": ("POST", "/crm/v3/objects/calls/search"),
     "dynamics": ("GET", "/phonecalls"),
+    "zendesk": ("GET", "/api/v2/tickets"),  # by external_id
 }
 
 
-@pytest.mark.parametrize("vendor", [HUBSPOT, DYNAMICS], ids=vendor_id)
+@pytest.mark.parametrize("vendor", [HUBSPOT, DYNAMICS, ZENDESK], ids=vendor_id)
 async def test_worker_killed_between_create_and_link_write(
     db_url: str, tmp_path: Path, vendor: Vendor
 ) -> None:
@@ -162,7 +164,7 @@ async def test_client_side_buckets_keep_under_the_published_limit(
     assert len(vendor.all_records(fake)) == 4
 
 
-@static_ids
+@pytest.mark.parametrize("vendor", [v for v in STATIC if v.daily_quota], ids=vendor_id)
 async def test_daily_quota_pauses_the_connector_until_the_reset(
     db_url: str, vendor: Vendor
 ) -> None:

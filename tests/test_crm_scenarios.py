@@ -124,6 +124,22 @@ async def test_outbound_completed_current_generation(db_url: str, vendor: Vendor
             },
         ]
         assert record["updates"] >= 1
+    elif vendor.name == "zendesk":
+        assert record["subject"] == TITLE
+        assert str(record["assignee_id"]) == seeded["owner"]
+        assert record["external_id"].startswith("wx") and record["group_id"] is None
+        assert {"wildix", "call_answered", "call_outbound"} <= set(record["tags"])
+        [note, voice, final] = record["comments"]  # the final record added one private note
+        assert (note["type"], note["public"], final["public"]) == ("Comment", False, False)
+        assert voice["data"] == {
+            "from": "214",
+            "to": UK_CONTACT,
+            "started_at": "2025-11-29T10:30:10Z",
+            "call_duration": 181,
+            "recording_url": REC,
+            "answered_by_id": int(seeded["owner"]),
+        }
+        assert record["updates"] == 1
     else:
         assert REC in record["Description"]
         assert record["Subject"] == TITLE
@@ -196,6 +212,12 @@ async def test_inbound_missed_and_legacy_generation(db_url: str, vendor: Vendor)
             "participationtypemask": 1,
         }
         assert (out["directioncode"], out["category"]) == (True, "Answered")
+    elif vendor.name == "zendesk":
+        voice = next(c for c in missed["comments"] if c["type"] == "VoiceComment")
+        assert voice["data"]["from"] == FR_CALLER and "answered_by_id" not in voice["data"]
+        assert "recording_url" not in voice["data"]
+        assert missed["subject"] == f"Missed call from Luc Moreau ({FR_CALLER})"
+        assert "call_inbound" in missed["tags"] and "call_outbound" in out["tags"]
     else:
         for call in (missed, leg_missed):
             assert call["Call_Type"] == "Missed"
@@ -279,6 +301,9 @@ async def test_unknown_number_follows_each_on_no_match_mode(db_url: str, vendor:
         assert alone["properties"]["hs_call_to_number"] == unknown
     elif vendor.name == "pipedrive":
         assert creating.persons[int(new)]["name"] == unknown
+    elif vendor.name == "zendesk":
+        assert creating.users[int(new)]["role"] == "end-user"
+        assert len(creating.contacts) == 3  # the two seeded end users and the new one
     else:
         assert len(creating.contacts) == 2  # the seeded one and the new one
 

@@ -104,6 +104,11 @@ class CrmConnector(CrmHttp, Connector):
         """The id of a record carrying ``activity.marker``, if one exists (crash recovery)."""
         return None
 
+    def skip_reason(self, facts: Facts) -> str | None:
+        """Why a call ready to be created is not logged at all (a CRM's own option, such as which
+        calls open a ticket); None logs it. Decided once, before the create."""
+        return None
+
     # -- the lifecycle ---------------------------------------------------------------------------
 
     async def deliver(self, event: Event, ctx: DeliveryContext) -> None:  # type: ignore[override]
@@ -150,6 +155,9 @@ class CrmConnector(CrmHttp, Connector):
             return
         if state.id is None:
             if not self._ready_to_create(state.facts):
+                return
+            state.skipped = self.skip_reason(state.facts)
+            if state.skipped:
                 return
             await self._create(event, ctx, key, link, state)
             if state.id is None or not self.updates:

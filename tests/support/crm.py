@@ -1,4 +1,4 @@
-"""The four CRMs as the tests see them, one entry each in ``CRMS``: the fake, how an admin
+"""The CRMs as the tests see them, one entry each in ``CRMS``: the fake, how an admin
 configures it, the contacts every scenario expects, and how to read the records it holds. One
 scenario test runs against all of them; a new CRM is one more entry.
 
@@ -27,6 +27,7 @@ from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.pipedrive import FakePipedrive
 from tests.fakes.salesforce import TEST_KEY_PEM, FakeSalesforce
 from tests.fakes.server import serve
+from tests.fakes.zendesk import API_USER_ID, FakeZendesk
 from tests.fakes.zoho import FakeZoho
 from tests.support.calls import Events, current_inbound_missed, current_outbound
 from tests.support.relay import RunningRelay
@@ -75,6 +76,7 @@ class Vendor:
     token_key: str | None = None  # the config key of a static API token; None: OAuth
     milliseconds: bool = False  # durations kept to the millisecond (else whole seconds)
     flow: str = ""  # the OAuth flow (Salesforce has several)
+    daily_quota: bool = True  # the CRM has a daily request quota (Zendesk has none)
 
     @property
     def oauth(self) -> bool:
@@ -300,7 +302,58 @@ DYNAMICS = Vendor(
     updates=True,
 )
 
-CRMS = {vendor.name: vendor for vendor in (HUBSPOT, PIPEDRIVE, SALESFORCE, ZOHO, DYNAMICS)}
+def _zendesk_outcome(record: Record) -> str:
+    [tag] = [t for t in record["tags"] if t.startswith("call_") and t[5:] in ZENDESK_OUTCOMES]
+    return tag
+
+
+def _zendesk_seconds(record: Record) -> int:
+    *_, voice = (c for c in record["comments"] if c["type"] == "VoiceComment")
+    return int(voice["data"]["call_duration"])
+
+
+ZENDESK_OUTCOMES = ("answered", "missed", "busy", "failed")
+ZENDESK = Vendor(
+    name="zendesk",
+    make_fake=FakeZendesk,
+    credentials=lambda fake, url, _: {
+        "type": "zendesk",
+        "email": fake.email,
+        "api_token": fake.api_token,
+        "base_url": url,
+        "index_lag": 0,
+    },
+    limits={
+        "rate_limit": {"requests": 50, "per": 1},
+        "search_rate_limit": {"requests": 20, "per": 1},
+    },
+    seed=lambda fake: {
+        "uk": fake.add_contact("020 7183 8750", "Olivia", "Hart"),
+        "fr": fake.add_contact("+33 1 42 68 53 00", "Luc", "Moreau"),
+        "owner": fake.add_agent(AGENT_EMAIL, "Giulia Rossi"),
+    },
+    records=lambda fake, call_id: fake.tickets_for(call_id),
+    records_of=lambda fake: fake.tickets.values(),
+    record_id=lambda record: str(record["id"]),
+    # no requester given: Zendesk makes the API user the requester
+    person=lambda record: (
+        None if record["requester_id"] == API_USER_ID else str(record["requester_id"])
+    ),
+    seconds=_zendesk_seconds,
+    outcome=_zendesk_outcome,
+    notes=lambda record: "\n".join(c["body"] for c in record["comments"]),
+    contacts_with=lambda fake, number: [
+        str(uid) for uid, user in fake.contacts.items() if user["phone"] == number
+    ],
+    outcomes={"completed": "call_answered", "missed": "call_missed"},
+    create_path="/api/v2/tickets",
+    updates=False,  # a ticket is opened when the call has ended (a note added after)
+    add_owner=lambda fake, email: fake.add_agent(email, "Giulia Rossi"),
+    token_key="api_token",
+    daily_quota=False,
+)
+
+CRMS = {vendor.name: vendor for vendor in (HUBSPOT, PIPEDRIVE, SALESFORCE, ZOHO, DYNAMICS, ZENDESK)}
 VENDORS = list(CRMS.values())
 OAUTH_VENDORS = [vendor for vendor in VENDORS if vendor.oauth]
 # every way to get an access token: each Salesforce flow, and Zoho's refresh token
