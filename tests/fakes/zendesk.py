@@ -3,7 +3,8 @@ external_id), users (create, Users search, me), the Search API for end users by 
 Zendesk's auth (basic ``{email}/token:{api_token}`` or an OAuth bearer token), its error bodies
 (``{"error", "description"}``; 422 ``RecordInvalid`` with ``details``), the account's per-minute
 limit and the endpoints' own (Search, Update Ticket, List Tickets: ``Zendesk-RateLimit-*``), 429
-with ``Retry-After`` and the ``ratelimit-*`` headers. Records live in memory for tests. Shapes: docs/crm.md (`zendesk`) and the Zendesk API reference."""
+with ``Retry-After`` and the ``ratelimit-*`` headers. Records live in memory for tests. Shapes:
+docs/crm.md (`zendesk`) and the Zendesk API reference."""
 
 from __future__ import annotations
 

@@ -302,6 +302,7 @@ DYNAMICS = Vendor(
     updates=True,
 )
 
+
 def _zendesk_outcome(record: Record) -> str:
     [tag] = [t for t in record["tags"] if t.startswith("call_") and t[5:] in ZENDESK_OUTCOMES]
     return tag
