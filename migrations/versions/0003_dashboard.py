@@ -1,0 +1,53 @@
+"""manual_retries: who retried a delivery by hand, and when (attempt numbers keep counting);
+attempts by start time (the dashboard's charts)
+
+Revision ID: 0003_dashboard
+Revises: 0002_ops
+Create Date: 2026-12-07 18:40:00
+
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0003_dashboard"
+down_revision: str | Sequence[str] | None = "0002_ops"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def upgrade() -> None:
+    op.create_table(
+        "manual_retries",
+        sa.Column("id", _ID, autoincrement=True, nullable=False),
+        sa.Column("delivery_id", _ID, nullable=False),
+        sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("requested_by", sa.String(length=100), nullable=True),
+        sa.Column("after_attempt_id", _ID, nullable=True),
+        sa.Column("number_base", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["delivery_id"],
+            ["deliveries.id"],
+            name=op.f("fk_manual_retries_delivery_id_deliveries"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_manual_retries")),
+    )
+    with op.batch_alter_table("manual_retries", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_manual_retries_delivery_id"), ["delivery_id"], unique=False
+        )
+    with op.batch_alter_table("attempts", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_attempts_started_at"), ["started_at"], unique=False)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("attempts", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_attempts_started_at"))
+    with op.batch_alter_table("manual_retries", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_manual_retries_delivery_id"))
+    op.drop_table("manual_retries")
