@@ -10,6 +10,7 @@ from relay.store.tables import utcnow
 from tests.support.dashboard import Past, seed, ui_login
 from tests.support.operations import admin_settings
 from tests.support.relay import run_relay
+from tests.support.samples import fixture
 
 CONNECTORS = {"crm": {"type": "log"}, "audit": {"type": "log"}}
 H = timedelta(hours=1)
@@ -69,6 +70,13 @@ async def test_charts_draw_a_bar_per_busy_hour_and_the_latency_percentiles(db_ur
         hour = (await relay.client.get(relay.url + "/ui/?range=1h")).text
         assert "no events in the last 1 h" in cell(hour, "events-chart-q7m2xk")
         assert "no attempts in the last 1 h" in cell(hour, "attempts-chart-crm")
+
+        # a refresh reads the newest buckets again (the settled ones are kept): a new event shows
+        await relay.post(fixture("call_completed"))
+        again = (await relay.client.get(relay.url + "/ui/overview/panel")).text
+        assert 'aria-label="7 events in the last 24 h"' in cell(again, "events-chart-q7m2xk")
+        hour = (await relay.client.get(relay.url + "/ui/?range=1h")).text
+        assert 'aria-label="1 event in the last 1 h"' in cell(hour, "events-chart-q7m2xk")
 
         wrong = await relay.client.get(relay.url + "/ui/?range=1y")
         assert wrong.status_code == 400 and "range must be one of 1h, 24h, 7d" in wrong.text

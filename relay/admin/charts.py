@@ -2,20 +2,22 @@
 
 Counted in the database from the store's own rows (not Prometheus, which a dashboard on its own
 may not have). Time buckets are a ``CASE`` over the bucket boundaries, which SQLite and
-PostgreSQL evaluate alike; the latency percentiles are nearest-rank, from window functions both
-have. Each query reads one time window through an index (events by integration and time,
-attempts by start time), so its cost follows the window's rows, not the table's.
+PostgreSQL evaluate alike; latency percentiles are nearest-rank over the delivered attempts'
+durations, counted per (coarsened) duration in SQL and ranked here. Each query reads a time
+window through an index (events by integration and time, attempts by start time), and buckets
+that can no longer change are kept in memory, so a refresh reads only the last few minutes.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass
+import weakref
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import msgspec
-from sqlalchemy import ColumnElement, Integer, case, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from cachetools import TTLCache
+from sqlalchemy import ColumnElement, case, func, select
 
 from relay.admin.filters import BadFilter
 from relay.config import Settings
@@ -49,7 +51,6 @@ SERIES = {
     OutcomeKind.RETRY: "retried",
     OutcomeKind.DEAD: "dead",
 }
-PERCENTILES = (50, 95)
 
 
 class IntegrationChart(msgspec.Struct, kw_only=True):
@@ -101,90 +102,134 @@ def _window(r: Range, now: datetime) -> tuple[datetime, list[datetime]]:
     return start, [start + r.step * i for i in range(1, r.buckets)]
 
 
-def _bucket(column: ColumnElement[datetime], bounds: list[datetime]) -> ColumnElement[int]:
-    whens = [(column < bound, i) for i, bound in enumerate(bounds)]
+def _bucket(
+    column: ColumnElement[datetime], bounds: list[datetime], end: datetime
+) -> ColumnElement[int]:
+    """Which bucket a time falls in (the query keeps it before ``end``; a CASE needs a WHEN)."""
+    whens = [(column < bound, i) for i, bound in enumerate([*bounds, end])]
     return case(*whens, else_=len(bounds)).label("bucket")
+
+
+def _coarse(ms: ColumnElement[int]) -> ColumnElement[int]:
+    """Durations to two or three significant digits (integer arithmetic, alike on both
+    databases): a few hundred values per bucket to send, and percentiles within 1 %."""
+    steps = [(ms < 1000, ms), (ms < 10_000, ms // 10 * 10), (ms < 100_000, ms // 100 * 100)]
+    return case(*steps, else_=ms // 1000 * 1000).label("ms")
+
+
+@dataclass(slots=True)
+class _Counts:
+    """One time bucket's figures, as the database gave them."""
+
+    events: Counter[str] = field(default_factory=Counter)  # integration → events
+    attempts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (connector, series)
+    durations: dict[str, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))
+
+
+# Buckets that ended a while ago no longer change (an attempt is recorded when it ends, its
+# start time up to its time limit earlier): each process keeps them, per store, for 6 hours, so
+# a refresh reads only the newest buckets' rows.
+SETTLED = timedelta(minutes=5)
+KEPT = 6 * 3600.0
+_settled: weakref.WeakKeyDictionary[Store, TTLCache[tuple[datetime, timedelta], _Counts]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _counts(store: Store, starts: list[datetime], step: timedelta) -> list[_Counts]:
+    """Each bucket's figures: the settled ones from memory, the rest in one read."""
+    kept = _settled.setdefault(store, TTLCache(maxsize=4096, ttl=KEPT))
+    now = utcnow()
+    found = {b: kept.get((b, step)) for b in starts}
+    missing = [b for b in starts if found[b] is None]
+    if missing:  # read from the oldest one missing on (they are the newest but for expiry)
+        span = starts[starts.index(missing[0]) :]
+        fresh = await _read(store, span[0], span[1:], starts[-1] + step)
+        for b, counts in zip(span, fresh, strict=True):
+            found[b] = counts
+            if b + step + SETTLED < now:
+                kept[(b, step)] = counts
+    return [found[b] or _Counts() for b in starts]
+
+
+async def _read(
+    store: Store, start: datetime, bounds: list[datetime], end: datetime
+) -> list[_Counts]:
+    """Buckets from ``start`` to ``end`` cut at ``bounds``, in one query per table."""
+    out = [_Counts() for _ in range(len(bounds) + 1)]
+    received = _bucket(events.c.received_at, bounds, end)
+    started = _bucket(attempts.c.started_at, bounds, end)
+    ms = _coarse(attempts.c.duration_ms)
+    async with store.engine.connect() as conn:
+        rows = await conn.execute(
+            select(events.c.integration_id, received, func.count())
+            .where(events.c.received_at >= start, events.c.received_at < end)
+            .group_by(events.c.integration_id, received)
+        )
+        for integration, bucket, n in rows:
+            out[int(bucket)].events[integration] += int(n)
+        rows = await conn.execute(
+            select(deliveries.c.connector, attempts.c.outcome, started, ms, func.count())
+            .select_from(attempts.join(deliveries, deliveries.c.id == attempts.c.delivery_id))
+            .where(attempts.c.started_at >= start, attempts.c.started_at < end)
+            .group_by(deliveries.c.connector, attempts.c.outcome, started, ms)
+        )
+        for connector, outcome, bucket, duration, n in rows:
+            counts = out[int(bucket)]
+            if outcome in SERIES:
+                counts.attempts[(connector, SERIES[outcome])] += int(n)
+            if outcome == OutcomeKind.SUCCEEDED:
+                counts.durations[connector][int(duration)] += int(n)
+    return out
+
+
+def _percentile(durations: Counter[int], p: int) -> int | None:
+    """Nearest rank: the smallest duration with at least p % of them at or below it."""
+    total = sum(durations.values())
+    if not total:
+        return None
+    rank, seen = -(-total * p // 100), 0
+    for duration in sorted(durations):
+        seen += durations[duration]
+        if seen >= rank:
+            return duration
+    return None  # pragma: no cover (seen reaches total)
 
 
 async def charts(store: Store, settings: Settings, range_key: str | None = None) -> Charts:
     r = pick_range(range_key)
     start, bounds = _window(r, utcnow())
-    received = _bucket(events.c.received_at, bounds)
-    started = _bucket(attempts.c.started_at, bounds)
-    per_integration: dict[str, list[int]] = defaultdict(lambda: [0] * r.buckets)
-    per_connector: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * r.buckets)
-    async with store.engine.connect() as conn:
-        rows = await conn.execute(
-            select(events.c.integration_id, received, func.count())
-            .where(events.c.received_at >= start)
-            .group_by(events.c.integration_id, received)
-        )
-        for integration, bucket, n in rows:
-            per_integration[integration][int(bucket)] = int(n)
-        rows = await conn.execute(
-            select(deliveries.c.connector, attempts.c.outcome, started, func.count())
-            .select_from(attempts.join(deliveries, deliveries.c.id == attempts.c.delivery_id))
-            .where(attempts.c.started_at >= start)
-            .group_by(deliveries.c.connector, attempts.c.outcome, started)
-        )
-        for connector, outcome, bucket, n in rows:
-            if outcome in SERIES:
-                per_connector[(connector, SERIES[outcome])][int(bucket)] = int(n)
-        latency = await _percentiles(conn, start)
+    starts = [start, *bounds]
+    buckets = await _counts(store, starts, r.step)
+    seen = {i for b in buckets for i in b.events}
     configured = list(settings.integrations)
+    latency: dict[str, Counter[int]] = defaultdict(Counter)
+    for b in buckets:
+        for connector, durations in b.durations.items():
+            latency[connector].update(durations)
     return Charts(
         range=r.key,
         label=r.label,
-        buckets=[start, *bounds],
+        buckets=starts,
         step_seconds=int(r.step.total_seconds()),
         integrations=[
             IntegrationChart(
                 id=iid,
                 name=(i.name if (i := settings.integrations.get(iid)) else None),
-                counts=list(per_integration.get(iid, [0] * r.buckets)),
+                counts=[b.events[iid] for b in buckets],
             )
-            for iid in configured + sorted(set(per_integration) - set(configured))
+            for iid in configured + sorted(seen - set(configured))
         ],
         connectors=[
             ConnectorChart(
                 name=name,
                 **{
-                    series: list(per_connector.get((name, series), [0] * r.buckets))
+                    series: [b.attempts[(name, series)] for b in buckets]
                     for series in SERIES.values()
                 },
-                p50_ms=latency.get((name, 50)),
-                p95_ms=latency.get((name, 95)),
+                p50_ms=_percentile(latency[name], 50),
+                p95_ms=_percentile(latency[name], 95),
             )
             for name in settings.connectors
         ],
     )
-
-
-async def _percentiles(conn: AsyncConnection, start: datetime) -> dict[tuple[str, int], int]:
-    """(connector, percentile) → ms: the delivered attempt at rank ceil(p% of n) by duration."""
-    ranked = (
-        select(
-            deliveries.c.connector,
-            attempts.c.duration_ms,
-            func.row_number()
-            .over(partition_by=deliveries.c.connector, order_by=attempts.c.duration_ms)
-            .label("rank"),
-            func.count().over(partition_by=deliveries.c.connector).label("n"),
-        )
-        .select_from(attempts.join(deliveries, deliveries.c.id == attempts.c.delivery_id))
-        .where(attempts.c.started_at >= start, attempts.c.outcome == OutcomeKind.SUCCEEDED)
-        .subquery()
-    )
-    # ceil(n·p/100) in integer arithmetic, the same on both databases
-    ranks = {p: ((ranked.c.n * p + 99) // 100).cast(Integer) for p in PERCENTILES}
-    rows = await conn.execute(
-        select(ranked.c.connector, ranked.c.duration_ms, ranked.c.rank, ranked.c.n).where(
-            or_(*(ranked.c.rank == rank for rank in ranks.values()))
-        )
-    )
-    out: dict[tuple[str, int], int] = {}
-    for connector, duration, rank, n in rows:
-        for p in PERCENTILES:
-            if rank == (n * p + 99) // 100:
-                out[(connector, p)] = int(duration)
-    return out

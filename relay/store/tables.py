@@ -108,8 +108,11 @@ class DeliveryRow(Base):
 
 class AttemptRow(Base):
     __tablename__ = "attempts"
-    # started_at: the dashboard's charts read a time window of attempts
-    __table_args__ = (Index(None, "delivery_id"), Index(None, "started_at"))
+    # the dashboard's charts read a time window of attempts from this index alone
+    __table_args__ = (
+        Index(None, "delivery_id"),
+        Index(None, "started_at", "delivery_id", "outcome", "duration_ms"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"))
