@@ -168,7 +168,8 @@ async def test_log_in_retry_a_dead_delivery_and_see_it_succeed(
             await expect(page.locator("pre.json").last).to_contain_text('"remotePhone"')
             await page.screenshot(path=str(shots / "event-detail.png"), full_page=True)
             await page.set_viewport_size(NARROW)
-            for path in (f"/ui/events/{dead.event_id}", "/ui/deliveries?state=all", "/ui/events"):
+            pages = ("/events", "/deliveries?state=all", "/replay", "/rejections")
+            for path in (f"/ui/events/{dead.event_id}", *(f"/ui{p}" for p in pages)):
                 await page.goto(relay.url + path)
                 assert await fits(page), f"{path} overflows at 420 px"
             await page.set_viewport_size({"width": 1280, "height": 820})

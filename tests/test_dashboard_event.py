@@ -5,7 +5,11 @@ keeps numbering its attempts while the retry policy's budget starts afresh."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
+
+from relay.ui import formats
 from tests.fakes.receiver import Receiver
 from tests.support.dashboard import ui_login
 from tests.support.operations import admin_settings, api, wait_state, webhook
@@ -18,6 +22,45 @@ MAX_ATTEMPTS = 2
 def attempts_shown(page: str) -> list[str]:
     """The timeline in order: ``#n outcome`` per attempt, ``manual retry`` markers between."""
     return re.findall(r"<strong>(#\d+ \w+|manual retry)</strong>", page)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(28.4, "0:28"), (180.602, "3:01"), (0, "0:00"), (3725, "1:02:05"), (None, "—")],
+)
+def test_call_durations_read_as_a_clock(seconds: float | None, shown: str) -> None:
+    assert formats.clock(seconds) == shown
+
+
+@pytest.mark.parametrize(
+    ("number", "shown"),
+    [
+        ("442071838750", "+442071838750"),  # digits as relay indexes them
+        ("+442071838750", "+442071838750"),
+        ("214", "214"),  # an extension
+        ("02071838750", "02071838750"),  # national form: no country to put a + before
+        (None, "—"),
+    ],
+)
+def test_international_numbers_get_their_plus(number: str | None, shown: str) -> None:
+    assert formats.phone(number) == shown
+
+
+def test_every_time_is_written_in_utc_one_way() -> None:
+    rome = timezone(timedelta(hours=1))
+    assert (
+        formats.when(datetime(2025, 11, 29, 11, 30, 10, tzinfo=rome)) == "2025-11-29 10:30:10 UTC"
+    )
+    assert formats.when("2025-11-29T10:30:10.458000Z") == "2025-11-29 10:30:10 UTC"
+    assert formats.when(datetime(2025, 11, 29, 10, 30, 10)) == "2025-11-29 10:30:10 UTC"
+    assert formats.when(datetime(2025, 11, 29, 10, 30, 10, tzinfo=UTC)) == "2025-11-29 10:30:10 UTC"
+    assert formats.when(None) == "—"
+
+
+def test_a_party_on_one_line() -> None:
+    assert formats.party({"name": "Giulia Rossi", "extension": "214"}) == "Giulia Rossi · ext. 214"
+    assert formats.party({"number": "442071838750"}) == "+442071838750"
+    assert formats.party({}) == "—"
 
 
 async def test_a_call_reads_like_a_call(db_url: str) -> None:
