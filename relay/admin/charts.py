@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 import msgspec
 from cachetools import TTLCache
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import ColumnElement, Integer, case, func, literal, select
 
 from relay.admin.filters import BadFilter
 from relay.config import Settings
@@ -105,9 +105,21 @@ def _window(r: Range, now: datetime) -> tuple[datetime, list[datetime]]:
 def _bucket(
     column: ColumnElement[datetime], bounds: list[datetime], end: datetime
 ) -> ColumnElement[int]:
-    """Which bucket a time falls in (the query keeps it before ``end``; a CASE needs a WHEN)."""
-    whens = [(column < bound, i) for i, bound in enumerate([*bounds, end])]
-    return case(*whens, else_=len(bounds)).label("bucket")
+    """Which bucket a time falls in: nested CASEs halving the boundaries, so a row costs a
+    handful of comparisons rather than one per bucket (the query keeps times before ``end``)."""
+
+    def within(first: int, last: int) -> ColumnElement[int]:
+        if first == last:
+            return literal(first, Integer)
+        middle = (first + last + 1) // 2  # buckets first..middle-1 end before bounds[middle-1]
+        return case(
+            (column < bounds[middle - 1], within(first, middle - 1)),
+            else_=within(middle, last),
+        )
+
+    if not bounds:  # one bucket: a CASE still, so the query groups by an expression
+        return case((column < end, literal(0, Integer)), else_=literal(0, Integer)).label("bucket")
+    return within(0, len(bounds)).label("bucket")
 
 
 def _coarse(ms: ColumnElement[int]) -> ColumnElement[int]:
