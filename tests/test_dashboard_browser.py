@@ -1,5 +1,6 @@
 """The dashboard in a real browser (Debian's chromium through Playwright) against a relay on
-loopback: log in, find a dead delivery, retry it against the recovered receiver, see it succeed.
+loopback: log in, read the overview's charts, find a dead delivery, retry it against the
+recovered receiver, see it succeed and the retry in its history; and the pages at phone width.
 
 Screenshots go to $RELAY_SCREENSHOTS (``RELAY_SCREENSHOTS=docs/img`` refreshes the README's).
 """
@@ -10,12 +11,15 @@ import asyncio
 import os
 import re
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from relay.store.tables import utcnow
 from tests.fakes.receiver import Receiver
+from tests.support.dashboard import Past, seed
 from tests.support.operations import TOKEN, admin_settings, webhook
 from tests.support.relay import call_body, run_relay
 from tests.support.samples import fixture
@@ -23,6 +27,15 @@ from tests.support.samples import fixture
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
+NARROW = {"width": 420, "height": 860}
+H = timedelta(hours=1)
+# earlier hours for the charts (the live events all land in the current hour's bar)
+HISTORY = [
+    *(Past(3 * H, connector="hubspot-crm", tries=[("succeeded", 240)]) for _ in range(4)),
+    Past(3 * H, connector="hubspot-crm", tries=[("retry", 30_000), ("succeeded", 410)]),
+    *(Past(7 * H, connector="audit-log", tries=[("succeeded", 2)]) for _ in range(2)),
+    Past(12 * H, integration="h3p9ta", connector="audit-log", tries=[("succeeded", 3)]),
+]
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -62,6 +75,13 @@ async def browser() -> AsyncIterator[Any]:
             await launched.close()
 
 
+async def fits(page: Any) -> bool:
+    """No sideways scrolling of the page itself (a wide table scrolls inside its own box)."""
+    return bool(
+        await page.evaluate("() => document.scrollingElement.scrollWidth <= window.innerWidth")
+    )
+
+
 async def test_log_in_retry_a_dead_delivery_and_see_it_succeed(
     browser: Any, shots: Path, tmp_path: Path
 ) -> None:
@@ -86,6 +106,7 @@ async def test_log_in_retry_a_dead_delivery_and_see_it_succeed(
             rows = await relay.settled()
             [dead] = [r for r in rows if r.state == "dead"]
             assert dead.event_id == dead_event["event_id"]
+            await seed(relay.store, utcnow(), HISTORY)
 
             page = await browser.new_page(viewport={"width": 1280, "height": 820})
             await page.goto(relay.url + "/ui/")
@@ -99,7 +120,31 @@ async def test_log_in_retry_a_dead_delivery_and_see_it_succeed(
             overview = page.locator("#overview")
             await expect(overview).to_contain_text("hubspot-crm")
             await expect(overview.locator("a.bad")).to_have_text("1")  # one dead, linked
+            # a bar per busy hour: now, 3 h and 7 h ago for q7m2xk; now and 12 h ago for h3p9ta
+            q7 = overview.locator("#events-chart-q7m2xk svg.chart rect.bar")
+            await expect(q7).to_have_count(3)
+            await expect(q7.first).to_have_attribute("height", re.compile(r"^\d"))
+            await expect(overview.locator("#events-chart-h3p9ta rect.bar")).to_have_count(2)
+            hub = overview.locator("#attempts-chart-hubspot-crm")
+            await expect(hub.locator("rect.bar.delivered")).to_have_count(2)  # now, 3 h ago
+            await expect(hub.locator("rect.bar.retried")).to_have_count(1)
+            await expect(hub.locator("rect.bar.dead")).to_have_count(1)
+            await expect(overview).to_contain_text("p50 240 ms · p95 410 ms")
             await page.screenshot(path=str(shots / "overview.png"), full_page=True)
+            await page.click("text=1 h")
+            await expect(page).to_have_url(re.compile(r"range=1h$"))
+            await expect(
+                page.locator("#attempts-chart-hubspot-crm rect.bar.retried")
+            ).to_have_count(0)
+            # the live events only (the seeded ones are hours old), whichever 5-min bars they hit
+            live = page.locator("#events-chart-q7m2xk svg.chart")
+            await expect(live).to_have_attribute("aria-label", "5 events in the last 1 h")
+            await page.set_viewport_size(NARROW)
+            await page.goto(relay.url + "/ui/")
+            await expect(page.locator("#overview")).to_contain_text("hubspot-crm")
+            assert await fits(page), "the overview overflows at 420 px"
+            await page.screenshot(path=str(shots / "overview-narrow.png"), full_page=True)
+            await page.set_viewport_size({"width": 1280, "height": 820})
 
             await page.click("text=Dead letters")
             row = page.locator(f"#delivery-{dead.id}")
@@ -118,9 +163,19 @@ async def test_log_in_retry_a_dead_delivery_and_see_it_succeed(
             await expect(page.locator("h1")).to_contain_text(f"Event {dead.event_id}")
             timeline = page.locator("section.timeline", has_text="hubspot-crm")
             await expect(timeline.locator("li.attempt.dead")).to_contain_text("HTTP 400")
+            await expect(timeline.locator("li.attempt.succeeded")).to_contain_text("#2 succeeded")
             await expect(timeline.locator("li.attempt.succeeded")).to_contain_text("HTTP 200")
+            await expect(timeline.locator("li.manual-retry")).to_contain_text("by dashboard")
+            await expect(page.locator(".duration")).to_have_text("3:01 (talk 2:56, wait 0:00)")
             await expect(page.locator("pre.json").last).to_contain_text('"remotePhone"')
             await page.screenshot(path=str(shots / "event-detail.png"), full_page=True)
+            await page.set_viewport_size(NARROW)
+            pages = ("/events", "/deliveries?state=all", "/replay", "/rejections")
+            for path in (f"/ui/events/{dead.event_id}", *(f"/ui{p}" for p in pages)):
+                await page.goto(relay.url + path)
+                assert await fits(page), f"{path} overflows at 420 px"
+            await page.set_viewport_size({"width": 1280, "height": 820})
+            await page.goto(relay.url + f"/ui/events/{dead.event_id}")
 
             await page.click("text=Replay this event…")
             await page.click("button[value=dry-run]")
@@ -131,6 +186,33 @@ async def test_log_in_retry_a_dead_delivery_and_see_it_succeed(
             await page.goto(relay.url + "/ui/deliveries?state=dead")
             assert page.url.endswith("/ui/login")  # the session is gone
 
-    for name in ("overview", "dead-letters", "event-detail"):
+    for name in ("overview", "overview-narrow", "dead-letters", "event-detail"):
         png = await asyncio.to_thread((shots / f"{name}.png").read_bytes)
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+async def test_a_new_relay_says_there_is_nothing_to_chart_yet(browser: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    settings = admin_settings(
+        f"sqlite+aiosqlite:///{tmp_path}/empty.db", {"audit-log": {"type": "log"}}
+    )
+    async with run_relay(settings) as relay:
+        page = await browser.new_page(viewport=NARROW)
+        await page.goto(relay.url + "/ui/login")
+        await page.fill("input[name=token]", TOKEN)
+        await page.click("button[type=submit]")
+        overview = page.locator("#overview")
+        await expect(overview.locator("#events-chart-q7m2xk")).to_have_text(
+            "no events in the last 24 h"
+        )
+        await expect(overview.locator("#attempts-chart-audit-log")).to_have_text(
+            "no attempts in the last 24 h"
+        )
+        await expect(overview.locator("svg.chart")).to_have_count(0)
+        assert await fits(page), "the empty overview overflows at 420 px"
+        icon = await relay.client.get(relay.url + "/ui/static/favicon.svg")
+        assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg")
+        assert (
+            await page.locator("link[rel=icon]").get_attribute("href") == "/ui/static/favicon.svg"
+        )

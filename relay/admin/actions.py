@@ -6,11 +6,13 @@ and the CLI (working on the database directly, with or without a running service
 
 from __future__ import annotations
 
+import getpass
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import case, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay import routing
 from relay.admin import schemas as s
@@ -19,7 +21,7 @@ from relay.config import Settings
 from relay.store.records import Store
 from relay.store.rows import delivery_rows
 from relay.store.states import DeliveryState
-from relay.store.tables import deliveries, events, utcnow
+from relay.store.tables import attempts, deliveries, events, manual_retries, utcnow
 from relay.wildix import InvalidEvent, parse
 
 RETRYABLE = (DeliveryState.PENDING, DeliveryState.DEAD, DeliveryState.CANCELLED)
@@ -36,6 +38,14 @@ class ActionError(Exception):
         self.message = message
 
 
+def cli_operator() -> str:
+    """Who retried from the CLI, as the history shows it: the OS user when there is one."""
+    try:
+        return f"CLI ({getpass.getuser()})"
+    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+        return "CLI"
+
+
 async def _refuse(store: Store, delivery_id: int, verb: str) -> ActionError:
     async with store.engine.connect() as conn:
         state = await conn.scalar(select(deliveries.c.state).where(deliveries.c.id == delivery_id))
@@ -50,29 +60,72 @@ async def _refuse(store: Store, delivery_id: int, verb: str) -> ActionError:
 
 
 async def _move(
-    store: Store, delivery_id: int, verb: str, allowed: tuple[DeliveryState, ...], **values: Any
+    store: Store,
+    delivery_id: int,
+    verb: str,
+    allowed: tuple[DeliveryState, ...],
+    *,
+    then: Callable[[AsyncConnection, DeliveryState, int], Awaitable[None]] | None = None,
+    **values: Any,
 ) -> None:
-    """One guarded state change; explain a refusal (404 missing, 409 wrong state)."""
+    """One guarded state change; explain a refusal (404 missing, 409 wrong state).
+
+    ``then(conn, state before, attempts before)`` runs in the same transaction once it moved."""
     if not is_row_id(delivery_id):
         raise ActionError(404, f"no delivery {delivery_id}")
     now = utcnow()
     async with store.engine.begin() as conn:
+        before = (
+            await conn.execute(
+                select(deliveries.c.state, deliveries.c.attempts).where(
+                    deliveries.c.id == delivery_id
+                )
+            )
+        ).first()
         result = await conn.execute(
             update(deliveries)
             .where(deliveries.c.id == delivery_id, deliveries.c.state.in_(allowed))
             .values(**values, updated_at=now)
         )
+        if result.rowcount == 1 and then is not None and before is not None:
+            await then(conn, DeliveryState(before.state), int(before.attempts))
     if result.rowcount != 1:
         raise await _refuse(store, delivery_id, verb)
 
 
-async def retry(store: Store, delivery_id: int) -> None:
-    """Due now; a dead or cancelled delivery also starts its retry schedule afresh."""
+async def retry(store: Store, delivery_id: int, *, by: str | None = None) -> None:
+    """Due now; a dead or cancelled delivery also gets a fresh budget of ``max_attempts``.
+
+    Its attempt numbers keep counting (#3 follows #2), and the history shows the retry, by
+    ``by`` (who or what asked: the dashboard, the API, the CLI and its user)."""
+
+    async def mark(conn: AsyncConnection, state: DeliveryState, tried: int) -> None:
+        base = await conn.scalar(
+            select(manual_retries.c.number_base)
+            .where(manual_retries.c.delivery_id == delivery_id)
+            .order_by(manual_retries.c.id.desc())
+            .limit(1)
+        )
+        last = await conn.scalar(
+            select(func.max(attempts.c.id)).where(attempts.c.delivery_id == delivery_id)
+        )
+        fresh = state is not DeliveryState.PENDING  # its count restarts (see ``attempts=``)
+        await conn.execute(
+            manual_retries.insert().values(
+                delivery_id=delivery_id,
+                requested_at=utcnow(),
+                requested_by=by[:100] if by else None,
+                after_attempt_id=last,
+                number_base=int(base or 0) + (tried if fresh else 0),
+            )
+        )
+
     await _move(
         store,
         delivery_id,
         "retry",
         RETRYABLE,
+        then=mark,
         # a delivery merely waiting for its next try keeps its count
         attempts=case(
             (deliveries.c.state == DeliveryState.PENDING, deliveries.c.attempts), else_=0

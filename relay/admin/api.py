@@ -170,7 +170,7 @@ class DeliveriesController(Controller):
     @post("/{delivery_id:int}/retry", status_code=200)
     async def retry(self, queries: Q, state: State, delivery_id: FromPath[int]) -> s.Delivery:
         """Attempt now. A dead or cancelled delivery gets its full retry schedule again."""
-        await actions.retry(queries.store, delivery_id)
+        await actions.retry(queries.store, delivery_id, by="admin API")
         _wake(state)
         return await _delivery(queries, delivery_id)
 

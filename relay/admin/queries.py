@@ -14,6 +14,7 @@ import msgspec
 from sqlalchemy import ColumnElement, LargeBinary, String, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from relay.admin import history
 from relay.admin import schemas as s
 from relay.admin.filters import (
     BadFilter,
@@ -30,7 +31,6 @@ from relay.config import Settings
 from relay.store.records import Store, clip
 from relay.store.states import ACTIVE, DeliveryState
 from relay.store.tables import (
-    attempts,
     connector_state,
     deliveries,
     event_numbers,
@@ -165,7 +165,7 @@ class Queries:
         if before is not None:
             conds.append(deliveries.c.id < before)
         async with self.store.engine.connect() as conn:
-            rows = await self._deliveries(conn, conds, limit=limit + 1, history=False)
+            rows = await self._deliveries(conn, conds, limit=limit + 1, with_history=False)
         items, next_cursor = page_of(rows, limit)
         return s.DeliveryPage(items=items, next_cursor=next_cursor)
 
@@ -183,7 +183,7 @@ class Queries:
         *,
         limit: int | None = None,
         asc: bool = False,
-        history: bool = True,
+        with_history: bool = True,
     ) -> list[s.Delivery]:
         order = deliveries.c.id.asc() if asc else deliveries.c.id.desc()
         stmt = (
@@ -194,29 +194,20 @@ class Queries:
             .limit(limit)
         )
         rows = (await conn.execute(stmt)).all()
-        tries: dict[int, list[s.Attempt]] = defaultdict(list)
-        if history and rows:
-            result = await conn.execute(
-                select(attempts)
-                .where(attempts.c.delivery_id.in_([r.id for r in rows]))
-                .order_by(attempts.c.id)
-            )
-            for a in result:
-                tries[a.delivery_id].append(
-                    s.Attempt(
-                        number=a.number,
-                        started_at=a.started_at,
-                        duration_ms=a.duration_ms,
-                        outcome=a.outcome,
-                        status_code=a.status_code,
-                        error=self.redact(a.error),
-                        worker=a.worker,
-                    )
-                )
+        ids = [r.id for r in rows]
+        retries = await history.retries_of(conn, ids)
+        shown = await history.histories(conn, ids, retries, self.redact) if with_history else {}
         return [
             s.Delivery(
-                **(r._asdict() | {"last_error": self.redact(r.last_error)}),
-                history=tries.get(r.id, []) if history else None,
+                **(
+                    r._asdict()
+                    | {
+                        "last_error": self.redact(r.last_error),
+                        "attempts": r.attempts + history.number_base(retries.get(r.id, [])),
+                    }
+                ),
+                history=shown[r.id][0] if with_history else None,
+                manual_retries=shown[r.id][1] if with_history else None,
             )
             for r in rows
         ]

@@ -45,13 +45,21 @@ class Attempt(Out):
     worker: str | None
 
 
+class ManualRetry(Out):
+    """An operator's retry: the delivery's budget started afresh there, its numbering did not."""
+
+    requested_at: datetime
+    requested_by: str | None  # dashboard, API, CLI (user); None for retries before this was kept
+    after_attempts: int  # how many of ``history`` came before it
+
+
 class Delivery(Out):
     id: int
     event_id: int
     integration_id: str
     connector: str
     state: DeliveryState
-    attempts: int
+    attempts: int  # all attempts so far, manual retries included
     next_attempt_at: datetime
     last_error: str | None
     created_at: datetime
@@ -60,6 +68,7 @@ class Delivery(Out):
     event_type: str
     call_id: str | None
     history: list[Attempt] | None = None  # filled for a single delivery or an event's detail
+    manual_retries: list[ManualRetry] | None = None  # filled with ``history``
 
 
 class EventDetail(EventSummary):

@@ -227,7 +227,8 @@ def deliveries_list(
 @click.pass_context
 def deliveries_retry(ctx: click.Context, delivery_ids: tuple[int, ...]) -> None:
     """Make deliveries due now (a dead one gets its full retry schedule again)."""
-    _each(ctx, delivery_ids, actions.retry, "due now")
+    by = actions.cli_operator()
+    _each(ctx, delivery_ids, lambda store, i: actions.retry(store, i, by=by), "due now")
 
 
 @deliveries.command("cancel")

@@ -111,7 +111,11 @@ class DeliveryRow(Base):
 
 class AttemptRow(Base):
     __tablename__ = "attempts"
-    __table_args__ = (Index(None, "delivery_id"),)
+    # the dashboard's charts read a time window of attempts from this index alone
+    __table_args__ = (
+        Index(None, "delivery_id"),
+        Index(None, "started_at", "delivery_id", "outcome", "duration_ms"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"))
@@ -123,6 +127,23 @@ class AttemptRow(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(100))
+
+
+class ManualRetryRow(Base):
+    """An operator's retry: a dead delivery's budget starts afresh, its attempt numbers do not.
+
+    Attempts recorded after it (id above ``after_attempt_id``) are numbered from
+    ``number_base`` on (the queue counts the fresh budget from 1)."""
+
+    __tablename__ = "manual_retries"
+    __table_args__ = (Index(None, "delivery_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"))
+    requested_at: Mapped[datetime]
+    requested_by: Mapped[str | None] = mapped_column(String(100))
+    after_attempt_id: Mapped[int | None] = mapped_column(BigId)
+    number_base: Mapped[int] = mapped_column(Integer)
 
 
 class LinkRow(Base):
@@ -227,6 +248,7 @@ class RateBucketRow(Base):
 events = EventRow.__table__
 deliveries = DeliveryRow.__table__
 attempts = AttemptRow.__table__
+manual_retries = ManualRetryRow.__table__
 links = LinkRow.__table__
 connector_state = ConnectorStateRow.__table__
 rejections = RejectionRow.__table__

@@ -33,6 +33,7 @@ from relay.admin.auth import FailureThrottle
 from relay.admin.filters import BadFilter
 from relay.config import Settings
 from relay.store.tables import utcnow
+from relay.ui.formats import FILTERS
 from relay.ui.sessions import Sessions
 
 HERE = Path(__file__).resolve().parent
@@ -61,10 +62,6 @@ def _ago(value: datetime | None) -> str:
     return f"in {_span(seconds)}" if seconds < 0 else f"{_span(seconds)} ago"
 
 
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
-
-
 def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=str)
 
@@ -72,7 +69,7 @@ def _pretty(value: Any) -> str:
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     def setup(engine: JinjaTemplateEngine) -> None:
         env = engine.engine
-        env.filters.update(ago=_ago, span=_span, when=_when, pretty=_pretty)
+        env.filters.update(ago=_ago, span=_span, pretty=_pretty, **FILTERS)
         env.autoescape = True
 
     return TemplateConfig(

@@ -14,7 +14,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
-from relay.admin import actions
+from relay.admin import actions, charts
 from relay.admin import schemas as s
 from relay.admin.auth import FailureThrottle, client_address
 from relay.admin.filters import BadFilter, EventFilter
@@ -99,14 +99,28 @@ async def logout(request: Request[Any, Any, Any], sessions: NamedDependency[Sess
     return Redirect("/ui/login")
 
 
+async def _overview(queries: Queries, range_key: str | None) -> dict[str, Any]:
+    """The overview's tables and its charts over ``range`` (1h, 24h, 7d)."""
+    ch = await charts.charts(queries.store, queries.settings, range_key)
+    return {
+        "o": await queries.overview(),
+        "ch": ch,
+        "ranges": [(key, r.label) for key, r in charts.RANGES.items()],
+        "charts_by_integration": {i.id: i for i in ch.integrations},
+        "charts_by_connector": {k.name: k for k in ch.connectors},
+    }
+
+
 @get("/")
-async def overview(queries: Q) -> Template:
-    return Template("overview.html", context={"o": await queries.overview()})
+async def overview(request: Request[Any, Any, Any], queries: Q) -> Template:
+    context = await _overview(queries, _text(request.query_params, "range"))
+    return Template("overview.html", context=context)
 
 
 @get("/overview/panel")
-async def overview_panel(queries: Q) -> Template:
-    return Template("_overview_panel.html", context={"o": await queries.overview()})
+async def overview_panel(request: Request[Any, Any, Any], queries: Q) -> Template:
+    context = await _overview(queries, _text(request.query_params, "range"))
+    return Template("_overview_panel.html", context=context)
 
 
 @get("/events")
@@ -153,11 +167,18 @@ async def deliveries(request: Request[Any, Any, Any], queries: Q) -> Template:
     return Template("deliveries.html", context=context)
 
 
-async def _row(queries: Queries, delivery_id: int, error: str | None = None) -> Template:
+# Where a delivery is shown: a row of the deliveries table, or a timeline on its event's page.
+VIEWS = {"row": "_delivery_row.html", "timeline": "_delivery_timeline.html"}
+
+
+async def _row(
+    queries: Queries, delivery_id: int, error: str | None = None, view: str | None = None
+) -> Template:
     found = await queries.delivery(delivery_id)
     if found is None:
         return Template("error.html", context={"message": "No such delivery."}, status_code=404)
-    return Template("_delivery_row.html", context={"d": found, "error": error})
+    template = VIEWS.get(view or "row", VIEWS["row"])
+    return Template(template, context={"d": found, "error": error})
 
 
 @get("/deliveries/{delivery_id:int}/row")
@@ -165,24 +186,35 @@ async def delivery_row(queries: Q, delivery_id: FromPath[int]) -> Template:
     return await _row(queries, delivery_id)
 
 
+@get("/deliveries/{delivery_id:int}/timeline")
+async def delivery_timeline(queries: Q, delivery_id: FromPath[int]) -> Template:
+    return await _row(queries, delivery_id, view="timeline")
+
+
 @post("/deliveries/{delivery_id:int}/retry", status_code=200)
-async def retry(queries: Q, state: State, delivery_id: FromPath[int]) -> Template:
+async def retry(
+    request: Request[Any, Any, Any], queries: Q, state: State, delivery_id: FromPath[int]
+) -> Template:
+    view = _text(request.query_params, "view")
     try:
-        await actions.retry(queries.store, delivery_id)
+        await actions.retry(queries.store, delivery_id, by="dashboard")
     except actions.ActionError as exc:
-        return await _row(queries, delivery_id, exc.message)
+        return await _row(queries, delivery_id, exc.message, view)
     if state.dispatcher is not None:
         state.dispatcher.wake()
-    return await _row(queries, delivery_id)
+    return await _row(queries, delivery_id, view=view)
 
 
 @post("/deliveries/{delivery_id:int}/cancel", status_code=200)
-async def cancel(queries: Q, delivery_id: FromPath[int]) -> Template:
+async def cancel(
+    request: Request[Any, Any, Any], queries: Q, delivery_id: FromPath[int]
+) -> Template:
+    view = _text(request.query_params, "view")
     try:
         await actions.cancel(queries.store, delivery_id)
     except actions.ActionError as exc:
-        return await _row(queries, delivery_id, exc.message)
-    return await _row(queries, delivery_id)
+        return await _row(queries, delivery_id, exc.message, view)
+    return await _row(queries, delivery_id, view=view)
 
 
 @get("/replay")
@@ -234,6 +266,7 @@ HANDLERS = [
     event,
     deliveries,
     delivery_row,
+    delivery_timeline,
     retry,
     cancel,
     replay_form,
