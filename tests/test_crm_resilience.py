@@ -151,7 +151,7 @@ async def test_client_side_buckets_keep_under_the_published_limit(
     assert len(vendor.all_records(fake)) == 4
 
 
-@static_ids
+@pytest.mark.parametrize("vendor", [v for v in STATIC if v.daily_quota], ids=vendor_id)
 async def test_daily_quota_pauses_the_connector_until_the_reset(
     db_url: str, vendor: Vendor
 ) -> None:

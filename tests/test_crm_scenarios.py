@@ -98,6 +98,17 @@ async def test_outbound_completed_current_generation(db_url: str, vendor: Vendor
         assert record["ActivityDate"] == "2025-11-29"
         assert record["OwnerId"] == seeded["owner"]
         assert record["updates"] >= 1
+    elif vendor.name == "freshdesk":
+        assert record["subject"] == TITLE and TITLE in record["description"]
+        assert (record["source"], record["priority"]) == (3, 1)  # Phone, Low
+        assert str(record["requester_id"]) == seeded["uk"]
+        assert str(record["responder_id"]) == seeded["owner"]
+        [note] = record["conversations"]
+        assert note["private"] and REC in note["body"] and REC not in record["description"]
+        assert "When: 2025-11-29 10:30:10 UTC, 3:01" in note["body"]
+        assert record["tags"] == [note["body"].rsplit("ref ", 1)[1]]  # the marker
+        # the final record changed the note (180.602 s), not the ticket: only the note is put
+        assert (record["updates"], note["updates"]) == (0, 1)
     else:
         assert REC in record["Description"]
         assert record["Subject"] == TITLE
@@ -157,6 +168,11 @@ async def test_inbound_missed_and_legacy_generation(db_url: str, vendor: Vendor)
         for task in (missed, leg_missed):
             assert (task["CallType"], task["CallDisposition"]) == ("Inbound", "No answer")
         assert (out["CallType"], out["CallDisposition"]) == ("Outbound", "Answered")
+    elif vendor.name == "freshdesk":
+        assert missed["subject"] == f"Missed call from Luc Moreau ({FR_CALLER})"
+        assert missed["requester"]["mobile"] == "+33 1 42 68 53 00"  # found by its mobile
+        assert str(missed["responder_id"]) == seeded["owner"]  # the agent it rang
+        assert [n["private"] for n in missed["conversations"]] == [True]
     else:
         for call in (missed, leg_missed):
             assert call["Call_Type"] == "Missed"
@@ -240,6 +256,10 @@ async def test_unknown_number_follows_each_on_no_match_mode(db_url: str, vendor:
         assert alone["properties"]["hs_call_to_number"] == unknown
     elif vendor.name == "pipedrive":
         assert creating.persons[int(new)]["name"] == unknown
+    elif vendor.name == "freshdesk":
+        assert creating.contacts[int(new)]["name"] == unknown
+        assert alone["requester"]["email"] == "unknown.caller@example.org"  # the stand-in
+        assert f"Outbound call to {unknown}" == alone["subject"]
     else:
         assert len(creating.contacts) == 2  # the seeded one and the new one
 

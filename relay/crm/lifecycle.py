@@ -104,6 +104,11 @@ class CrmConnector(CrmHttp, Connector):
         """The id of a record carrying ``activity.marker``, if one exists (crash recovery)."""
         return None
 
+    def skip_reason(self, facts: Facts) -> str | None:
+        """Why a call the shared options would log is not logged by this CRM (Freshdesk's
+        ``tickets: missed``); asked once, when the record would be created. None: log it."""
+        return None
+
     # -- the lifecycle ---------------------------------------------------------------------------
 
     async def deliver(self, event: Event, ctx: DeliveryContext) -> None:  # type: ignore[override]
@@ -150,6 +155,9 @@ class CrmConnector(CrmHttp, Connector):
             return
         if state.id is None:
             if not self._ready_to_create(state.facts):
+                return
+            if (reason := self.skip_reason(state.facts)) is not None:
+                state.skipped = reason
                 return
             await self._create(event, ctx, key, link, state)
             if state.id is None or not self.updates:
