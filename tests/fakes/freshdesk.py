@@ -72,7 +72,8 @@ class FakeFreshdesk:
         self.burst = Window(self.limit, self.interval)
         self.search = Window(self.search_limit, self.interval)
         self.daily = Daily(None)  # Freshdesk has no daily quota: never refuses
-        self.faults = Faults()
+        self.faults = Faults()  # on a ticket's create
+        self.note_faults = Faults()  # on a note's create
         self._ids = itertools.count(1001)
         self.me = self.add_agent("api@example.org", "API Agent")
         self.app = self._app()
@@ -432,6 +433,8 @@ class FakeFreshdesk:
                 "created_at": _now(),
                 "updates": 0,
             }
+            if await fake.note_faults.after_persist():
+                return fake._finish(request, Response({"code": "internal_error"}, status_code=500))
             return fake._finish(request, Response(fake.notes[nid], status_code=201))
 
         @get("/api/v2/tickets/{ticket_id:int}/conversations")
