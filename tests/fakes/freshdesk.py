@@ -10,6 +10,7 @@ import base64
 import itertools
 import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,41 +19,43 @@ from litestar import Litestar, Request, Response, get, post, put
 
 from tests.fakes.server import Daily, Faults, Window
 
-STATUSES = {2, 3, 4, 5}  # open, pending, resolved, closed
-PRIORITIES = {1, 2, 3, 4}
-SOURCES = {1, 2, 3, 5, 6, 7, 9, 10}  # 3: phone
-TICKET_FIELDS = {
-    "subject",
-    "description",
-    "status",
-    "priority",
-    "source",
-    "requester_id",
-    "email",
-    "phone",
-    "name",
-    "responder_id",
-    "group_id",
-    "tags",
-    "type",
-    "custom_fields",
+CHOICES = {  # open, pending, resolved, closed; low … urgent; 3: phone
+    "status": {2, 3, 4, 5},
+    "priority": {1, 2, 3, 4},
+    "source": {1, 2, 3, 5, 6, 7, 9, 10},
 }
+TICKET_FIELDS = {
+    *CHOICES,
+    *("subject", "description", "requester_id", "email", "phone", "name", "responder_id"),
+    *("group_id", "tags", "type", "custom_fields"),
+}
+NOTE_FIELDS = {"body", "private", "incoming", "notify_emails"}
 REQUESTER = ("requester_id", "email", "phone")
-CLAUSE = re.compile(r"(\w+):'([^']*)'")
+CLAUSE = re.compile(r"(phone|mobile|email):'([^']*)'")
 CALL_ID = re.compile(r"Wildix call (\S+)")
 QUERY_MAX = 512
+Handler = Callable[[Request[Any, Any, Any]], Awaitable[Response[Any]]]
+Problem = tuple[str, str, str]  # field, message, code
 
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _invalid(*errors: tuple[str, str, str]) -> Response[Any]:
+def _text(html: str) -> str:
+    return re.sub(r"<[^>]+>", "", html)
+
+
+def _invalid(*errors: Problem) -> Response[Any]:
     body = {
         "description": "Validation failed",
         "errors": [{"field": f, "message": m, "code": c} for f, m, c in errors],
     }
     return Response(body, status_code=400)
+
+
+def _not_found() -> Response[Any]:
+    return Response(None, status_code=404)
 
 
 @dataclass
@@ -80,28 +83,19 @@ class FakeFreshdesk:
 
     # -- seeding and reading -------------------------------------------------------------------
 
-    def add_contact(self, phone: str, first: str, last: str, *, mobile: bool = False) -> str:
+    def _contact(self, name: str, **fields: str | None) -> int:
         cid = next(self._ids)
-        self.contacts[cid] = {
-            "id": cid,
-            "name": f"{first} {last}",
-            "email": None,
-            "phone": None if mobile else phone,
-            "mobile": phone if mobile else None,
-            "active": False,
-            "created_at": _now(),
-        }
-        return str(cid)
+        self.contacts[cid] = {"id": cid, "name": name, "active": False, "created_at": _now()}
+        self.contacts[cid].update({k: fields.get(k) for k in ("email", "phone", "mobile")})
+        return cid
+
+    def add_contact(self, phone: str, first: str, last: str, *, mobile: bool = False) -> str:
+        return str(self._contact(f"{first} {last}", **{"mobile" if mobile else "phone": phone}))
 
     def add_agent(self, email: str, name: str = "Agent") -> str:
         aid = next(self._ids)
-        self.agents[aid] = {
-            "id": aid,
-            "available": True,
-            "occasional": False,
-            "ticket_scope": 1,
-            "contact": {"name": name, "email": email, "active": True},
-        }
+        contact = {"name": name, "email": email, "active": True}
+        self.agents[aid] = {"id": aid, "available": True, "occasional": False, "contact": contact}
         return str(aid)
 
     def view(self, ticket: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +110,7 @@ class FakeFreshdesk:
     def tickets_for(self, wildix_call_id: str) -> list[dict[str, Any]]:
         return [
             v
-            for v in map(self.view, self.tickets.values())
+            for v in self.all_tickets()
             if any(wildix_call_id in CALL_ID.findall(n["body"]) for n in v["conversations"])
         ]
 
@@ -136,7 +130,7 @@ class FakeFreshdesk:
             "x-ratelimit-used-currentrequest": "1",
         }
 
-    def _guard(self, request: Request[Any, Any, Any], search: bool = False) -> Response[Any] | None:
+    def _guard(self, request: Request[Any, Any, Any], search: bool) -> Response[Any] | None:
         scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
         try:
             user = base64.b64decode(encoded).decode().partition(":")[0]
@@ -150,28 +144,32 @@ class FakeFreshdesk:
             return Response(body, status_code=401)
         for window in (self.burst, self.search) if search else (self.burst,):
             if not window.allow():
-                resp = Response(
-                    {"message": "You have exceeded the limit of requests per minute"},
-                    status_code=429,
-                    headers=self._headers(),
-                )
-                resp.headers["retry-after"] = str(max(1, round(window.reset_in() + 0.5)))
-                return resp
+                body = {"message": "You have exceeded the limit of requests per minute"}
+                wait = str(max(1, round(window.reset_in() + 0.5)))
+                return Response(body, status_code=429, headers={"retry-after": wait})
         return None
 
-    def _finish(self, request: Request[Any, Any, Any], resp: Response[Any]) -> Response[Any]:
-        resp.headers.update(self._headers())
-        resp.status_code = resp.status_code or 200
-        self.log.append((request.method, request.url.path, resp.status_code))
-        return resp
+    def _route(self, handler: Handler, search: bool = False) -> Handler:
+        """Auth and limits first, then the endpoint; every answer has the limit headers."""
 
-    async def _json(self, request: Request[Any, Any, Any]) -> Any:
+        async def endpoint(request: Request[Any, Any, Any]) -> Response[Any]:
+            resp = self._guard(request, search) or await handler(request)
+            resp.headers.update(self._headers())
+            resp.status_code = resp.status_code or 200
+            self.log.append((request.method, request.url.path, resp.status_code))
+            return resp
+
+        endpoint.__name__ = handler.__name__
+        return endpoint
+
+    @staticmethod
+    async def _json(request: Request[Any, Any, Any]) -> Any:
         try:
             return json.loads(await request.body())
         except ValueError:
             return None
 
-    def _ticket_errors(self, body: Any, creating: bool) -> list[tuple[str, str, str]]:
+    def _ticket_errors(self, body: Any, creating: bool) -> list[Problem]:
         if not isinstance(body, dict):
             return [("body", "It should be a JSON object", "datatype_mismatch")]
         errors = [
@@ -179,44 +177,25 @@ class FakeFreshdesk:
             for k in body
             if k not in TICKET_FIELDS
         ]
-        if creating:
-            if not any(body.get(k) for k in REQUESTER):
-                errors.append(
-                    (
-                        "requester_id",
-                        "Please fill at least 1 of email, phone, requester_id fields",
-                        "missing_field",
-                    )
-                )
-            for key in ("subject", "description"):
-                if not isinstance(body.get(key), str) or not body[key]:
-                    errors.append((key, "It should be a/an String", "missing_field"))
-        if "requester_id" in body and body["requester_id"] not in self.contacts:
-            errors.append(
-                (
-                    "requester_id",
-                    "There is no contact matching the given requester_id",
-                    "invalid_value",
-                )
-            )
-        for key, allowed in (("status", STATUSES), ("priority", PRIORITIES), ("source", SOURCES)):
+        if creating and not any(body.get(k) for k in REQUESTER):
+            message = "Please fill at least 1 of email, phone, requester_id fields"
+            errors.append(("requester_id", message, "missing_field"))
+        for key in ("subject", "description"):
+            if (creating or key in body) and not (isinstance(body.get(key), str) and body[key]):
+                errors.append((key, "It should be a/an String", "missing_field"))
+        for key, allowed in CHOICES.items():
             if key in body and body[key] not in allowed:
                 values = ",".join(map(str, sorted(allowed)))
-                errors.append(
-                    (key, f"It should be one of these values: '{values}'", "invalid_value")
-                )
-        if "responder_id" in body and body["responder_id"] not in self.agents:
-            errors.append(
-                (
-                    "responder_id",
-                    "There is no agent matching the given responder_id",
-                    "invalid_value",
-                )
-            )
-        if "group_id" in body and body["group_id"] not in self.groups:
-            errors.append(
-                ("group_id", "There is no group matching the given group_id", "invalid_value")
-            )
+                message = f"It should be one of these values: '{values}'"
+                errors.append((key, message, "invalid_value"))
+        for key, known, what in (
+            ("requester_id", self.contacts, "contact"),
+            ("responder_id", self.agents, "agent"),
+            ("group_id", self.groups, "group"),
+        ):
+            if key in body and body[key] not in known:
+                message = f"There is no {what} matching the given {key}"
+                errors.append((key, message, "invalid_value"))
         tags = body.get("tags", [])
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             errors.append(("tags", "It should be an Array of String", "datatype_mismatch"))
@@ -229,261 +208,162 @@ class FakeFreshdesk:
         for contact in self.contacts.values():
             if body.get("email") and contact["email"] == body["email"]:
                 return int(contact["id"])
-        cid = next(self._ids)
-        self.contacts[cid] = {
-            "id": cid,
-            "name": body.get("name") or body.get("email") or body.get("phone"),
-            "email": body.get("email"),
-            "phone": body.get("phone"),
-            "mobile": None,
-            "active": False,
-            "created_at": _now(),
-        }
-        return cid
+        name = body.get("name") or body.get("email") or body.get("phone")
+        return self._contact(name, email=body.get("email"), phone=body.get("phone"))
 
     def _matches(self, query: str) -> list[dict[str, Any]] | None:
         """``"phone:'…' OR mobile:'…'"``: exact values, as Freshdesk's filter API compares them."""
         if len(query) < 2 or not (query.startswith('"') and query.endswith('"')):
             return None
         inner = query[1:-1]
-        if len(inner) > QUERY_MAX:
+        clauses = [CLAUSE.fullmatch(p.strip("()")) for p in re.split(r" (?:OR|AND) ", inner)]
+        if len(inner) > QUERY_MAX or not all(clauses):
             return None
-        parts = re.split(r" (?:OR|AND) ", inner)
-        clauses = [CLAUSE.fullmatch(p.strip("()")) for p in parts]
-        if not all(clauses) or any(c[1] not in ("phone", "mobile", "email") for c in clauses):  # type: ignore[index]
-            return None
-        wanted = [(c[1], c[2]) for c in clauses]  # type: ignore[index]
+        wanted = [(c[1], c[2]) for c in clauses if c]
         return [c for c in self.contacts.values() if any(c.get(f) == v for f, v in wanted if v)]
 
     # -- the API -------------------------------------------------------------------------------
 
+    async def agents_me(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        return Response(self.agents[int(self.me)])
+
+    async def list_agents(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        email = request.query_params.get("email", "").lower()
+        return Response(
+            [a for a in self.agents.values() if not email or a["contact"]["email"] == email]
+        )
+
+    async def search_contacts(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        found = self._matches(request.query_params.get("query", ""))
+        if found is None:
+            message = "Invalid query: wrap it in double quotes, at most 512 characters"
+            return _invalid(("query", message, "invalid_value"))
+        return Response({"results": found[:30], "total": len(found)})
+
+    async def create_contact(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        body = await self._json(request)
+        if not isinstance(body, dict) or not body.get("name"):
+            return _invalid(("name", "It should be a/an String", "missing_field"))
+        if not any(body.get(k) for k in ("email", "phone", "mobile")):
+            message = "Please fill at least 1 of email, mobile, phone fields"
+            return _invalid(("email", message, "missing_field"))
+        cid = self._contact(body["name"], **{k: body.get(k) for k in ("email", "phone", "mobile")})
+        return Response(self.contacts[cid], status_code=201)
+
+    async def create_ticket(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        body = await self._json(request)
+        if errors := self._ticket_errors(body, creating=True):
+            return _invalid(*errors)
+        tid = next(self._ids)
+        now = _now()
+        self.tickets[tid] = ticket = {
+            "id": tid,
+            "subject": body["subject"],
+            "description": body["description"],
+            "description_text": _text(body["description"]),
+            "status": body.get("status", 2),
+            "priority": body.get("priority", 1),
+            "source": body.get("source", 2),
+            "requester_id": self._requester(body),
+            "responder_id": body.get("responder_id"),
+            "group_id": body.get("group_id"),
+            "tags": body.get("tags", []),
+            "type": body.get("type"),
+            "created_at": now,
+            "updated_at": now,
+            "updates": 0,
+        }
+        if await self.faults.after_persist():
+            return Response({"code": "internal_error"}, status_code=500)
+        return Response(ticket, status_code=201)
+
+    async def update_ticket(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        ticket = self.tickets.get(request.path_params["ticket_id"])
+        if ticket is None:
+            return _not_found()
+        body = await self._json(request)
+        if errors := self._ticket_errors(body, creating=False):
+            return _invalid(*errors)
+        ticket.update(body, updated_at=_now(), updates=ticket["updates"] + 1)
+        ticket["description_text"] = _text(ticket["description"])
+        return Response(ticket)
+
+    async def list_tickets(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        q = request.query_params
+        per_page, page = int(q.get("per_page", 30)), int(q.get("page", 1))
+        if not 0 < per_page <= 100 or page < 1:
+            message = "It should be a Positive Integer less than or equal to 100"
+            return _invalid(("per_page", message, "invalid_value"))
+        found = list(self.tickets.values())
+        if "requester_id" in q:
+            found = [t for t in found if str(t["requester_id"]) == q["requester_id"]]
+        if "email" in q:
+            found = [t for t in found if self.contacts[t["requester_id"]]["email"] == q["email"]]
+        if "updated_since" in q:
+            found = [t for t in found if t["updated_at"] >= q["updated_since"]]
+        key, desc = q.get("order_by", "created_at"), q.get("order_type", "desc") == "desc"
+        found.sort(key=lambda t: (t[key], t["id"]), reverse=desc)
+        listed = [{k: v for k, v in t.items() if k != "description"} for t in found]
+        return Response(listed[(page - 1) * per_page : page * per_page])
+
+    async def add_note(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        ticket_id = request.path_params["ticket_id"]
+        if ticket_id not in self.tickets:
+            return _not_found()
+        body = await self._json(request)
+        if not isinstance(body, dict) or not (isinstance(body.get("body"), str) and body["body"]):
+            return _invalid(("body", "It should be a/an String", "missing_field"))
+        if unexpected := [k for k in body if k not in NOTE_FIELDS]:
+            return _invalid(
+                *[(k, "Unexpected/invalid field in request", "invalid_field") for k in unexpected]
+            )
+        nid = next(self._ids)
+        self.notes[nid] = {
+            "id": nid,
+            "ticket_id": ticket_id,
+            "body": body["body"],
+            "body_text": _text(body["body"]),
+            "private": body.get("private", True),
+            "incoming": False,
+            "user_id": int(self.me),
+            "created_at": _now(),
+            "updates": 0,
+        }
+        if await self.note_faults.after_persist():
+            return Response({"code": "internal_error"}, status_code=500)
+        return Response(self.notes[nid], status_code=201)
+
+    async def conversations(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        ticket_id = request.path_params["ticket_id"]
+        if ticket_id not in self.tickets:
+            return _not_found()
+        found = [n for n in self.notes.values() if n["ticket_id"] == ticket_id]
+        return Response(found[: int(request.query_params.get("per_page", 30))])
+
+    async def update_note(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        note = self.notes.get(request.path_params["note_id"])
+        if note is None:
+            return _not_found()
+        body = await self._json(request)
+        if not isinstance(body, dict) or set(body) != {"body"} or not isinstance(body["body"], str):
+            return _invalid(("body", "Only the body of a note can be updated", "invalid_field"))
+        note.update(body=body["body"], body_text=_text(body["body"]), updates=note["updates"] + 1)
+        return Response(note)
+
     def _app(self) -> Litestar:
-        fake = self
-
-        @get("/api/v2/agents/me")
-        async def me(request: Request[Any, Any, Any]) -> Response[Any]:
-            if (denied := fake._guard(request)) is not None:
-                return fake._finish(request, denied)
-            return fake._finish(request, Response(fake.agents[int(fake.me)]))
-
-        @get("/api/v2/agents")
-        async def agents(request: Request[Any, Any, Any]) -> Response[Any]:
-            if (denied := fake._guard(request)) is not None:
-                return fake._finish(request, denied)
-            email = request.query_params.get("email", "").lower()
-            found = [a for a in fake.agents.values() if not email or a["contact"]["email"] == email]
-            return fake._finish(request, Response(found))
-
-        @get("/api/v2/search/contacts")
-        async def search_contacts(request: Request[Any, Any, Any]) -> Response[Any]:
-            if (denied := fake._guard(request, search=True)) is not None:
-                return fake._finish(request, denied)
-            found = fake._matches(request.query_params.get("query", ""))
-            if found is None:
-                problem = (
-                    "query",
-                    "Invalid query: wrap it in double quotes, field:'value'",
-                    "invalid_value",
-                )
-                return fake._finish(request, _invalid(problem))
-            return fake._finish(request, Response({"results": found[:30], "total": len(found)}))
-
-        @post("/api/v2/contacts")
-        async def create_contact(request: Request[Any, Any, Any]) -> Response[Any]:
-            if (denied := fake._guard(request)) is not None:
-                return fake._finish(request, denied)
-            body = await fake._json(request)
-            if not isinstance(body, dict) or not body.get("name"):
-                return fake._finish(
-                    request, _invalid(("name", "It should be a/an String", "missing_field"))
-                )
-            if not any(body.get(k) for k in ("email", "phone", "mobile")):
-                problem = (
-                    "email",
-                    "Please fill at least 1 of email, mobile, phone fields",
-                    "missing_field",
-                )
-                return fake._finish(request, _invalid(problem))
-            cid = next(fake._ids)
-            fake.contacts[cid] = {
-                "id": cid,
-                "name": body["name"],
-                "email": body.get("email"),
-                "phone": body.get("phone"),
-                "mobile": body.get("mobile"),
-                "active": False,
-                "created_at": _now(),
-            }
-            return fake._finish(request, Response(fake.contacts[cid], status_code=201))
-
-        @post("/api/v2/tickets")
-        async def create_ticket(request: Request[Any, Any, Any]) -> Response[Any]:
-            if (denied := fake._guard(request)) is not None:
-                return fake._finish(request, denied)
-            body = await fake._json(request)
-            if errors := fake._ticket_errors(body, creating=True):
-                return fake._finish(request, _invalid(*errors))
-            tid = next(fake._ids)
-            now = _now()
-            ticket = {
-                "id": tid,
-                "subject": body["subject"],
-                "description": body["description"],
-                "description_text": re.sub(r"<[^>]+>", "", body["description"]),
-                "status": body.get("status", 2),
-                "priority": body.get("priority", 1),
-                "source": body.get("source", 2),
-                "requester_id": fake._requester(body),
-                "responder_id": body.get("responder_id"),
-                "group_id": body.get("group_id"),
-                "tags": body.get("tags", []),
-                "type": body.get("type"),
-                "created_at": now,
-                "updated_at": now,
-                "updates": 0,
-            }
-            fake.tickets[tid] = ticket
-            if await fake.faults.after_persist():
-                return fake._finish(request, Response({"code": "internal_error"}, status_code=500))
-            return fake._finish(request, Response(ticket, status_code=201))
-
-        @put("/api/v2/tickets/{ticket_id:int}")
-        async def update_ticket(request: Request[Any, Any, Any]) -> Response[Any]:
-            ticket_id = request.path_params["ticket_id"]
-            if (denied := fake._guard(request)) is not None:
-                return fake._finish(request, denied)
-            ticket = fake.tickets.get(ticket_id)
-            if ticket is None:
-                return fake._finish(request, Response(None, status_code=404))
-            body = await fake._json(request)
-            if errors := fake._ticket_errors(body, creating=False):
-                return fake._finish(request, _invalid(*errors))
-            ticket.update(body, updated_at=_now(), updates=ticket["updates"] + 1)
-            if "description" in body:
-                ticket["description_text"] = re.sub(r"<[^>]+>", "", body["description"])
-            return fake._finish(request, Response(ticket))
-
-        @get("/api/v2/tickets")
-        async def list_tickets(request: Request[Any, Any, Any]) -> Response[Any]:
-            if (denied := fake._guard(request)) is not None:
-                return fake._finish(request, denied)
-            q = request.query_params
-            per_page, page = int(q.get("per_page", 30)), int(q.get("page", 1))
-            if per_page > 100 or page < 1:
-                problem = (
-                    "per_page",
-                    "It should be a Positive Integer less than or equal to 100",
-                    "invalid_value",
-                )
-                return fake._finish(request, _invalid(problem))
-            found = list(fake.tickets.values())
-            if "requester_id" in q:
-                found = [t for t in found if str(t["requester_id"]) == q["requester_id"]]
-            if "email" in q:
-                found = [
-                    t for t in found if fake.contacts[t["requester_id"]]["email"] == q["email"]
-                ]
-            if "updated_since" in q:
-                found = [t for t in found if t["updated_at"] >= q["updated_since"]]
-            key = q.get("order_by", "created_at")
-            found.sort(
-                key=lambda t: (t[key], t["id"]), reverse=q.get("order_type", "desc") == "desc"
-            )
-            listed = [{k: v for k, v in t.items() if k != "description"} for t in found]
-            return fake._finish(request, Response(listed[(page - 1) * per_page : page * per_page]))
-
-        @post("/api/v2/tickets/{ticket_id:int}/notes")
-        async def add_note(request: Request[Any, Any, Any]) -> Response[Any]:
-            ticket_id = request.path_params["ticket_id"]
-            if (denied := fake._guard(request)) is not None:
-                return fake._finish(request, denied)
-            if ticket_id not in fake.tickets:
-                return fake._finish(request, Response(None, status_code=404))
-            body = await fake._json(request)
-            if (
-                not isinstance(body, dict)
-                or not isinstance(body.get("body"), str)
-                or not body["body"]
-            ):
-                return fake._finish(
-                    request, _invalid(("body", "It should be a/an String", "missing_field"))
-                )
-            unexpected = [
-                k for k in body if k not in ("body", "private", "incoming", "notify_emails")
-            ]
-            if unexpected:
-                return fake._finish(
-                    request,
-                    _invalid(
-                        *[
-                            (k, "Unexpected/invalid field in request", "invalid_field")
-                            for k in unexpected
-                        ]
-                    ),
-                )
-            nid = next(fake._ids)
-            fake.notes[nid] = {
-                "id": nid,
-                "ticket_id": ticket_id,
-                "body": body["body"],
-                "body_text": re.sub(r"<[^>]+>", "", body["body"]),
-                "private": body.get("private", True),
-                "incoming": False,
-                "user_id": int(fake.me),
-                "created_at": _now(),
-                "updates": 0,
-            }
-            if await fake.note_faults.after_persist():
-                return fake._finish(request, Response({"code": "internal_error"}, status_code=500))
-            return fake._finish(request, Response(fake.notes[nid], status_code=201))
-
-        @get("/api/v2/tickets/{ticket_id:int}/conversations")
-        async def conversations(request: Request[Any, Any, Any]) -> Response[Any]:
-            ticket_id = request.path_params["ticket_id"]
-            if (denied := fake._guard(request)) is not None:
-                return fake._finish(request, denied)
-            if ticket_id not in fake.tickets:
-                return fake._finish(request, Response(None, status_code=404))
-            found = [n for n in fake.notes.values() if n["ticket_id"] == ticket_id]
-            return fake._finish(
-                request, Response(found[: int(request.query_params.get("per_page", 30))])
-            )
-
-        @put("/api/v2/conversations/{note_id:int}")
-        async def update_note(request: Request[Any, Any, Any]) -> Response[Any]:
-            note_id = request.path_params["note_id"]
-            if (denied := fake._guard(request)) is not None:
-                return fake._finish(request, denied)
-            note = fake.notes.get(note_id)
-            if note is None:
-                return fake._finish(request, Response(None, status_code=404))
-            body = await fake._json(request)
-            if (
-                not isinstance(body, dict)
-                or set(body) != {"body"}
-                or not isinstance(body["body"], str)
-            ):
-                problem = ("body", "Only the body of a note can be updated", "invalid_field")
-                return fake._finish(request, _invalid(problem))
-            note.update(
-                body=body["body"],
-                body_text=re.sub(r"<[^>]+>", "", body["body"]),
-                updates=note["updates"] + 1,
-            )
-            return fake._finish(request, Response(note))
-
+        tickets, ticket = "/api/v2/tickets", "/api/v2/tickets/{ticket_id:int}"
         return Litestar(
             [
-                me,
-                agents,
-                search_contacts,
-                create_contact,
-                create_ticket,
-                update_ticket,
-                list_tickets,
-                add_note,
-                conversations,
-                update_note,
+                get("/api/v2/agents/me")(self._route(self.agents_me)),
+                get("/api/v2/agents")(self._route(self.list_agents)),
+                get("/api/v2/search/contacts")(self._route(self.search_contacts, search=True)),
+                post("/api/v2/contacts")(self._route(self.create_contact)),
+                post(tickets)(self._route(self.create_ticket)),
+                get(tickets)(self._route(self.list_tickets)),
+                put(ticket)(self._route(self.update_ticket)),
+                post(f"{ticket}/notes")(self._route(self.add_note)),
+                get(f"{ticket}/conversations")(self._route(self.conversations)),
+                put("/api/v2/conversations/{note_id:int}")(self._route(self.update_note)),
             ],
             debug=False,
         )
