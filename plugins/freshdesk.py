@@ -87,6 +87,15 @@ class FreshdeskConfig(crm.CrmConfig, kw_only=True):
                 raise ValueError(f"owner {key!r}: Freshdesk agent ids are numbers, got {value!r}")
 
 
+def json_list(response: httpx.Response) -> list[dict[str, Any]]:
+    """A list endpoint's body (agents, tickets, conversations), or [] when it is not one."""
+    try:
+        data = response.json()
+    except ValueError:
+        return []
+    return [x for x in data if isinstance(x, dict)] if isinstance(data, list) else []
+
+
 def digest(body: dict[str, Any]) -> str:
     """What was last written, to write only what changed."""
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24]
@@ -193,8 +202,7 @@ class FreshdeskConnector(crm.CrmConnector):
         response = await self.call_api(
             ctx, "GET", "/api/v2/agents", what="agent lookup", params={"email": email}
         )
-        agents = response.json() if response.content else []
-        for agent in agents if isinstance(agents, list) else []:
+        for agent in json_list(response):
             if str((agent.get("contact") or {}).get("email", "")).lower() == email:
                 return str(agent["id"])
         return None
@@ -302,8 +310,7 @@ class FreshdeskConnector(crm.CrmConnector):
             what="list conversations",
             params={"per_page": PAGE},
         )
-        listed = response.json() if response.content else []
-        for item in listed if isinstance(listed, list) else []:
+        for item in json_list(response):
             if item.get("private") and activity.marker in str(item.get("body") or ""):
                 return int(item["id"])
         return None
@@ -328,9 +335,7 @@ class FreshdeskConnector(crm.CrmConnector):
                 what="list tickets",
                 params={**params, "page": page},
             )
-            tickets = response.json() if response.content else []
-            if not isinstance(tickets, list):
-                break
+            tickets = json_list(response)
             for ticket in tickets:
                 if activity.marker in (ticket.get("tags") or []):
                     return str(ticket["id"])
