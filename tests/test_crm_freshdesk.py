@@ -5,7 +5,6 @@ delivery is involved."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +17,6 @@ from relay.connector import ConnectorContext, Limiters
 from relay.registry import connector_types
 from relay.store.records import Store
 from tests.support.calls import current_inbound_missed, current_outbound
-from tests.support.cli import run, write
 from tests.support.crm import FR_CALLER, FRESHDESK, UK_CONTACT, post_all, running
 from tests.support.relay import make_settings, run_relay
 
@@ -137,23 +135,3 @@ async def test_a_crash_between_the_ticket_and_its_note_leaves_one_of_each(db_url
     assert paths.count(("POST", "/api/v2/tickets")) == 1
     assert ("GET", "/api/v2/tickets") in paths  # the ticket found again by its tag
     assert ("GET", f"/api/v2/tickets/{ticket['id']}/conversations") in paths
-
-
-def test_check_config_masks_the_api_key(tmp_path: Path) -> None:
-    data = {
-        "database": {"url": f"sqlite+aiosqlite:///{tmp_path}/r.db"},
-        "connectors": {
-            "fd": {
-                "type": "freshdesk",
-                "api_key": "SECRET-fd-key",
-                "domain": "acme",
-                "unlinked_requester": "calls@acme.example",
-            }
-        },
-        "integrations": {"q7m2xk": {"secret": "s", "routes": [{"connector": "fd"}]}},
-    }
-    result = run("check-config", config=write(tmp_path / "relay.yaml", data))
-    assert result.returncode == 0, result.stderr
-    assert "fd (freshdesk)" in result.stdout
-    assert '"base_url":"https://acme.freshdesk.com"' in result.stdout
-    assert "SECRET" not in result.stdout + result.stderr
