@@ -85,6 +85,12 @@ def test_check_config_prints_crm_blocks_with_secrets_masked(tmp_path: Path) -> N
                 "rate_limit": {"requests": 190, "per": "10s"},
             },
             "pd": {"type": "pipedrive", "api_token": "SECRET2", "company_domain": "acme"},
+            "fd": {
+                "type": "freshdesk",
+                "api_key": "SECRET3",
+                "domain": "acme",
+                "unlinked_requester": "calls@acme.example",
+            },
         },
         "integrations": {"q7m2xk": {"secret": "s", "routes": [{"connector": "crm"}]}},
     }
@@ -94,4 +100,6 @@ def test_check_config_prints_crm_blocks_with_secrets_masked(tmp_path: Path) -> N
     assert '"match_cache_ttl":300.0' in result.stdout
     assert '"rate_limit":{"requests":190,"per":10.0}' in result.stdout
     assert '"base_url":"https://acme.pipedrive.com"' in result.stdout
+    assert "fd (freshdesk)" in result.stdout
+    assert '"base_url":"https://acme.freshdesk.com"' in result.stdout
     assert "SECRET" not in result.stdout + result.stderr

@@ -140,6 +140,17 @@ async def test_outbound_completed_current_generation(db_url: str, vendor: Vendor
             "answered_by_id": int(seeded["owner"]),
         }
         assert record["updates"] == 1
+    elif vendor.name == "freshdesk":
+        assert record["subject"] == TITLE and TITLE in record["description"]
+        assert (record["source"], record["priority"]) == (3, 1)  # Phone, Low
+        assert str(record["requester_id"]) == seeded["uk"]
+        assert str(record["responder_id"]) == seeded["owner"]
+        [note] = record["conversations"]
+        assert note["private"] and REC in note["body"] and REC not in record["description"]
+        assert "When: 2025-11-29 10:30:10 UTC, 3:01" in note["body"]
+        assert record["tags"] == [note["body"].rsplit("ref ", 1)[1]]  # the marker
+        # the final record changed the note (180.602 s), not the ticket: only the note is put
+        assert (record["updates"], note["updates"]) == (0, 1)
     else:
         assert REC in record["Description"]
         assert record["Subject"] == TITLE
@@ -218,6 +229,11 @@ async def test_inbound_missed_and_legacy_generation(db_url: str, vendor: Vendor)
         assert "recording_url" not in voice["data"]
         assert missed["subject"] == f"Missed call from Luc Moreau ({FR_CALLER})"
         assert "call_inbound" in missed["tags"] and "call_outbound" in out["tags"]
+    elif vendor.name == "freshdesk":
+        assert missed["subject"] == f"Missed call from Luc Moreau ({FR_CALLER})"
+        assert missed["requester"]["mobile"] == "+33 1 42 68 53 00"  # found by its mobile
+        assert str(missed["responder_id"]) == seeded["owner"]  # the agent it rang
+        assert [n["private"] for n in missed["conversations"]] == [True]
     else:
         for call in (missed, leg_missed):
             assert call["Call_Type"] == "Missed"
@@ -304,6 +320,10 @@ async def test_unknown_number_follows_each_on_no_match_mode(db_url: str, vendor:
     elif vendor.name == "zendesk":
         assert creating.users[int(new)]["role"] == "end-user"
         assert len(creating.contacts) == 3  # the two seeded end users and the new one
+    elif vendor.name == "freshdesk":
+        assert creating.contacts[int(new)]["name"] == unknown
+        assert alone["requester"]["email"] == "unknown.caller@example.org"  # the stand-in
+        assert f"Outbound call to {unknown}" == alone["subject"]
     else:
         assert len(creating.contacts) == 2  # the seeded one and the new one
 

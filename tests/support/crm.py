@@ -23,6 +23,7 @@ import msgspec
 from relay.admin import actions
 from relay.store.tables import links
 from tests.fakes.dynamics import FakeDynamics
+from tests.fakes.freshdesk import FakeFreshdesk
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.pipedrive import FakePipedrive
 from tests.fakes.salesforce import TEST_KEY_PEM, FakeSalesforce
@@ -35,6 +36,8 @@ from tests.support.relay import RunningRelay
 UK_CONTACT = "+442071838750"  # the outbound fixture's callee
 FR_CALLER = "+33142685300"  # the missed inbound fixture's caller
 AGENT_EMAIL = "giulia.rossi@example.org"
+UNLINKED_REQUESTER = "unknown.caller@example.org"  # Freshdesk: raises unknown callers' tickets
+FRESHDESK_STATUS = {2: "Open", 3: "Pending", 4: "Resolved", 5: "Closed"}
 FLOWS = ("client_credentials", "jwt_bearer", "refresh_token")  # Salesforce's OAuth flows
 
 Record = dict[str, Any]
@@ -76,7 +79,7 @@ class Vendor:
     token_key: str | None = None  # the config key of a static API token; None: OAuth
     milliseconds: bool = False  # durations kept to the millisecond (else whole seconds)
     flow: str = ""  # the OAuth flow (Salesforce has several)
-    daily_quota: bool = True  # the CRM has a daily request quota (Zendesk has none)
+    daily_quota: bool = True  # the CRM has a daily request quota (Zendesk, Freshdesk: none)
 
     @property
     def oauth(self) -> bool:
@@ -124,6 +127,17 @@ def _salesforce_credentials(fake: Any, url: str, flow: str) -> dict[str, Any]:
 def _zoho_person(record: Record) -> str | None:
     ref = record.get("Who_Id") or record.get("What_Id")
     return ref["id"] if ref else None
+
+
+def _freshdesk_seconds(ticket: Record) -> int:
+    """The duration the private note states (``When: …, 3:01``): a ticket has no such field."""
+    found = re.search(r"When: [^,<]*, (\d+:\d\d)\b", _freshdesk_notes(ticket))
+    assert found, "the ticket's note states no duration"
+    return _mm_ss(found[1])
+
+
+def _freshdesk_notes(ticket: Record) -> str:
+    return "\n".join(note["body"] for note in ticket["conversations"] if note["private"])
 
 
 def _mm_ss(text: str) -> int:
@@ -354,7 +368,52 @@ ZENDESK = Vendor(
     daily_quota=False,
 )
 
-CRMS = {vendor.name: vendor for vendor in (HUBSPOT, PIPEDRIVE, SALESFORCE, ZOHO, DYNAMICS, ZENDESK)}
+FRESHDESK = Vendor(
+    name="freshdesk",
+    make_fake=FakeFreshdesk,
+    credentials=lambda fake, url, _: {
+        "type": "freshdesk",
+        "api_key": fake.api_key,
+        "base_url": url,
+        "unlinked_requester": UNLINKED_REQUESTER,
+        "index_lag": 0,
+    },
+    limits={
+        "rate_limit": {"requests": 50, "per": 1},
+        "search_rate_limit": {"requests": 10, "per": 1},
+    },
+    seed=lambda fake: {  # a phone typed nationally, a mobile typed internationally
+        "uk": fake.add_contact("020 7183 8750", "Olivia", "Hart"),
+        "fr": fake.add_contact("+33 1 42 68 53 00", "Luc", "Moreau", mobile=True),
+        "owner": fake.add_agent(AGENT_EMAIL, "Giulia Rossi"),
+    },
+    records=lambda fake, call_id: fake.tickets_for(call_id),
+    records_of=lambda fake: fake.all_tickets(),
+    record_id=lambda record: str(record["id"]),
+    # the requester, unless it is the stand-in that raises the tickets of unknown callers
+    person=lambda record: (
+        None if record["requester"]["email"] == UNLINKED_REQUESTER else str(record["requester_id"])
+    ),
+    seconds=_freshdesk_seconds,
+    outcome=lambda record: FRESHDESK_STATUS[record["status"]],
+    notes=_freshdesk_notes,
+    contacts_with=lambda fake, number: [
+        str(cid)
+        for cid, contact in fake.contacts.items()
+        if number in (contact["phone"], contact["mobile"])
+    ],
+    outcomes={"completed": "Resolved", "missed": "Open"},
+    create_path="/api/v2/tickets",
+    updates=False,  # created when the call has ended (then updated by the final record)
+    add_owner=lambda fake, email: fake.add_agent(email, "Giulia Rossi"),
+    token_key="api_key",
+    daily_quota=False,
+)
+
+CRMS = {
+    vendor.name: vendor
+    for vendor in (HUBSPOT, PIPEDRIVE, SALESFORCE, ZOHO, DYNAMICS, ZENDESK, FRESHDESK)
+}
 VENDORS = list(CRMS.values())
 OAUTH_VENDORS = [vendor for vendor in VENDORS if vendor.oauth]
 # every way to get an access token: each Salesforce flow, and Zoho's refresh token
@@ -400,8 +459,9 @@ def day(n: int) -> Events:
 
 
 async def link_ids(relay: RunningRelay, connector: str = "crm") -> dict[str, str]:
-    """Wildix call id → the CRM record id relay keeps in its links."""
-    rows = await relay.rows(links, links.c.connector == connector)
+    """Wildix call id → the CRM record id relay keeps in its links (a connector may keep other
+    links of its own: Freshdesk's ``ticket:<id>``)."""
+    rows = await relay.rows(links, links.c.connector == connector, links.c.key.startswith("call:"))
     return {row.key.split(":", 2)[2]: row.value["acts"]["call"].get("id") for row in rows}
 
 
