@@ -23,7 +23,7 @@ from relay import metrics
 from relay.config import DeliveryPolicy
 from relay.connector import Connector, DeliveryContext
 from relay.dispatch.attempt_timeouts import Deadlines
-from relay.dispatch.connector_pool import Connectors
+from relay.dispatch.connector_pool import Changes, Connectors
 from relay.dispatch.retry_policy import attempt_outcome, classify
 from relay.secrets import Redactor
 from relay.store.queue import Claim, Outcome, QueueSession, aware
@@ -47,7 +47,9 @@ _SUCCEEDED, _DELIVERED = DeliveryState.SUCCEEDED, OutcomeKind.SUCCEEDED
 
 
 class Dispatcher:
-    def __init__(self, connectors: Connectors, *, worker: str | None = None) -> None:
+    def __init__(
+        self, connectors: Connectors, *, worker: str | None = None, redact: Redactor | None = None
+    ) -> None:
         self.connectors = connectors
         self.store = connectors.store
         self.settings = connectors.settings.dispatch
@@ -77,7 +79,7 @@ class Dispatcher:
         self._loggers = {name: ctx.log.logger for name, ctx in connectors.contexts.items()}
         self._deadlines = Deadlines(WATCH_TICK)
         # Errors are stored and shown (API, dashboard): a target's error body can echo a secret.
-        self._redact = Redactor(connectors.settings.secret_values())
+        self._redact = redact or Redactor(connectors.settings.secret_values())
 
     def wake(self) -> None:
         """Something new may be due (an event was stored, a delivery finished)."""
@@ -129,6 +131,7 @@ class Dispatcher:
         """Claim for every connector with spare capacity; True if it should go again at once."""
         paused = await self._paused()
         again = False
+        instances = self.connectors.instances  # a reload swaps the mappings, never edits them
         for name, policy in self.connectors.policies.items():
             if name in paused or self._stopping:
                 continue
@@ -140,8 +143,11 @@ class Dispatcher:
             if self._stopping:  # stop() began while we claimed: hand them straight back
                 await self.store.release([c.delivery_id for c in claims], worker=self.worker)
                 return False
+            connector = instances[name]
+            if self.connectors.instances.get(name) is not connector:  # reloaded meanwhile
+                await self.store.release([c.delivery_id for c in claims], worker=self.worker)
+                continue
             running, waiting = self._inflight[name], self._waiting[name]
-            connector = self.connectors.instances[name]
             self._running += len(claims)
             claimed_at = time.monotonic()
             for claim in claims:
@@ -176,8 +182,40 @@ class Dispatcher:
             self._more.set()
         # Waking the claim loop per finished delivery would cost a loop turn each; it only
         # has work once a connector has room for a batch.
-        if self._claimable(name, self.connectors.policies[name]):
+        policy = self.connectors.policies.get(name)  # None once a reload removed it
+        if policy is not None and self._claimable(name, policy):
             self._wake.set()
+
+    def adopt(self, changes: Changes) -> None:
+        """Claim for the connectors a reload added or changed, with their own slots."""
+        for name in (*changes.added, *changes.changed):
+            self._inflight.setdefault(name, {})
+            self._waiting.setdefault(name, set())
+            self._slots[name] = asyncio.Semaphore(self.connectors.policies[name].concurrency)
+        contexts = self.connectors.contexts
+        self._loggers = self._loggers | {n: contexts[n].log.logger for n in changes.added}
+        self._wake.set()
+
+    async def retire(self, names: Sequence[str]) -> None:
+        """A reload removed or replaced these connectors: claims still waiting for a slot go
+        back to the queue unattempted, attempts already running finish as they began."""
+        waiting: dict[int, asyncio.Task[None]] = {}
+        started: list[asyncio.Task[None]] = []
+        for name in names:
+            for i, task in self._inflight.get(name, {}).items():
+                if i in self._waiting.get(name, ()):
+                    waiting[i] = task
+                else:
+                    started.append(task)
+        for task in waiting.values():
+            task.cancel()
+        await asyncio.gather(*waiting.values(), return_exceptions=True)
+        if waiting:
+            await self.store.release(list(waiting), worker=self.worker)
+            for name in names:
+                self._waiting.get(name, set()).difference_update(waiting)
+        if started:
+            await asyncio.wait(started)
 
     async def _deliver(
         self,
