@@ -175,6 +175,7 @@ async def on_sighup(reloader: Reloader) -> AsyncIterator[None]:
         yield
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # not killed by one while stopping
         await asyncio.gather(*tasks, return_exceptions=True)
 
 

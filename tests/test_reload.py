@@ -18,6 +18,9 @@ from typing import Any
 import httpx
 import yaml
 
+from relay.config import Settings, parse_config
+from relay.live_config import needs_restart
+from relay.registry import connector_types
 from relay.wildix.signature import sign
 from tests.fakes.receiver import Receiver
 from tests.support.cli import RELAY, free_port, run
@@ -271,3 +274,64 @@ async def test_worker_and_serve_reload_a_new_connector(db_url: str, tmp_path: Pa
             async with httpx.AsyncClient() as http:
                 scraped = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
             assert f'relay_config_info{{version="{version}"}} 1.0' in scraped
+
+
+async def test_an_attempt_in_flight_finishes_with_the_connector_it_began_with(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with Receiver() as before, Receiver() as after:
+        before.delay(3)  # the first attempt is still running when the reload comes
+        data = base_config(db_url, before.url)
+        data["delivery"]["timeout"] = "60s"
+        config = tmp_path / "config.yaml"
+        save(config, data)
+        with started(config, "serve") as (_, log):
+            api = Admin(data["server"]["port"])
+            await eventually(api.ready, "relay serve to be ready")
+            await api.send("q7m2xk", "call-f1")
+            await before.wait_for(1)
+            data["connectors"]["out"]["url"] = after.url + "/out"
+            version = save(config, data)
+            answer = await api.http.post("/api/v1/config/reload")
+            assert answer.status_code == 200, answer.text
+            result = answer.json()
+            assert (result["result"], result["version"]) == ("loaded", version)
+            assert (result["added"], result["removed"], result["changed"]) == ([], [], ["out"])
+
+            async def first_done() -> bool:
+                [row] = await api.deliveries("out")
+                return row["state"] == "succeeded"
+
+            await eventually(first_done, "the attempt in flight to succeed where it began")
+            assert (len(before.requests), len(after.requests)) == (1, 0)
+            await api.send("q7m2xk", "call-f2")
+            [got] = await after.wait_for(1)
+            assert got.path == "/out" and len(before.requests) == 1
+            assert not logged(log.lines, "delivery")  # no failed attempt logged on the way
+
+
+def test_a_change_only_a_restart_applies_is_named() -> None:
+    """SQS consumers hold their queue from start-up: adding or editing one is refused."""
+    queue = {"queue_url": "https://sqs.eu-west-1.amazonaws.com/1/q", "signing_secret": SECRET}
+    base = {"integrations": {"q7m2xk": {"secret": SECRET}}}
+    sqs = copy.deepcopy(base)
+    sqs["integrations"]["s1"] = {"transport": "sqs", "sqs": queue}
+    other = copy.deepcopy(sqs)
+    other["integrations"]["s1"]["sqs"]["wait_time"] = 5
+    logs = copy.deepcopy(base) | {"logging": {"level": "DEBUG"}}
+
+    def parsed(data: dict[str, Any]) -> Settings:
+        return parse_config(yaml.safe_dump(data), connector_types=connector_types(), env={})
+
+    cases = [(base, sqs), (sqs, base), (sqs, other), (base, logs)]
+    named = [needs_restart(parsed(a), parsed(b)) for a, b in cases]
+    assert [e.path if e else None for e in named] == [
+        "$.integrations.s1.sqs",
+        "$.integrations.s1.sqs",
+        "$.integrations.s1.sqs",
+        "$.logging.level",
+    ]
+    routes = copy.deepcopy(sqs)
+    routes["integrations"]["s1"]["routes"] = []
+    routes["integrations"]["n2"] = {"secret": SECRET}
+    assert needs_restart(parsed(sqs), parsed(routes)) is None
