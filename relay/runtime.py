@@ -21,13 +21,12 @@ from relay import metrics
 from relay.admin.queries import Queries
 from relay.admin.retention import purge_forever
 from relay.config import ConfigError, Settings, load_versioned
-from relay.connector import Connector
 from relay.dispatch.connector_pool import Connectors, close_all
 from relay.dispatch.dispatcher import Dispatcher
 from relay.ingest.accept import Ingest
 from relay.ingest.sqs_consumer import SqsConsumers, consumes_here
 from relay.live_config import LiveConfig, ReloadResult, needs_restart
-from relay.registry import PluginError, connector_types
+from relay.registry import PluginError
 from relay.store import db
 from relay.store.records import Store
 
@@ -205,8 +204,6 @@ class Reloader:
         self.connectors: Connectors | None = None
         self.dispatcher: Dispatcher | None = None
         self._lock = asyncio.Lock()
-        # Connector types are collected once: plugin files are not re-imported per reload.
-        self._types: dict[str, type[Connector]] | None = None
 
     async def reload(self) -> ReloadResult:
         async with self._lock:
@@ -235,24 +232,23 @@ class Reloader:
     async def _reload(self) -> ReloadResult:
         live = self.live
         try:
-            if self._types is None:
-                dirs = live.current.plugins.dirs
-                self._types = await asyncio.to_thread(connector_types, dirs)
-            settings, version = await asyncio.to_thread(
-                load_versioned, live.path, connector_types=self._types
-            )
+            # in a thread: plugin files in plugins.dirs are imported again, as a restart would
+            settings, version = await asyncio.to_thread(load_versioned, live.path)
             if version == live.version:
                 return live.result("unchanged")
             if error := needs_restart(live.current, settings):
                 raise error
         except ConfigError as exc:
             return live.result("refused", error=str(exc), key=exc.path)
-        except PluginError as exc:
+        except PluginError as exc:  # a plugin file that fails to import
             return live.result("refused", error=str(exc), key="$.plugins.dirs")
         if self.connectors is None:  # the CLI role runs no connectors
             live.swap(settings, version)
             return live.result("loaded")
-        changes = await self.connectors.apply(settings)
+        try:
+            changes = await self.connectors.apply(settings)
+        except ConfigError as exc:
+            return live.result("refused", error=str(exc), key=exc.path)
         live.swap(settings, version)
         metrics.config_loaded(version, live.loaded_at)
         result = live.result(

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from relay.config import ConnectorInstance, DeliveryPolicy, Settings
+from relay.config import ConfigError, ConnectorInstance, DeliveryPolicy, Settings
 from relay.connector import Connector, ConnectorContext, DeliveryContext, Limiters
 from relay.store.queue import Claim
 from relay.store.records import Store
@@ -57,6 +57,7 @@ class Connectors:
     async def apply(self, settings: Settings) -> Changes:
         """Start the connectors a reloaded config adds or changes, then swap them in.
 
+        A connector that cannot be built raises :class:`ConfigError`, before anything changed.
         Every mapping is replaced whole, never edited: a claim round iterating the old ones
         finishes over them. The instances this retires are returned, still open: their
         attempts in flight finish with them before the caller closes them.
@@ -67,7 +68,12 @@ class Connectors:
             removed=[n for n in old if n not in new],
             changed=[n for n in new if n in old and _differs(old[n], new[n])],
         )
-        fresh = {n: new[n].cls(n, new[n].options) for n in (*changes.added, *changes.changed)}
+        fresh: dict[str, Connector] = {}
+        for n in (*changes.added, *changes.changed):
+            try:
+                fresh[n] = new[n].cls(n, new[n].options)
+            except Exception as exc:  # nothing swapped yet: the reload is refused whole
+                raise ConfigError(f"$.connectors.{n}", f"cannot be set up: {exc}") from exc
         contexts = {n: self.context(n) for n in fresh}
         await _start(fresh, contexts)
         changes.retired = {n: self.instances[n] for n in (*changes.removed, *changes.changed)}
