@@ -29,6 +29,7 @@ from tests.support.waiting import eventually
 from tests.support.worker_log import WorkerLog
 
 TOKEN = "reload-admin-token-0123456789"
+NEW_KEY = "k3y-added-by-a-reload-5Yq2Lm"
 
 
 def base_config(db_url: str, out: str) -> dict[str, Any]:
@@ -291,6 +292,7 @@ async def test_an_attempt_in_flight_finishes_with_the_connector_it_began_with(
             await api.send("q7m2xk", "call-f1")
             await before.wait_for(1)
             data["connectors"]["out"]["url"] = after.url + "/out"
+            data["connectors"]["out"]["headers"] = {"x-api-key": NEW_KEY}  # a secret new to it
             version = save(config, data)
             answer = await api.http.post("/api/v1/config/reload")
             assert answer.status_code == 200, answer.text
@@ -304,10 +306,20 @@ async def test_an_attempt_in_flight_finishes_with_the_connector_it_began_with(
 
             await eventually(first_done, "the attempt in flight to succeed where it began")
             assert (len(before.requests), len(after.requests)) == (1, 0)
-            await api.send("q7m2xk", "call-f2")
-            [got] = await after.wait_for(1)
-            assert got.path == "/out" and len(before.requests) == 1
             assert not logged(log.lines, "delivery")  # no failed attempt logged on the way
+
+            # the new config's secret, echoed back in an error body, is masked where shown
+            after.echo(502, text="bad gateway")
+            second = (await api.send("q7m2xk", "call-f2")).json()["event_id"]
+            [got, _] = await after.wait_for(2)
+            assert got.path == "/out" and got.headers["x-api-key"] == NEW_KEY
+            assert len(before.requests) == 1
+            [row] = [d for d in await api.deliveries("out") if d["event_id"] == second]
+            detail = await api.get(f"/api/v1/deliveries/{row['id']}")
+            [failed] = [a for a in detail["history"] if a["error"]]
+            assert "x-api-key: *****" in failed["error"]
+            await eventually(lambda: logged(log.lines, "delivery retry"), "the retry's log line")
+            assert NEW_KEY not in "\n".join(log.lines)
 
 
 def test_a_change_only_a_restart_applies_is_named() -> None:
