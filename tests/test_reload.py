@@ -85,11 +85,19 @@ class Admin:
             base_url=self.url, headers={"authorization": f"Bearer {TOKEN}"}, timeout=30
         )
 
-    async def ready(self) -> bool:
-        try:
-            return (await self.http.get("/readyz")).status_code == 200
-        except httpx.HTTPError:
-            return False
+    async def ready(self, proc: subprocess.Popen[bytes], log: WorkerLog) -> None:
+        """Until /readyz answers 200; fails with the log if the process exited first."""
+
+        async def up() -> bool:
+            if proc.poll() is not None:
+                tail = "\n".join(log.lines[-20:])
+                raise AssertionError(f"relay exited ({proc.returncode}) before ready:\n{tail}")
+            try:
+                return (await self.http.get("/readyz")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await eventually(up, "relay serve to be ready", timeout=60)
 
     async def send(self, integration: str, call_id: str) -> httpx.Response:
         envelope = json.loads(call_body(call_id))
@@ -134,13 +142,13 @@ async def test_serve_reloads_on_sighup_and_relay_reload(db_url: str, tmp_path: P
         first = save(config, data)
         with started(config, "serve") as (proc, log):
             api = Admin(data["server"]["port"])
-            await eventually(api.ready, "relay serve to be ready")
+            await api.ready(proc, log)
             shown = await api.get("/api/v1/config")
             assert (shown["version"], shown["path"]) == (first, str(config))
 
             assert (await api.send("q7m2xk", "call-1")).json()["deliveries"] == 2
-            await out.wait_for(1)
-            await crm.wait_for(1)
+            await out.wait_for(1, timeout=30)
+            await crm.wait_for(1, timeout=30)
 
             async def crm_pending() -> Any:
                 rows = await api.deliveries("crm")
@@ -167,7 +175,7 @@ async def test_serve_reloads_on_sighup_and_relay_reload(db_url: str, tmp_path: P
 
             sent = await api.send("n8x4wz", "call-3")
             assert sent.status_code == 200 and sent.json()["deliveries"] == 1
-            await out.wait_for(2)
+            await out.wait_for(2, timeout=30)
 
             # crm's delivery stays pending, shown as not configured; due now, still unclaimed
             gone = await api.connector("crm")
@@ -176,7 +184,9 @@ async def test_serve_reloads_on_sighup_and_relay_reload(db_url: str, tmp_path: P
             retried = await api.http.post(f"/api/v1/deliveries/{pending['id']}/retry")
             assert retried.status_code == 200, retried.text
             await api.send("n8x4wz", "call-4")
-            await out.wait_for(3)  # the dispatcher claimed after the retry made crm's due
+            await out.wait_for(
+                3, timeout=30
+            )  # the dispatcher claimed after the retry made crm's due
             [still] = await api.deliveries("crm")
             assert (still["state"], still["attempts"]) == ("pending", 1)
             assert len(crm.requests) == 1
@@ -195,7 +205,7 @@ async def test_serve_reloads_on_sighup_and_relay_reload(db_url: str, tmp_path: P
             assert why["key"] == "$.connectors.out.urll"
             assert await api.version() == second
             assert (await api.send("n8x4wz", "call-5")).status_code == 200
-            await out.wait_for(4)
+            await out.wait_for(4, timeout=30)
 
             # a key only a restart applies: refused, named
             moved = copy.deepcopy(second_data)
@@ -213,7 +223,7 @@ async def test_serve_reloads_on_sighup_and_relay_reload(db_url: str, tmp_path: P
             assert loaded.returncode == 0, loaded.stderr
             assert loaded.stdout.startswith(f"loaded: config {third}")
             assert "connectors added: crm" in loaded.stdout
-            await crm.wait_for(2)
+            await crm.wait_for(2, timeout=30)
 
             async def delivered() -> bool:
                 [row] = await api.deliveries("crm")
@@ -250,31 +260,30 @@ async def test_worker_and_serve_reload_a_new_connector(db_url: str, tmp_path: Pa
         data = base_config(db_url, out.url)
         config = tmp_path / "config.yaml"
         save(config, data)
+        api = Admin(data["server"]["port"])
         metrics_port = free_port()
-        with (
-            started(config, "serve", "--no-dispatch") as (serve, serve_log),
-            started(config, "worker", "--metrics-port", str(metrics_port)) as (worker, log),
-        ):
-            api = Admin(data["server"]["port"])
-            await eventually(api.ready, "relay serve to be ready")
-            await log.wait_for("dispatcher started")
-            data["connectors"]["extra"] = {"type": "webhook", "url": extra.url + "/extra"}
-            data["integrations"]["q7m2xk"]["routes"].append({"connector": "extra"})
-            version = save(config, data)
-            worker.send_signal(signal.SIGHUP)
-            await eventually(lambda: sighup_line(log, version), "the worker's reload")
-            assert sighup_line(log, version)["added"] == ["extra"]
-            sent = run("reload", "--pid", str(serve.pid), config=config)
-            assert sent.returncode == 0 and f"sent SIGHUP to {serve.pid}" in sent.stdout
-            await eventually(lambda: sighup_line(serve_log, version), "serve's reload")
+        worker_args = ("worker", "--metrics-port", str(metrics_port))
+        with started(config, "serve", "--no-dispatch") as (serve, serve_log):
+            await api.ready(serve, serve_log)  # the schema is in place before the worker starts
+            with started(config, *worker_args) as (worker, log):
+                await log.wait_for("dispatcher started")
+                data["connectors"]["extra"] = {"type": "webhook", "url": extra.url + "/extra"}
+                data["integrations"]["q7m2xk"]["routes"].append({"connector": "extra"})
+                version = save(config, data)
+                worker.send_signal(signal.SIGHUP)
+                line = await eventually(lambda: sighup_line(log, version), "the worker's reload")
+                assert line["added"] == ["extra"]
+                sent = run("reload", "--pid", str(serve.pid), config=config)
+                assert sent.returncode == 0 and f"sent SIGHUP to {serve.pid}" in sent.stdout
+                await eventually(lambda: sighup_line(serve_log, version), "serve's reload")
 
-            assert (await api.send("q7m2xk", "call-w1")).json()["deliveries"] == 2
-            [got] = await extra.wait_for(1, timeout=20)
-            assert got.json()["integrationId"] == "q7m2xk"
-            await out.wait_for(1)
-            async with httpx.AsyncClient() as http:
-                scraped = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
-            assert f'relay_config_info{{version="{version}"}} 1.0' in scraped
+                assert (await api.send("q7m2xk", "call-w1")).json()["deliveries"] == 2
+                [got] = await extra.wait_for(1, timeout=30)
+                assert got.json()["integrationId"] == "q7m2xk"
+                await out.wait_for(1, timeout=30)
+                async with httpx.AsyncClient() as http:
+                    scraped = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+                assert f'relay_config_info{{version="{version}"}} 1.0' in scraped
 
 
 async def test_an_attempt_in_flight_finishes_with_the_connector_it_began_with(
@@ -286,11 +295,11 @@ async def test_an_attempt_in_flight_finishes_with_the_connector_it_began_with(
         data["delivery"]["timeout"] = "60s"
         config = tmp_path / "config.yaml"
         save(config, data)
-        with started(config, "serve") as (_, log):
+        with started(config, "serve") as (proc, log):
             api = Admin(data["server"]["port"])
-            await eventually(api.ready, "relay serve to be ready")
+            await api.ready(proc, log)
             await api.send("q7m2xk", "call-f1")
-            await before.wait_for(1)
+            await before.wait_for(1, timeout=30)
             data["connectors"]["out"]["url"] = after.url + "/out"
             data["connectors"]["out"]["headers"] = {"x-api-key": NEW_KEY}  # a secret new to it
             version = save(config, data)
@@ -311,7 +320,7 @@ async def test_an_attempt_in_flight_finishes_with_the_connector_it_began_with(
             # the new config's secret, echoed back in an error body, is masked where shown
             after.echo(502, text="bad gateway")
             second = (await api.send("q7m2xk", "call-f2")).json()["event_id"]
-            [got, _] = await after.wait_for(2)
+            [got, _] = await after.wait_for(2, timeout=30)
             assert got.path == "/out" and got.headers["x-api-key"] == NEW_KEY
             assert len(before.requests) == 1
             [row] = [d for d in await api.deliveries("out") if d["event_id"] == second]
