@@ -11,7 +11,7 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +181,10 @@ async def test_serve_reloads_on_sighup_and_relay_reload(db_url: str, tmp_path: P
             gone = await api.connector("crm")
             assert gone is not None and gone["configured"] is False
             assert gone["counts"]["pending"] == 1
+            async with dashboard(api) as ui:
+                panel = (await ui.get("/overview/panel")).text
+                assert re.search(r"<td>crm</td>\s*<td><span[^>]*>not configured</span>", panel)
+                assert f"config {second} · loaded " in (await ui.get("/")).text
             retried = await api.http.post(f"/api/v1/deliveries/{pending['id']}/retry")
             assert retried.status_code == 200, retried.text
             await api.send("n8x4wz", "call-4")
@@ -238,20 +242,22 @@ async def test_serve_reloads_on_sighup_and_relay_reload(db_url: str, tmp_path: P
             assert 'relay_config_reloads_total{result="refused"} 2.0' in metrics
             assert f'relay_config_info{{version="{third}"}} 1.0' in metrics
             assert f'version="{second}"' not in metrics
-            await dashboard_shows(api, third)
+            assert "relay_config_loaded_timestamp_seconds " in metrics
+            async with dashboard(api) as ui:
+                page = (await ui.get("/")).text
+                assert f"config {third} · loaded " in page and "not configured" not in page
 
 
-async def dashboard_shows(api: Admin, version: str) -> None:
-    """The dashboard's footer names the config in force."""
-    ui = httpx.AsyncClient(base_url=api.url + "/ui")
-    async with ui:
+@contextlib.asynccontextmanager
+async def dashboard(api: Admin) -> AsyncIterator[httpx.AsyncClient]:
+    """The dashboard, logged in."""
+    async with httpx.AsyncClient(base_url=api.url + "/ui") as ui:
         login = await ui.get("/login")
         csrf = re.search(r'name="_csrf_token" value="([^"]+)"', login.text)
-        assert csrf is not None and "config " not in login.text  # not before logging in
+        assert csrf is not None and "config " not in login.text  # no version before logging in
         ok = await ui.post("/login", data={"token": TOKEN, "_csrf_token": csrf[1]})
         assert ok.status_code == 302
-        page = await ui.get("/")
-        assert f"config {version} · loaded " in page.text
+        yield ui
 
 
 async def test_worker_and_serve_reload_a_new_connector(db_url: str, tmp_path: Path) -> None:
