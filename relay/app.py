@@ -21,7 +21,8 @@ from relay.config import Settings
 from relay.ingest.accept import Ingest
 from relay.ingest.sqs_consumer import SqsConsumers
 from relay.ingest.webhook_endpoint import webhooks
-from relay.runtime import running
+from relay.live_config import LiveConfig
+from relay.runtime import on_sighup, running
 from relay.store import db
 from relay.store.records import Store
 
@@ -167,22 +168,36 @@ def create_app(
     dispatch: bool = True,
     auto_migrate: bool | None = None,
     sqs: bool | None = None,
+    live: LiveConfig | None = None,
+    reload_on_sighup: bool = False,
 ) -> Litestar:
     """``sqs``: consume the SQS integrations' queues here (None: as ``sqs.consume_in`` says).
+    ``live``: the config holder reloads swap; ``reload_on_sighup``: SIGHUP reloads the file
+    (``relay serve``: signals reach the main thread only, and tests run apps in any thread).
 
     The lifespan is the ``serve`` runtime; the routes find its parts on ``app.state``.
     """
+    live = live or LiveConfig(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with running(
-            settings, role="serve", dispatch=dispatch, sqs=sqs, auto_migrate=auto_migrate
-        ) as rt:
+        async with (
+            running(
+                settings,
+                role="serve",
+                dispatch=dispatch,
+                sqs=sqs,
+                auto_migrate=auto_migrate,
+                live=live,
+            ) as rt,
+            on_sighup(rt.reloader) if reload_on_sighup else contextlib.nullcontext(),
+        ):
             app.state.store = rt.store
             app.state.ingest = rt.ingest
             app.state.dispatcher = rt.dispatcher
             app.state.queries = rt.queries
             app.state.sqs = rt.sqs
+            app.state.reloader = rt.reloader
             yield
 
     operations: dict[str, Any] = {}
@@ -196,7 +211,7 @@ def create_app(
         api = Router("/", route_handlers=routers(settings), **guarded)
         operations = {
             "route_handlers": [api, ui_router(settings, throttle)],
-            "template_config": template_config(),
+            "template_config": template_config(live),
             "middleware": [session_middleware(settings)],
             # the schema describes the admin API: it asks for the same token
             "openapi_config": OpenAPIConfig(

@@ -6,6 +6,7 @@ an admin editing a YAML file, not a Python developer.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -434,6 +435,17 @@ def load_config(
     env: Mapping[str, str] | None = None,
 ) -> Settings:
     """Load the config file; the connector types come from the loaded plugins."""
+    return load_versioned(path, connector_types=connector_types, env=env)[0]
+
+
+def load_versioned(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    connector_types: Mapping[str, type[Connector]] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[Settings, str]:
+    """The settings and their version: a short hash of the file's text, so an admin can tell
+    which edit a running process has loaded."""
     env = os.environ if env is None else env
     file = Path(path or env.get("RELAY_CONFIG") or DEFAULT_PATH)
     try:
@@ -444,7 +456,8 @@ def load_config(
         from relay.registry import connector_types as load_types
 
         connector_types = load_types(_plugin_dirs(text, env))
-    return parse_config(text, connector_types=connector_types, env=env, source=str(file))
+    settings = parse_config(text, connector_types=connector_types, env=env, source=str(file))
+    return settings, hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _plugin_dirs(text: str, env: Mapping[str, str]) -> list[str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Histogram, disable_created_metrics
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -24,6 +24,7 @@ from relay.wildix.views import EVENT_TYPES
 __all__ = [
     "ATTEMPT_SECONDS",
     "CIRCUIT_TRANSITIONS",
+    "CONFIG_RELOADS",
     "DELIVERIES",
     "EVENTS",
     "INGEST_SECONDS",
@@ -31,6 +32,7 @@ __all__ = [
     "SQS_DELETED",
     "SQS_RECEIVED",
     "SQS_REJECTED",
+    "config_loaded",
 ]
 
 disable_created_metrics()  # *_created samples double the output and no dashboard reads them
@@ -78,6 +80,25 @@ SQS_REJECTED = Counter(
     "SQS messages refused (bad signature, not a Wildix envelope), by integration",
     ["integration"],
 )
+
+# The config in force (relay.live_config): when it was loaded, its version, and the reloads.
+CONFIG_LOADED = Gauge(
+    "relay_config_loaded_timestamp_seconds", "When the configuration in force was loaded"
+)
+CONFIG_INFO = Gauge(
+    "relay_config_info", "The version of the configuration in force (always 1)", ["version"]
+)
+CONFIG_RELOADS = Counter(
+    "relay_config_reloads",
+    "Configuration reloads by result (loaded, unchanged, refused)",
+    ["result"],
+)
+
+
+def config_loaded(version: str, at: datetime) -> None:
+    CONFIG_LOADED.set(at.timestamp())
+    CONFIG_INFO.clear()  # one series: the version in force, not every version ever loaded
+    CONFIG_INFO.labels(version).set(1)
 
 
 def integration_label(integration_id: str | None, known: Iterable[str]) -> str:

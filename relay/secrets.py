@@ -113,6 +113,12 @@ class Redactor:
             {s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True
         )
 
+    def learn(self, secrets: Iterable[str]) -> None:
+        """A reloaded config's secrets are added, never dropped: a removed integration's secret
+        can still turn up in the error of an attempt that was in flight."""
+        known = {*self._secrets, *(s for s in secrets if len(s) >= MIN_SECRET_LENGTH)}
+        self._secrets = sorted(known, key=len, reverse=True)  # swapped whole: readers see either
+
     def __call__(self, text: str) -> str:
         if len(text) < MIN_SECRET_LENGTH:  # ids and names: nothing secret fits
             return text

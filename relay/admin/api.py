@@ -27,6 +27,7 @@ from relay.admin.breakers import CircuitsController
 from relay.admin.filters import BadFilter, EventFilter
 from relay.admin.queries import Queries, queue_stats
 from relay.config import Settings
+from relay.live_config import ReloadResult
 from relay.secrets import token_matches
 from relay.store.records import Store
 from relay.store.states import ACTIVE, DeliveryState
@@ -216,6 +217,21 @@ async def overview(queries: Q) -> s.Overview:
     return await queries.overview()
 
 
+@get("/config", tags=["configuration"], sync_to_thread=False)
+def get_config(queries: Q) -> s.ConfigVersion:
+    """The config in force: its version (a hash of the file), when it was loaded, its path."""
+    live = queries.live
+    return s.ConfigVersion(version=live.version, loaded_at=live.loaded_at, path=live.path)
+
+
+@post("/config/reload", tags=["configuration"])
+async def reload_config(state: State) -> Response[ReloadResult]:
+    """Re-read the config file and apply it (as SIGHUP does); 422 with the key path if refused,
+    and the old config stays in force."""
+    result: ReloadResult = await state.reloader.reload()
+    return Response(result, status_code=422 if result.result == "refused" else 200)
+
+
 async def metrics_endpoint(state: State) -> Response[bytes]:
     """Prometheus exposition; queue gauges are read from the database now."""
     store: Store = state.store
@@ -253,6 +269,8 @@ def routers(settings: Settings) -> list[Any]:
             list_integrations,
             list_connectors,
             overview,
+            get_config,
+            reload_config,
         ],
         guards=[bearer_guard(token)],
         security=[{SECURITY_SCHEME: []}],

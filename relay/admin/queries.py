@@ -26,8 +26,8 @@ from relay.admin.filters import (
     page_of,
     parse_cursor,
 )
-from relay.admin.redact import Redactor
 from relay.config import Settings
+from relay.live_config import LiveConfig
 from relay.store.records import Store, clip
 from relay.store.states import ACTIVE, DeliveryState
 from relay.store.tables import (
@@ -84,10 +84,18 @@ _EVENT_COLS = (
 
 
 class Queries:
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings | LiveConfig) -> None:
         self.store = store
-        self.settings = settings
-        self.redact = Redactor(settings)
+        self.live = settings if isinstance(settings, LiveConfig) else LiveConfig(settings)
+
+    @property
+    def settings(self) -> Settings:
+        """The config in force: a reload swaps it (relay.live_config)."""
+        return self.live.current
+
+    def redact(self, text: str | None) -> str | None:
+        """Secrets out of a text we show, those of every config loaded since start-up too."""
+        return None if text is None else self.live.redactor(text)
 
     # -- events -------------------------------------------------------------------------------
 
@@ -280,7 +288,14 @@ class Queries:
                 )
             }
             out = []
-            for name, inst in self.settings.connectors.items():
+            configured = self.settings.connectors
+            # A connector a reload removed keeps its pending deliveries (re-adding it resumes
+            # them): listed, marked not configured, until none is left pending or dead.
+            gone = sorted(
+                {c for (c, st), n in counts.items() if n and c not in configured and st in SHOWN}
+            )
+            for name in [*configured, *gone]:
+                inst = configured.get(name)
                 last = (
                     await conn.execute(
                         select(deliveries.c.last_error, deliveries.c.updated_at)
@@ -297,7 +312,8 @@ class Queries:
                 out.append(
                     s.ConnectorStatus(
                         name=name,
-                        type=inst.type,
+                        type=inst.type if inst else "",
+                        configured=inst is not None,
                         counts={st: counts.get((name, st), 0) for st in s.STATES},
                         oldest_pending_seconds=(
                             (now - oldest[name]).total_seconds() if name in oldest else None
@@ -347,6 +363,10 @@ class Queries:
             connectors=await self.connectors(),
             rejections_last_day=int(rejected or 0),
         )
+
+
+# The states that keep a connector no longer configured on the list.
+SHOWN = (*ACTIVE, DeliveryState.DEAD)
 
 
 async def queue_stats(

@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, Select, delete, exists, func, or_, select,
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.config import Settings
+from relay.live_config import LiveConfig
 from relay.store.records import Store
 from relay.store.states import ACTIVE, DeliveryState
 from relay.store.tables import (
@@ -92,9 +93,11 @@ async def purge(store: Store, settings: Settings, *, now: datetime | None = None
     return result
 
 
-async def purge_forever(store: Store, settings: Settings, stop: asyncio.Event) -> None:
-    """Purge now, then every ``retention.interval``, until ``stop`` is set."""
+async def purge_forever(store: Store, live: LiveConfig, stop: asyncio.Event) -> None:
+    """Purge now, then every ``retention.interval``, until ``stop`` is set; each round with
+    the config in force then (a reload may change the retention periods)."""
     while not stop.is_set():
+        settings = live.current
         try:
             await purge(store, settings)
         except Exception as exc:  # the database is away; the next round will catch up

@@ -128,6 +128,14 @@ class ConnectorStatus(Out):
     last_error_at: datetime | None
     paused_until: datetime | None
     pause_reason: str | None
+    # False: a reload removed it; its deliveries wait, pending, until it is configured again.
+    configured: bool = True
+
+
+class ConfigVersion(Out):
+    version: str  # the first 12 hex digits of the file's SHA-256
+    loaded_at: datetime
+    path: str
 
 
 class IntegrationActivity(Out):

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import sys
+from pathlib import Path
 
 import click
+import httpx
+import yaml
 
-from relay.cli.settings import configure_logs, fail, load_settings, safe_url
-from relay.config import Settings
-from relay.runtime import running
+from relay.cli.settings import configure_logs, fail, load_live, load_settings, safe_url
+from relay.config import ConfigError, ServerConfig, Settings, interpolate
+from relay.live_config import LiveConfig
+from relay.runtime import on_sighup, running
 from relay.store import db
 
 
@@ -35,11 +40,12 @@ def serve(
     from relay.app import create_app, tune_gc
     from relay.cli.http_limits import Limits, limited_protocol, raise_fd_limit
 
-    settings = load_settings(ctx)
-    configure_logs(settings)
+    live = load_live(ctx)
+    settings = live.current
+    configure_logs(settings, live.redactor)
     if not db.is_sqlite(settings.database.url):
         asyncio.run(_require_schema(settings))
-    app = create_app(settings, dispatch=not no_dispatch, sqs=sqs)
+    app = create_app(settings, dispatch=not no_dispatch, sqs=sqs, live=live, reload_on_sighup=True)
     tune_gc()
     server = settings.server
     raise_fd_limit(server.max_connections)
@@ -113,20 +119,23 @@ async def _require_schema(settings: Settings) -> None:
 @click.pass_context
 def worker(ctx: click.Context, metrics_port: int | None, sqs: bool | None) -> None:
     """Run the dispatcher (scale-out: many workers on one PostgreSQL), optionally SQS consumers."""
-    settings = load_settings(ctx)
-    configure_logs(settings)
+    live = load_live(ctx)
+    configure_logs(live.current, live.redactor)
     if metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr="127.0.0.1")
-    asyncio.run(_worker(settings, sqs))
+    asyncio.run(_worker(live, sqs))
 
 
-async def _worker(settings: Settings, sqs: bool | None = None) -> None:
+async def _worker(live: LiveConfig, sqs: bool | None = None) -> None:
     from relay.app import tune_gc
 
     try:
-        async with running(settings, role="worker", sqs=sqs):
+        async with (
+            running(live.current, role="worker", sqs=sqs, live=live) as rt,
+            on_sighup(rt.reloader),
+        ):
             tune_gc()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -160,6 +169,66 @@ def migrate(ctx: click.Context) -> None:
         click.echo(f"{url}: migrated {before or 'empty'} → {after}")
 
 
+@click.command()
+@click.option(
+    "--url",
+    help="The running `relay serve` to ask (default: http://server.host:server.port).",
+)
+@click.option(
+    "--pid",
+    type=int,
+    help="Send SIGHUP to this process instead (`relay worker`, or serve without admin.token).",
+)
+@click.pass_context
+def reload(ctx: click.Context, url: str | None, pid: int | None) -> None:
+    """Tell a running relay to re-read its config file; exits 1 if the file was refused."""
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except OSError as exc:
+            fail(f"cannot signal process {pid}: {exc.strerror}")
+        click.echo(f"sent SIGHUP to {pid}: its log says whether the config was loaded")
+        return
+    where, token = _admin_address(ctx)
+    url = url or where
+    if not token:
+        fail("the admin API is off (admin.token is not set): use --pid PID to send SIGHUP")
+    try:
+        answer = httpx.post(
+            f"{url.rstrip('/')}/api/v1/config/reload",
+            headers={"authorization": f"Bearer {token}"},
+            timeout=120,  # a reload waits for removed connectors' attempts in flight
+        )
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach relay at {url}: {exc}")
+    if answer.status_code not in (200, 422):
+        fail(f"relay at {url} answered {answer.status_code}: {answer.text[:200]}")
+    result = answer.json()
+    if result["result"] == "refused":
+        fail(f"refused: {result['error']} (config {result['version']} stays in force)")
+    click.echo(f"{result['result']}: config {result['version']} (loaded {result['loaded_at']})")
+    for change in ("added", "removed", "changed"):
+        if result[change]:
+            click.echo(f"  connectors {change}: {', '.join(result[change])}")
+
+
+def _admin_address(ctx: click.Context) -> tuple[str, str]:
+    """The running serve's URL and admin token, read from the file's `server` and `admin`
+    alone: a file the service will refuse must still reach it, to be refused with its key."""
+    path = Path(ctx.find_root().obj["config"])
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        sections = interpolate({k: data.get(k) or {} for k in ("server", "admin")}, os.environ)
+        server, admin = sections["server"], sections["admin"]
+        host = str(server.get("host", ServerConfig().host))
+        port = int(server.get("port", ServerConfig().port))
+        token = str(admin.get("token") or "")
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError, ConfigError) as exc:
+        fail(f"config error: cannot read server and admin from {path}: {exc}")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}", token
+
+
 def register(cli: click.Group) -> None:
-    for command in (serve, worker, migrate):
+    for command in (serve, worker, migrate, reload):
         cli.add_command(command)

@@ -10,7 +10,8 @@ import click
 from sqlalchemy.engine import make_url
 
 from relay import logs
-from relay.config import ConfigError, Settings, load_config
+from relay.config import ConfigError, Settings, load_versioned
+from relay.live_config import LiveConfig
 from relay.registry import PluginError
 from relay.secrets import Redactor
 
@@ -21,6 +22,11 @@ def fail(message: str) -> NoReturn:
 
 
 def load_settings(ctx: click.Context) -> Settings:
+    return load_live(ctx).current
+
+
+def load_live(ctx: click.Context) -> LiveConfig:
+    """The settings with their version, for a service process that may reload them."""
     path = Path(ctx.find_root().obj["config"])
     if not path.exists():
         fail(
@@ -28,7 +34,7 @@ def load_settings(ctx: click.Context) -> Settings:
             "point to yours with `--config PATH` or the RELAY_CONFIG environment variable"
         )
     try:
-        return load_config(path)
+        return LiveConfig(*load_versioned(path))
     except (ConfigError, PluginError) as exc:
         fail(f"config error: {exc}")
 
@@ -50,7 +56,8 @@ def safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def configure_logs(settings: Settings) -> None:
+def configure_logs(settings: Settings, redact: Redactor | None = None) -> None:
+    """``redact``: the live config's redactor, which learns the secrets of reloaded configs."""
     cfg = settings.logging
-    redact = Redactor(settings.secret_values())
+    redact = redact or Redactor(settings.secret_values())
     logs.configure(cfg.level, cfg.format, show_numbers=cfg.show_numbers, redact=redact)

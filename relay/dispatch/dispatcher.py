@@ -20,11 +20,11 @@ from datetime import datetime
 from functools import partial
 
 from relay import metrics
-from relay.config import DeliveryPolicy
+from relay.config import CircuitPolicy, DeliveryPolicy
 from relay.connector import Connector, DeliveryContext
 from relay.dispatch.attempt_timeouts import Deadlines
 from relay.dispatch.circuit_breaker import Breakers
-from relay.dispatch.connector_pool import Connectors
+from relay.dispatch.connector_pool import Changes, Connectors
 from relay.dispatch.retry_policy import attempt_outcome, classify
 from relay.secrets import Redactor
 from relay.store.queue import Claim, Outcome, QueueSession, aware
@@ -48,7 +48,9 @@ _SUCCEEDED, _DELIVERED = DeliveryState.SUCCEEDED, OutcomeKind.SUCCEEDED
 
 
 class Dispatcher:
-    def __init__(self, connectors: Connectors, *, worker: str | None = None) -> None:
+    def __init__(
+        self, connectors: Connectors, *, worker: str | None = None, redact: Redactor | None = None
+    ) -> None:
         self.connectors = connectors
         self.store = connectors.store
         self.settings = connectors.settings.dispatch
@@ -78,10 +80,10 @@ class Dispatcher:
         self._loggers = {name: ctx.log.logger for name, ctx in connectors.contexts.items()}
         self._deadlines = Deadlines(WATCH_TICK)
         # Errors are stored and shown (API, dashboard): a target's error body can echo a secret.
-        self._redact = Redactor(connectors.settings.secret_values())
+        self._redact = redact or Redactor(connectors.settings.secret_values())
         self._breakers = Breakers(
             self.store,
-            {name: inst.circuit for name, inst in connectors.settings.connectors.items()},
+            _circuits(connectors),
             worker=self.worker,
             poll_interval=self.settings.poll_interval,
         )
@@ -137,7 +139,9 @@ class Dispatcher:
         paused = await self._paused()
         await self._breakers.refresh()
         again = False
-        for name, policy in self.connectors.policies.items():
+        # a reload swaps these mappings, never edits them: one round sees one config
+        policies, instances = self.connectors.policies, self.connectors.instances
+        for name, policy in policies.items():
             if name in paused or self._stopping:
                 continue
             free = self._claimable(name, policy)
@@ -145,16 +149,21 @@ class Dispatcher:
                 continue
             lease = policy.timeout + self.settings.lease
             if self._breakers.holds(name):  # its circuit is open: at most the one probe goes
-                await self._probe(db, name, policy, lease)
+                await self._probe(db, name, policy, instances[name], lease)
                 continue
             claims = await db.claim(name, free, worker=self.worker, lease=lease)
-            if not await self._start(name, policy, claims):
+            if not await self._start(name, policy, instances[name], claims):
                 return False
             again = again or (len(claims) == free)
         return again
 
     async def _probe(
-        self, db: QueueSession, name: str, policy: DeliveryPolicy, lease: float
+        self,
+        db: QueueSession,
+        name: str,
+        policy: DeliveryPolicy,
+        connector: Connector,
+        lease: float,
     ) -> None:
         """Send the cluster's one probe delivery, if its cool-down is over and we win the slot."""
         if not self._breakers.probe_due(name) or not await self._breakers.claim_probe(name, lease):
@@ -164,24 +173,29 @@ class Dispatcher:
             await self._breakers.unused_probe(name)
             return
         self._breakers.probing(name, claims[0].delivery_id)
-        await self._start(name, policy, claims)
+        await self._start(name, policy, connector, claims)
 
-    async def _start(self, name: str, policy: DeliveryPolicy, claims: list[Claim]) -> bool:
+    async def _start(
+        self, name: str, policy: DeliveryPolicy, connector: Connector, claims: list[Claim]
+    ) -> bool:
         """A task per claim; False when stop() began meanwhile (the claims went back)."""
         if self._stopping:  # stop() began while we claimed: hand them straight back
             await self.store.release([c.delivery_id for c in claims], worker=self.worker)
             return False
-        if claims:
-            running, waiting = self._inflight[name], self._waiting[name]
-            connector = self.connectors.instances[name]
-            self._running += len(claims)
-            claimed_at = time.monotonic()
-            for claim in claims:
-                ctx = self.connectors.delivery_context(claim)
-                task = asyncio.create_task(self._deliver(claim, policy, connector, ctx, claimed_at))
-                running[claim.delivery_id] = task
-                waiting.add(claim.delivery_id)
-                task.add_done_callback(partial(self._done, name, claim.delivery_id))
+        if not claims:
+            return True
+        if self.connectors.instances.get(name) is not connector:  # reloaded meanwhile
+            await self.store.release([c.delivery_id for c in claims], worker=self.worker)
+            return True
+        running, waiting = self._inflight[name], self._waiting[name]
+        self._running += len(claims)
+        claimed_at = time.monotonic()
+        for claim in claims:
+            ctx = self.connectors.delivery_context(claim)
+            task = asyncio.create_task(self._deliver(claim, policy, connector, ctx, claimed_at))
+            running[claim.delivery_id] = task
+            waiting.add(claim.delivery_id)
+            task.add_done_callback(partial(self._done, name, claim.delivery_id))
         return True
 
     async def _paused(self) -> dict[str, datetime]:
@@ -207,8 +221,42 @@ class Dispatcher:
             self._more.set()
         # Waking the claim loop per finished delivery would cost a loop turn each; it only
         # has work once a connector has room for a batch.
-        if self._claimable(name, self.connectors.policies[name]):
+        policy = self.connectors.policies.get(name)  # None once a reload removed it
+        if policy is not None and self._claimable(name, policy):
             self._wake.set()
+
+    def adopt(self, changes: Changes) -> None:
+        """Claim for the connectors a reload added or changed, with their own slots."""
+        for name in (*changes.added, *changes.changed):
+            self._inflight.setdefault(name, {})
+            self._waiting.setdefault(name, set())
+            self._slots[name] = asyncio.Semaphore(self.connectors.policies[name].concurrency)
+        contexts = self.connectors.contexts
+        self._loggers = self._loggers | {n: contexts[n].log.logger for n in changes.added}
+        # a removed connector keeps its policy while its last attempts report to its circuit
+        self._breakers.policies = {**self._breakers.policies, **_circuits(self.connectors)}
+        self._wake.set()
+
+    async def retire(self, names: Sequence[str]) -> None:
+        """A reload removed or replaced these connectors: claims still waiting for a slot go
+        back to the queue unattempted, attempts already running finish as they began."""
+        waiting: dict[int, asyncio.Task[None]] = {}
+        started: list[asyncio.Task[None]] = []
+        for name in names:
+            for i, task in self._inflight.get(name, {}).items():
+                if i in self._waiting.get(name, ()):
+                    waiting[i] = task
+                else:
+                    started.append(task)
+        for task in waiting.values():
+            task.cancel()
+        await asyncio.gather(*waiting.values(), return_exceptions=True)
+        if waiting:
+            await self.store.release(list(waiting), worker=self.worker)
+            for name in names:
+                self._waiting.get(name, set()).difference_update(waiting)
+        if started:
+            await asyncio.wait(started)
 
     async def _deliver(
         self,
@@ -397,3 +445,7 @@ class Dispatcher:
             log.warning("released %d unfinished deliveries at shutdown", released)
         await self._drain()
         self._deadlines.close()
+
+
+def _circuits(connectors: Connectors) -> dict[str, CircuitPolicy]:
+    return {name: inst.circuit for name, inst in connectors.settings.connectors.items()}

@@ -18,6 +18,7 @@ from aiolimiter import AsyncLimiter
 from relay import metrics, routing
 from relay.config import Settings
 from relay.ingest.group_commit import Batcher
+from relay.live_config import LiveConfig
 from relay.store.records import SIGNED_EXCERPT, UNSIGNED_EXCERPT, Store, clip
 from relay.store.rows import Incoming, Recorded
 from relay.wildix import Event
@@ -54,9 +55,9 @@ def group_commit(
 
 class Ingest:
     def __init__(
-        self, settings: Settings, store: Store, on_stored: Callable[[], None] | None = None
+        self, live: LiveConfig, store: Store, on_stored: Callable[[], None] | None = None
     ) -> None:
-        self.settings = settings
+        self.live = live
         self.store = store
         self.on_stored = on_stored
         # Refusals are counted by the metrics (labels bounded); rows and lines are rate-limited.
@@ -67,20 +68,32 @@ class Ingest:
         self._committed_at = -math.inf
         self._latency = {t: metrics.INGEST_SECONDS.labels(t) for t in ("webhook", "sqs")}
 
+    @property
+    def settings(self) -> Settings:
+        """The config in force; a request reads it once and keeps that one (a reload swaps it)."""
+        return self.live.current
+
     def committed_within(self, seconds: float) -> bool:
         """An ingest commit succeeded this recently: the store takes writes (``/readyz``)."""
         return time.monotonic() - self._committed_at < seconds
 
-    def connectors_for(self, event: Event) -> list[str]:
-        return routing.targets(self.settings.integrations[event.integration_id].routes, event)
+    def connectors_for(self, event: Event, settings: Settings | None = None) -> list[str]:
+        """``settings``: the config the request began with (default: the one in force)."""
+        integration = (settings or self.settings).integrations.get(event.integration_id)
+        return routing.targets(integration.routes, event) if integration else []
 
     async def accept(
-        self, event: Event, *, transport: str, meta: dict[str, Any] | None = None
+        self,
+        event: Event,
+        *,
+        transport: str,
+        meta: dict[str, Any] | None = None,
+        settings: Settings | None = None,
     ) -> Recorded:
         """Route and store in one transaction; raises if the store cannot commit."""
         t0 = time.perf_counter()
         recorded = await self.writer.submit(
-            Incoming(event, self.connectors_for(event), transport, meta)
+            Incoming(event, self.connectors_for(event, settings), transport, meta)
         )
         latency = self._latency.get(transport) or metrics.INGEST_SECONDS.labels(transport)
         latency.observe(time.perf_counter() - t0)

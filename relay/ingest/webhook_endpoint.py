@@ -103,7 +103,8 @@ async def _receive(
         )
         return status, {"error": reason}
 
-    limit = ingest.settings.server.max_body_size
+    settings = ingest.settings  # this request's config to its end, whatever a reload does
+    limit = settings.server.max_body_size
     try:
         body = await _read_body(receive, request, limit)
     except _TooLarge as exc:
@@ -117,7 +118,7 @@ async def _receive(
         except (msgspec.DecodeError, RecursionError):
             return await reject(400, "body is not a Wildix envelope with integrationId", None, body)
 
-    integration = ingest.settings.integrations.get(iid)
+    integration = settings.integrations.get(iid)
     if integration is None or integration.transport != "webhook" or not integration.secret:
         return await reject(404, "unknown integration", iid, body)
 
@@ -137,7 +138,9 @@ async def _receive(
         )
 
     try:
-        recorded = await ingest.accept(event, transport="webhook", meta={"remote": request.remote})
+        recorded = await ingest.accept(
+            event, transport="webhook", meta={"remote": request.remote}, settings=settings
+        )
     except RowRefused as exc:  # the store can never hold this event: a retry cannot help
         return await reject(400, str(exc), iid, body, signed=True)
     except STORE_ERRORS as exc:

@@ -32,6 +32,7 @@ from relay.admin.api import provide_queries
 from relay.admin.auth import FailureThrottle
 from relay.admin.filters import BadFilter
 from relay.config import Settings
+from relay.live_config import LiveConfig
 from relay.store.tables import utcnow
 from relay.ui.formats import FILTERS
 from relay.ui.sessions import Sessions
@@ -66,10 +67,13 @@ def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=str)
 
 
-def template_config() -> TemplateConfig[JinjaTemplateEngine]:
+def template_config(live: LiveConfig) -> TemplateConfig[JinjaTemplateEngine]:
+    """``live``: the footer of every page shows the config's version and when it was loaded."""
+
     def setup(engine: JinjaTemplateEngine) -> None:
         env = engine.engine
         env.filters.update(ago=_ago, span=_span, pretty=_pretty, **FILTERS)
+        env.globals["live_config"] = live
         env.autoescape = True
 
     return TemplateConfig(
