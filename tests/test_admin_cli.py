@@ -4,6 +4,7 @@ server running; a service started afterwards carries out what they queued."""
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import signal
 import subprocess
@@ -108,6 +109,12 @@ async def test_list_show_retry_and_replay_from_the_command_line(
             replayed = max(r.id for r in await relay.deliveries())
             await wait_state(relay, replayed, "succeeded")
         assert [r.body for r in receiver.requests].count(call_body("cli-1")) == 3
+    # the attempt history numbers on across the manual retry, which it shows between them
+    shown = await relay_cli(config, "events", "show", str(first))
+    history = [line.strip() for line in shown.stdout.splitlines() if line.startswith("  ")]
+    assert [line.split()[0] for line in history[:3]] == ["#1", "manual", "#2"]
+    assert "dead HTTP 400" in history[0] and "succeeded" in history[2]
+    assert history[1].endswith(f"by CLI ({getpass.getuser()})")
 
 
 async def test_a_large_replay_shows_progress_and_creates_every_delivery(tmp_path: Path) -> None:

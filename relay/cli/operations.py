@@ -158,16 +158,25 @@ def events_show(ctx: click.Context, event_id: int, as_json: bool) -> None:
     for d in found.deliveries:
         tried = _count(d.attempts, "attempt")
         click.echo(f"\ndelivery {d.id} → {d.connector}: {d.state} after {tried}")
-        for a in d.history or []:
+        retries = list(d.manual_retries or [])
+        for n, a in enumerate(d.history or []):
+            while retries and retries[0].after_attempts <= n:
+                _echo_retry(retries.pop(0))
             code = f" HTTP {a.status_code}" if a.status_code else ""
             error = f"  {a.error}" if a.error else ""
             click.echo(
                 f"  #{a.number} {_when(a.started_at)} {a.outcome}{code} {a.duration_ms}ms{error}"
             )
+        for retry in retries:  # after the last attempt: the retry is still due
+            _echo_retry(retry)
     click.echo("\nnormalized:")
     _json(found.normalized)
     click.echo("raw:")
     _json(found.raw)
+
+
+def _echo_retry(retry: s.ManualRetry) -> None:
+    click.echo(f"  manual retry {_when(retry.requested_at)} by {retry.requested_by or 'unknown'}")
 
 
 @click.group()
