@@ -21,6 +21,7 @@ from tests.support.calls import current_inbound_missed, current_outbound
 from tests.support.crm import (
     DYNAMICS,
     FR_CALLER,
+    FRESHDESK,
     HUBSPOT,
     REFRESHING,
     SALESFORCE,
@@ -80,10 +81,11 @@ MARKER_LOOKUP = {
     "hubspot": ("POST", "/crm/v3/objects/calls/search"),
     "dynamics": ("GET", "/phonecalls"),
     "zendesk": ("GET", "/api/v2/tickets"),  # by external_id
+    "freshdesk": ("GET", "/api/v2/tickets"),  # the requester's recent tickets, by marker tag
 }
 
 
-@pytest.mark.parametrize("vendor", [HUBSPOT, DYNAMICS, ZENDESK], ids=vendor_id)
+@pytest.mark.parametrize("vendor", [HUBSPOT, DYNAMICS, ZENDESK, FRESHDESK], ids=vendor_id)
 async def test_worker_killed_between_create_and_link_write(
     db_url: str, tmp_path: Path, vendor: Vendor
 ) -> None:
