@@ -49,7 +49,7 @@ DEFAULT_RANGE = "24h"
 SERIES = {
     OutcomeKind.SUCCEEDED: "delivered",
     OutcomeKind.RETRY: "retried",
-    OutcomeKind.DEAD: "dead",
+    OutcomeKind.DEAD: OutcomeKind.DEAD.value,
 }
 
 
