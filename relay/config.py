@@ -180,7 +180,7 @@ class RetentionConfig(_Strict):
 
 
 class AlertsConfig(_Strict):
-    """Incidents relay opens about itself (relay.admin.incidents), and who hears of them: one
+    """Incidents relay opens about itself (relay.admin.watcher), and who hears of them: one
     message per incident when it opens and one when it resolves, through the normal queue."""
 
     connectors: list[str] = []  # the connectors every incident goes to

@@ -18,9 +18,9 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from relay import metrics
-from relay.admin.incidents import watch_forever
 from relay.admin.queries import Queries
 from relay.admin.retention import purge_forever
+from relay.admin.watcher import watch_forever
 from relay.config import ConfigError, Settings, load_versioned
 from relay.dispatch.connector_pool import Connectors, close_all
 from relay.dispatch.dispatcher import Dispatcher
@@ -84,7 +84,7 @@ async def running(
 
     - ``serve``: store, HTTP client, connectors, ingest, the dispatcher (unless ``dispatch`` is
       false), SQS consumers (``sqs``, else ``sqs.consume_in``), the retention purger, the
-      incident watcher (relay.admin.incidents).
+      incident watcher (relay.admin.watcher).
     - ``worker``: store, HTTP client, connectors, the dispatcher, the purger, the incident
       watcher, and SQS consumers
       with their ingest only when ``sqs`` (else ``sqs.consume_in``) says so.

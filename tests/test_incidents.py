@@ -8,16 +8,23 @@ when it opens and one when it resolves."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from relay.admin.incidents import CIRCUIT, DEAD_LETTERS, watch_once
+from relay.admin.watcher import CIRCUIT, DEAD_LETTERS, watch_once
+from relay.config import parse_config
 from relay.live_config import LiveConfig
+from relay.registry import connector_types
 from relay.store.incidents import INCIDENT_EVENT
 from tests.fakes.receiver import Receiver
-from tests.support.operations import AUTH, admin_settings, api, webhook
-from tests.support.relay import RunningRelay, call_body, run_relay
+from tests.support.cli import relay_cli
+from tests.support.operations import AUTH, TOKEN, api, webhook
+from tests.support.relay import RunningRelay, call_body, config_dict, run_relay, write_config
 
 FAST = {"max_attempts": 2, "schedule": ["0.05s"], "concurrency": 2}
 BREAKER = {"failures": 2, "cool_down": "0.3s", "max": "0.6s"}
@@ -35,10 +42,17 @@ def alerts_of(receiver: Receiver, kind: str) -> list[tuple[str, str]]:
     return out
 
 
-def settings(db_url: str, target: Receiver, alert: Receiver, **out: Any) -> Any:
+def config(db_url: str, target: Receiver, alert: Receiver, **out: Any) -> dict[str, Any]:
     connectors = {"out": webhook(target, delivery=FAST, **out), "alert": webhook(alert)}
     routes = [{"connector": "out", "events": ["*"]}]
-    return admin_settings(db_url, connectors, routes, extra={"alerts": ALERTS})
+    return config_dict(
+        db_url, connectors, routes, extra={"admin": {"token": TOKEN}, "alerts": ALERTS}
+    )
+
+
+def settings(db_url: str, target: Receiver, alert: Receiver, **out: Any) -> Any:
+    data = config(db_url, target, alert, **out)
+    return parse_config(yaml.safe_dump(data), connector_types=connector_types([]), env={})
 
 
 async def incidents(relay: RunningRelay, **params: str) -> list[dict[str, Any]]:
@@ -82,10 +96,11 @@ async def _all_sent(relay: RunningRelay) -> bool:
 
 @pytest.mark.parametrize("then", ["retry", "cancel"])
 async def test_dead_letters_open_an_incident_until_retried_or_cancelled(
-    db_url: str, then: str
+    db_url: str, then: str, tmp_path: Path
 ) -> None:
     async with Receiver() as target, Receiver() as alert:
         target.respond(422, body="no such contact", times=1)  # the event's fault: dead at once
+        path = write_config(tmp_path / "config.yaml", config(db_url, target, alert))
         async with run_relay(settings(db_url, target, alert)) as relay:
             assert (await relay.post(call_body("inc-dead-1"))).status_code == 200
             await relay.wait_until(
@@ -93,6 +108,9 @@ async def test_dead_letters_open_an_incident_until_retried_or_cancelled(
             )
             [opened] = await incidents(relay, status="open")
             assert opened["subject"] == "out" and "1 dead" in opened["summary"]
+            listed = await relay_cli(path, "incidents", "--json")
+            assert listed.returncode == 0, listed.stderr
+            assert [i["id"] for i in json.loads(listed.stdout)] == [opened["id"]]
             [dead] = [d for d in await relay.deliveries() if d.state == "dead"]
             await api(relay, "POST", f"/deliveries/{dead.id}/{then}")
             await relay.wait_until(
@@ -100,6 +118,12 @@ async def test_dead_letters_open_an_incident_until_retried_or_cancelled(
             )
             assert alerts_of(alert, DEAD_LETTERS) == [("opened", "out"), ("resolved", "out")]
             assert await incidents(relay, status="open") == []
+        listed = await relay_cli(path, "incidents")
+        assert listed.stdout.count("\n") == 1 and "no open incidents" in listed.stderr
+        listed = await relay_cli(path, "incidents", "--all")
+        assert re.search(
+            rf"^\s*{opened['id']}\s+resolved\s+{DEAD_LETTERS}\s+out", listed.stdout, re.M
+        )
 
 
 async def test_two_watchers_racing_open_and_resolve_once(db_url: str) -> None:

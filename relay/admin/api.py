@@ -25,8 +25,8 @@ from relay.admin import actions
 from relay.admin import schemas as s
 from relay.admin.breakers import CircuitsController
 from relay.admin.filters import BadFilter, EventFilter
-from relay.admin.incidents import KINDS, incident_out
 from relay.admin.queries import Queries, queue_stats
+from relay.admin.watcher import KINDS, incident_out
 from relay.config import Settings
 from relay.live_config import ReloadResult
 from relay.secrets import token_matches

@@ -180,7 +180,7 @@ class Problem(Out):
 
 
 class Incident(Out):
-    """One of relay's own incidents (relay.admin.incidents): opened once, resolved once."""
+    """One of relay's own incidents (relay.admin.watcher): opened once, resolved once."""
 
     id: int
     kind: str  # circuit_open, quota_paused, auth_revoked, dead_letters, sqs_consumer, store

@@ -38,7 +38,7 @@ from relay.errors import DeliveryError, PermanentError, RetryableError, excerpt,
 _sent: ContextVar[str | None] = ContextVar("relay_crm_oauth_sent", default=None)
 EARLY = 60.0  # renew a token with an announced expiry this long before it runs out
 # The connector-state key a refused token request leaves, until a token is minted again: the
-# incident watcher (relay.admin.incidents) opens an incident while it is there.
+# incident watcher (relay.admin.watcher) opens an incident while it is there.
 AUTH_REFUSED = "auth_refused"
 
 
