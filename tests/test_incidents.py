@@ -9,20 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from relay.admin.watcher import CIRCUIT, DEAD_LETTERS, watch_once
+from relay.admin.watcher import AUTH as AUTH_REVOKED
+from relay.admin.watcher import CIRCUIT, DEAD_LETTERS, PAUSED, watch_once
 from relay.config import parse_config
 from relay.live_config import LiveConfig
 from relay.registry import connector_types
 from relay.store.incidents import INCIDENT_EVENT
 from tests.fakes.receiver import Receiver
+from tests.fakes.slack import SlackFake
+from tests.support.calls import current_inbound_missed
 from tests.support.cli import relay_cli
+from tests.support.crm import FR_CALLER, HUBSPOT, REFRESHING, day, post_all, retry_dead, running
 from tests.support.operations import AUTH, TOKEN, api, webhook
 from tests.support.relay import RunningRelay, call_body, config_dict, run_relay, write_config
 
@@ -143,3 +150,81 @@ async def test_two_watchers_racing_open_and_resolve_once(db_url: str) -> None:
 
 async def _has_dead(relay: RunningRelay) -> bool:
     return any(d.state == "dead" for d in await relay.deliveries())
+
+
+async def test_a_daily_quota_pause_alerts_when_it_starts_and_when_the_quota_resets(
+    db_url: str,
+) -> None:
+    """HubSpot's daily limit spent: the connector pauses until the configured reset (an
+    incident), and resumes then (resolved)."""
+    reset = math.ceil(time.time()) + 6
+    fake = HUBSPOT.fake(daily_limit=8)  # no renewal of its own until the test sets the reset
+    HUBSPOT.seed(fake)
+    at = datetime.fromtimestamp(reset, UTC)
+    async with running(fake) as url, Receiver() as alert:
+        block = HUBSPOT.block(fake, url, daily_reset=at.strftime("%H:%M:%S"), timezone="UTC")
+        connectors = {"crm": block, "alert": webhook(alert)}
+        routes = [{"connector": "crm", "events": ["*"]}]
+        data = config_dict(db_url, connectors, routes, extra={"alerts": ALERTS})
+        async with run_relay(
+            parse_config(yaml.safe_dump(data), connector_types=connector_types([]), env={})
+        ) as relay:
+            await post_all(relay, day(3), "q7m2xk")
+            await relay.wait_until(
+                lambda: alerts_of(alert, PAUSED), timeout=30, what="the quota incident alert"
+            )
+            [opened] = await relay.store.incidents(open_only=True)
+            assert opened.subject == "crm" and "daily" in opened.summary.lower()
+            fake.daily.reset_at = reset  # the CRM's quota renews at the reset
+            await relay.wait_until(
+                lambda: len(alerts_of(alert, PAUSED)) == 2, timeout=30, what="the resolve alert"
+            )
+            rows = await relay.settled(timeout=30)
+    assert alerts_of(alert, PAUSED) == [("opened", "crm"), ("resolved", "crm")]
+    assert all(r.state == "succeeded" for r in rows)
+
+
+async def test_a_revoked_refresh_token_alerts_slack_until_a_token_is_issued_again(
+    db_url: str,
+) -> None:
+    """The admin revoked the CRM app's grant: the token endpoint refuses (an incident, in the
+    ops Slack channel); the admin puts a new refresh token in and retries (resolved)."""
+    vendor = REFRESHING[0]
+    fake = vendor.fake()
+    vendor.seed(fake)
+    vendor.revoke(fake)
+    async with running(fake) as url, SlackFake() as slack:
+        ops = slack.channel("#ops")
+        block = vendor.block(fake, url)
+        alert = {"type": "slack", "token": slack.token, "channel": "#ops"}
+        extra = {"alerts": ALERTS}
+
+        def crm_settings() -> Any:
+            connectors = {"crm": block, "alert": {**alert, "base_url": slack.api_url}}
+            routes = [{"connector": "crm", "events": ["*"]}]
+            data = config_dict(db_url, connectors, routes, extra=extra)
+            return parse_config(yaml.safe_dump(data), connector_types=connector_types([]), env={})
+
+        async with run_relay(crm_settings()) as relay:
+            await post_all(relay, current_inbound_missed("inc_revoked", FR_CALLER), "q7m2xk")
+            await relay.wait_until(
+                lambda: _titles(ops, AUTH_REVOKED), timeout=20, what="the auth incident in Slack"
+            )
+            [incident] = [i for i in await relay.store.incidents() if i.kind == AUTH_REVOKED]
+            assert incident.subject == "crm" and "refused" in incident.summary
+            assert fake.client_secret not in incident.summary
+        block["refresh_token"] = fake.new_refresh_token()  # the admin authorized the app again
+        async with run_relay(crm_settings()) as relay:
+            assert await retry_dead(relay) >= 1
+            await relay.wait_until(
+                lambda: len(_titles(ops, AUTH_REVOKED)) == 2,
+                timeout=20,
+                what="the resolve in Slack",
+            )
+    titles = _titles(ops, AUTH_REVOKED)
+    assert titles[0].startswith("🔴 relay incident") and titles[1].startswith("✅ resolved")
+    assert all("crm" in t for t in titles)
+
+
+def _titles(channel: Any, kind: str) -> list[str]:
+    return [m.text for m in channel.messages if kind in m.text]
