@@ -18,13 +18,20 @@ from typing import Any
 
 import pytest
 import yaml
+from alembic import command
+from sqlalchemy import insert, inspect
+from sqlalchemy.exc import IntegrityError
 
 from relay.admin.watcher import AUTH as AUTH_REVOKED
 from relay.admin.watcher import CIRCUIT, DEAD_LETTERS, PAUSED, watch_once
 from relay.config import parse_config
 from relay.live_config import LiveConfig
 from relay.registry import connector_types
+from relay.store import db
 from relay.store.incidents import INCIDENT_EVENT
+from relay.store.records import Store
+from relay.store.tables import incidents as incidents_table
+from relay.store.tables import utcnow
 from tests.fakes.receiver import Receiver
 from tests.fakes.slack import SlackFake
 from tests.support.calls import current_inbound_missed
@@ -228,3 +235,45 @@ async def test_a_revoked_refresh_token_alerts_slack_until_a_token_is_issued_agai
 
 def _titles(channel: Any, kind: str) -> list[str]:
     return [m.text for m in channel.messages if kind in m.text]
+
+
+async def test_the_database_refuses_a_second_open_incident_and_the_migration_goes_both_ways(
+    db_url: str,
+) -> None:
+    """The one-open-incident rule is the database's (the partial unique index of migration
+    0006), not the watcher's: a plain INSERT of a second open one fails; a resolved one leaves
+    room for the next. And the migration downgrades to 0005 and back."""
+    engine = db.create_engine(db_url)
+    try:
+        await db.migrate(engine)
+        store = Store(engine)
+        first = await store.open_incident(CIRCUIT, "crm", "circuit open")
+        assert first is not None
+        assert await store.open_incident(CIRCUIT, "crm", "circuit open: HTTP 503") is None
+        row = {"kind": CIRCUIT, "subject": "crm", "summary": "x", "opened_at": utcnow()}
+        with pytest.raises(IntegrityError):
+            await store.write(
+                lambda conn: conn.execute(
+                    insert(incidents_table).values(**row, updated_at=utcnow())
+                )
+            )
+        [still] = await store.incidents()
+        assert still.summary == "circuit open: HTTP 503"  # brought up to date, not duplicated
+        assert await store.resolve_incident(CIRCUIT, "crm") is not None
+        assert await store.resolve_incident(CIRCUIT, "crm") is None
+        assert await store.open_incident(CIRCUIT, "crm", "again") is not None
+        assert [i.open for i in await store.incidents()] == [True, False]
+
+        def down_and_up(conn: Any) -> None:
+            cfg = db.alembic_config()
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0005_dashboard")
+            assert "incidents" not in inspect(conn).get_table_names()
+            command.upgrade(cfg, "head")
+
+        await store.backend.close()
+        async with engine.begin() as conn:
+            await conn.run_sync(down_and_up)
+        assert await db.current_revision(engine) == db.head_revision() == "0006_incidents"
+    finally:
+        await engine.dispose()
