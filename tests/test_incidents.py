@@ -19,12 +19,13 @@ from typing import Any
 import pytest
 import yaml
 from alembic import command
-from sqlalchemy import insert, inspect
+from sqlalchemy import insert, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from relay.admin.watcher import AUTH as AUTH_REVOKED
 from relay.admin.watcher import CIRCUIT, DEAD_LETTERS, PAUSED, watch_once
 from relay.config import parse_config
+from relay.ingest.accept import SQS_CONSUMER, STORE_UNAVAILABLE
 from relay.live_config import LiveConfig
 from relay.registry import connector_types
 from relay.store import db
@@ -34,11 +35,13 @@ from relay.store.tables import incidents as incidents_table
 from relay.store.tables import utcnow
 from tests.fakes.receiver import Receiver
 from tests.fakes.slack import SlackFake
+from tests.fakes.sqs import SECRET_KEY, MotoSqs, Queue
 from tests.support.calls import current_inbound_missed
 from tests.support.cli import relay_cli
 from tests.support.crm import FR_CALLER, HUBSPOT, REFRESHING, day, post_all, retry_dead, running
 from tests.support.operations import AUTH, TOKEN, api, webhook
 from tests.support.relay import RunningRelay, call_body, config_dict, run_relay, write_config
+from tests.support.sqs import sqs_settings
 
 FAST = {"max_attempts": 2, "schedule": ["0.05s"], "concurrency": 2}
 BREAKER = {"failures": 2, "cool_down": "0.3s", "max": "0.6s"}
@@ -50,8 +53,7 @@ def alerts_of(receiver: Receiver, kind: str) -> list[tuple[str, str]]:
     out = []
     for request in receiver.requests:
         body = request.json()
-        assert body["type"] == INCIDENT_EVENT
-        if body["data"]["kind"] == kind:
+        if body["type"] == INCIDENT_EVENT and body["data"]["kind"] == kind:
             out.append((body["data"]["change"], body["data"]["subject"]))
     return out
 
@@ -277,3 +279,54 @@ async def test_the_database_refuses_a_second_open_incident_and_the_migration_goe
         assert await db.current_revision(engine) == db.head_revision() == "0006_incidents"
     finally:
         await engine.dispose()
+
+
+async def test_an_sqs_queue_that_cannot_be_read_alerts_until_it_can(
+    tmp_path: Path, moto_sqs: MotoSqs
+) -> None:
+    name = f"wildix-inc-{tmp_path.name[-8:]}"
+    missing = Queue(moto_sqs, f"{moto_sqs.endpoint}/123456789012/{name}")
+    async with Receiver() as alert:
+        settings = sqs_settings(
+            f"sqlite+aiosqlite:///{tmp_path}/relay.db",
+            {"alert": webhook(alert)},
+            {"q7m2xk": missing},
+            extra={"alerts": ALERTS},
+        )
+        async with run_relay(settings) as relay:
+            await relay.wait_until(
+                lambda: alerts_of(alert, SQS_CONSUMER), what="the consumer's incident alert"
+            )
+            [opened] = await relay.store.incidents(open_only=True)
+            assert opened.subject == "q7m2xk" and "cannot read" in opened.summary
+            assert SECRET_KEY not in opened.summary
+            moto_sqs.client.create_queue(QueueName=name)  # the queue exists now
+            await relay.wait_until(
+                lambda: len(alerts_of(alert, SQS_CONSUMER)) == 2, timeout=30, what="resolved"
+            )
+            assert await relay.store.incidents(open_only=True) == []
+    assert alerts_of(alert, SQS_CONSUMER) == [("opened", "q7m2xk"), ("resolved", "q7m2xk")]
+
+
+async def test_a_store_refusing_ingest_alerts_once_it_is_back(db_url: str) -> None:
+    """The store refuses to record events (webhooks answered 503): the incident, and its
+    alert, are stored as soon as the store takes them, followed by the resolve."""
+    async with (
+        Receiver() as target,
+        Receiver() as alert,
+        run_relay(settings(db_url, target, alert)) as relay,
+    ):
+        async with relay.store.engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE deliveries RENAME TO deliveries_away"))
+        for n in range(3):
+            refused = await relay.post(call_body(f"inc-store-{n}"))
+            assert refused.status_code == 503, refused.text
+        async with relay.store.engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE deliveries_away RENAME TO deliveries"))
+        assert (await relay.post(call_body("inc-store-ok"))).status_code == 200
+        await relay.wait_until(
+            lambda: len(alerts_of(alert, STORE_UNAVAILABLE)) == 2, what="both alerts"
+        )
+        [incident] = [i for i in await relay.store.incidents() if i.kind == STORE_UNAVAILABLE]
+        assert incident.subject == "ingest" and not incident.open
+    assert alerts_of(alert, STORE_UNAVAILABLE) == [("opened", "ingest"), ("resolved", "ingest")]

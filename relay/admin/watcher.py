@@ -5,7 +5,8 @@ knows of (open circuits, connectors paused for quota, OAuth refreshes refused, d
 and opens an incident for each one found, resolving the open ones whose condition has
 cleared. Opening and resolving are conditional writes (relay.store.incidents), so the rounds
 of several processes agree, and each incident's alert goes out once. Conditions that live in
-one process's memory (an SQS consumer failing) are reported by that process; see ``report``.
+one process's memory (an SQS consumer failing, the store refusing ingest) are reported by that
+process (relay.ingest.accept ``Ingest.report``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy import func, select
 
 from relay.admin.schemas import Incident as IncidentOut
 from relay.crm.oauth import AUTH_REFUSED
+from relay.ingest.accept import SQS_CONSUMER, STORE_UNAVAILABLE
 from relay.live_config import LiveConfig
 from relay.store.incidents import INCIDENT_INTEGRATION, Incident
 from relay.store.records import Store
@@ -30,7 +32,8 @@ log = logging.getLogger("relay.incidents")
 # What the watcher decides from the store; an incident of any other kind is its reporter's.
 CIRCUIT, PAUSED, AUTH, DEAD_LETTERS = "circuit_open", "quota_paused", "auth_revoked", "dead_letters"
 WATCHED = (CIRCUIT, PAUSED, AUTH, DEAD_LETTERS)
-KINDS = WATCHED  # every kind an incident can have (the /metrics gauge shows each, 0 included)
+# every kind an incident can have (the /metrics gauge shows each, 0 included)
+KINDS = (*WATCHED, STORE_UNAVAILABLE, SQS_CONSUMER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,32 +92,16 @@ async def conditions(store: Store, dead_letters: int) -> list[Condition]:
 async def watch_once(store: Store, live: LiveConfig) -> None:
     """One round: open what is wrong, resolve what no longer is."""
     alerts = live.current.alerts
-    now = {(c.kind, c.subject): c for c in await conditions(store, alerts.dead_letters)}
-    for c in now.values():
-        if await store.open_incident(c.kind, c.subject, c.summary, alert_to=alerts.connectors):
-            log.warning("incident opened", extra={"kind": c.kind, "subject": c.subject})
-    for incident in await store.incidents(open_only=True, limit=1000):
-        key = (incident.kind, incident.subject)
-        if incident.kind in WATCHED and key not in now:
-            await report(store, live, incident.kind, incident.subject, None)
-
-
-async def report(
-    store: Store, live: LiveConfig, kind: str, subject: str, summary: str | None
-) -> None:
-    """A condition seen by this process: ``summary`` opens (or updates) its incident, None
-    resolves it. Never raises: an incident that cannot be stored is logged, the next round
-    or report tries again."""
-    to = live.current.alerts.connectors
-    extra = {"kind": kind, "subject": subject}
-    try:
-        if summary is None:
-            if await store.resolve_incident(kind, subject, alert_to=to):
-                log.info("incident resolved", extra=extra)
-        elif await store.open_incident(kind, subject, summary, alert_to=to):
-            log.warning("incident opened", extra=extra)
-    except Exception as exc:  # the store is away: nothing to keep it in now
-        log.error("could not record incident %s/%s: %s", kind, subject, exc)
+    now = {(c.kind, c.subject): c.summary for c in await conditions(store, alerts.dead_letters)}
+    gone = [
+        (i.kind, i.subject)
+        for i in await store.incidents(open_only=True, limit=1000)
+        if i.kind in WATCHED and (i.kind, i.subject) not in now
+    ]
+    for (kind, subject), summary in [*now.items(), *((key, None) for key in gone)]:
+        if await store.report_incident(kind, subject, summary, alert_to=alerts.connectors):
+            change = "opened" if summary else "resolved"
+            log.warning("incident %s", change, extra={"kind": kind, "subject": subject})
 
 
 async def watch_forever(store: Store, live: LiveConfig, stop: asyncio.Event) -> None:

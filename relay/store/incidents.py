@@ -170,6 +170,15 @@ class Incidents:
 
         return await self.backend.write(work)
 
+    async def report_incident(
+        self, kind: str, subject: str, summary: str | None, *, alert_to: Sequence[str] = ()
+    ) -> Incident | None:
+        """``summary`` opens (or updates) the incident, None resolves it; the incident when
+        this call opened or resolved it, else None."""
+        if summary is None:
+            return await self.resolve_incident(kind, subject, alert_to=alert_to)
+        return await self.open_incident(kind, subject, summary, alert_to=alert_to)
+
     async def incidents(self, *, open_only: bool = False, limit: int = 100) -> list[Incident]:
         """Newest first."""
         stmt = select(incidents).order_by(incidents.c.id.desc()).limit(limit)
