@@ -39,6 +39,7 @@ from tests.fakes.sqs import SECRET_KEY, MotoSqs, Queue
 from tests.support.calls import current_inbound_missed
 from tests.support.cli import relay_cli
 from tests.support.crm import FR_CALLER, HUBSPOT, REFRESHING, day, post_all, retry_dead, running
+from tests.support.dashboard import ui_login
 from tests.support.operations import AUTH, TOKEN, api, webhook
 from tests.support.relay import RunningRelay, call_body, config_dict, run_relay, write_config
 from tests.support.sqs import sqs_settings
@@ -62,7 +63,10 @@ def config(db_url: str, target: Receiver, alert: Receiver, **out: Any) -> dict[s
     connectors = {"out": webhook(target, delivery=FAST, **out), "alert": webhook(alert)}
     routes = [{"connector": "out", "events": ["*"]}]
     return config_dict(
-        db_url, connectors, routes, extra={"admin": {"token": TOKEN}, "alerts": ALERTS}
+        db_url,
+        connectors,
+        routes,
+        extra={"admin": {"token": TOKEN, "secure_cookies": False}, "alerts": ALERTS},
     )
 
 
@@ -88,12 +92,19 @@ async def test_a_circuit_that_opens_and_closes_alerts_once_each_way(db_url: str)
             assert (opened["kind"], opened["subject"], opened["state"]) == (CIRCUIT, "out", "open")
             scrape = await relay.client.get(relay.url + "/metrics", headers=AUTH)
             assert f'relay_open_incidents{{kind="{CIRCUIT}"}} 1.0' in scrape.text
+            assert f'relay_open_incidents{{kind="{DEAD_LETTERS}"}} 0.0' in scrape.text
+            await ui_login(relay)
+            assert 'id="incidents"' in (await relay.client.get(relay.url + "/ui/")).text
+            panel = (await relay.client.get(relay.url + "/ui/incidents")).text
+            assert f'id="incident-{opened["id"]}" data-kind="{CIRCUIT}"' in panel, panel
 
             target.clear()  # the target is back: the probe succeeds, the circuit closes
             await relay.wait_until(
                 lambda: len(alerts_of(alert, CIRCUIT)) == 2, timeout=20, what="the resolve alert"
             )
             assert await incidents(relay, status="open") == []
+            panel = (await relay.client.get(relay.url + "/ui/incidents")).text
+            assert "No open incident." in panel and "incident-" not in panel
             [resolved] = await incidents(relay)
             assert resolved["id"] == opened["id"] and resolved["resolved_at"]
             # more rounds of the watcher change nothing: no second incident, no more alerts
