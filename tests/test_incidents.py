@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from relay.admin.watcher import AUTH as AUTH_REVOKED
 from relay.admin.watcher import CIRCUIT, DEAD_LETTERS, PAUSED, watch_once
-from relay.config import parse_config
+from relay.config import ConfigError, parse_config
 from relay.ingest.accept import SQS_CONSUMER, STORE_UNAVAILABLE
 from relay.live_config import LiveConfig
 from relay.registry import connector_types
@@ -341,3 +341,21 @@ async def test_a_store_refusing_ingest_alerts_once_it_is_back(db_url: str) -> No
         [incident] = [i for i in await relay.store.incidents() if i.kind == STORE_UNAVAILABLE]
         assert incident.subject == "ingest" and not incident.open
     assert alerts_of(alert, STORE_UNAVAILABLE) == [("opened", "ingest"), ("resolved", "ingest")]
+
+
+@pytest.mark.parametrize(
+    ("alerts", "path", "says"),
+    [
+        ({"connectors": ["pager"]}, "$.alerts.connectors[0]", "no connector named 'pager'"),
+        ({"interval": "0s"}, "$.alerts.interval", "positive"),
+        ({"dead_letters": 0}, "$.alerts.dead_letters", "at least 1"),
+        ({"conectors": ["log"]}, "$.alerts", "conectors"),
+    ],
+)
+def test_bad_alerts_config_names_the_key(alerts: dict[str, Any], path: str, says: str) -> None:
+    data = config_dict(
+        "sqlite+aiosqlite:///x.db", {"log": {"type": "log"}}, extra={"alerts": alerts}
+    )
+    with pytest.raises(ConfigError) as raised:
+        parse_config(yaml.safe_dump(data), connector_types=connector_types([]), env={})
+    assert raised.value.path.startswith(path) and says in str(raised.value)
