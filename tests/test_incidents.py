@@ -359,3 +359,59 @@ def test_bad_alerts_config_names_the_key(alerts: dict[str, Any], path: str, says
     with pytest.raises(ConfigError) as raised:
         parse_config(yaml.safe_dump(data), connector_types=connector_types([]), env={})
     assert raised.value.path.startswith(path) and says in str(raised.value)
+
+
+PAGER = '''
+from relay import Connector, ConnectorConfig, DeliveryContext, Event, hookimpl, message_kind
+
+
+class PagerConfig(ConnectorConfig):
+    url: str
+
+
+class Pager(Connector):
+    """A third party's pager: pages on relay's incidents only."""
+
+    type = "pager"
+    Config = PagerConfig
+
+    async def deliver(self, event: Event, ctx: DeliveryContext) -> None:
+        if message_kind(event.view()) != "incident":
+            return
+        data = event.data
+        page = {"what": data["kind"], "on": data["subject"], "now": data["change"]}
+        ctx.check_response(await ctx.http.post(self.config.url, json=page), "pager")
+
+
+@hookimpl
+def register_connectors(register):
+    register(Pager)
+'''
+
+
+async def test_a_plugin_gets_incidents_as_relay_incident_events(
+    tmp_path: Path, db_url: str
+) -> None:
+    (tmp_path / "pager.py").write_text(PAGER)
+    async with Receiver() as target, Receiver() as pager:
+        target.respond(422, body="no", times=1)
+        connectors = {
+            "out": webhook(target, delivery=FAST),
+            "pager": {"type": "pager", "url": pager.url},
+        }
+        routes = [{"connector": "out", "events": ["*"]}]
+        extra = {"admin": {"token": TOKEN}, "alerts": {"connectors": ["pager"], "interval": "0.1s"}}
+        data = config_dict(db_url, connectors, routes, extra=extra, plugin_dirs=[str(tmp_path)])
+        loaded = parse_config(
+            yaml.safe_dump(data), connector_types=connector_types([str(tmp_path)]), env={}
+        )
+        async with run_relay(loaded) as relay:
+            assert (await relay.post(call_body("inc-plugin-1"))).status_code == 200
+            await pager.wait_for(1)
+            [dead] = [d for d in await relay.deliveries() if d.state == "dead"]
+            await api(relay, "POST", f"/deliveries/{dead.id}/cancel")
+            pages = await pager.wait_for(2)
+    assert [p.json() for p in pages] == [
+        {"what": DEAD_LETTERS, "on": "out", "now": "opened"},
+        {"what": DEAD_LETTERS, "on": "out", "now": "resolved"},
+    ]
