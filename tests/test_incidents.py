@@ -35,7 +35,9 @@ from relay.store.tables import incidents as incidents_table
 from relay.store.tables import utcnow
 from tests.fakes.receiver import Receiver
 from tests.fakes.slack import SlackFake
+from tests.fakes.smtp import SmtpFake
 from tests.fakes.sqs import SECRET_KEY, MotoSqs, Queue
+from tests.fakes.teams import TeamsFake
 from tests.support.calls import current_inbound_missed
 from tests.support.cli import relay_cli
 from tests.support.crm import FR_CALLER, HUBSPOT, REFRESHING, day, post_all, retry_dead, running
@@ -415,3 +417,48 @@ async def test_a_plugin_gets_incidents_as_relay_incident_events(
         {"what": DEAD_LETTERS, "on": "out", "now": "opened"},
         {"what": DEAD_LETTERS, "on": "out", "now": "resolved"},
     ]
+
+
+async def test_email_and_teams_render_the_incident_when_it_opens_and_resolves(
+    db_url: str,
+) -> None:
+    async with Receiver() as target, SmtpFake() as smtp, TeamsFake() as teams:
+        target.respond(422, body="no", times=1)
+        flow = teams.flow("ops")
+        mail = {
+            "type": "email",
+            "host": "127.0.0.1",
+            "port": smtp.port,
+            "security": "none",
+            "from": "relay@acme.example",
+            "to": ["ops@acme.example"],
+        }
+        connectors = {
+            "out": webhook(target, delivery=FAST),
+            "mail": mail,
+            "teams": {"type": "teams", "webhook_url": teams.webhook_url(flow)},
+        }
+        routes = [{"connector": "out", "events": ["*"]}]
+        extra = {
+            "admin": {"token": TOKEN},
+            "alerts": {"connectors": ["mail", "teams"], "interval": "0.1s"},
+        }
+        data = config_dict(db_url, connectors, routes, extra=extra)
+        loaded = parse_config(yaml.safe_dump(data), connector_types=connector_types([]), env={})
+        async with run_relay(loaded) as relay:
+            assert (await relay.post(call_body("inc-mail-1"))).status_code == 200
+            await relay.wait_until(lambda: smtp.accepted and flow.cards, what="both alerts")
+            [dead] = [d for d in await relay.deliveries() if d.state == "dead"]
+            await api(relay, "POST", f"/deliveries/{dead.id}/cancel")
+            await relay.wait_until(
+                lambda: len(smtp.accepted) == 2 and len(flow.cards) == 2, what="both resolves"
+            )
+    subjects = [m.message["Subject"] for m in smtp.accepted]
+    assert subjects == [
+        f"[relay] incident: {DEAD_LETTERS} · out",
+        f"[relay] resolved: {DEAD_LETTERS} · out",
+    ]
+    text = smtp.accepted[0].message.get_body(("plain",)).get_content()
+    assert "1 dead deliveries" in text
+    heads = [card["body"][0]["text"] for card in flow.cards]
+    assert heads[0].startswith("🔴 relay incident") and heads[1].startswith("✅ resolved")
