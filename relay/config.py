@@ -179,6 +179,15 @@ class RetentionConfig(_Strict):
     interval: Duration = Duration(3600)
 
 
+class AlertsConfig(_Strict):
+    """Incidents relay opens about itself (relay.admin.watcher), and who hears of them: one
+    message per incident when it opens and one when it resolves, through the normal queue."""
+
+    connectors: list[str] = []  # the connectors every incident goes to
+    interval: Duration = Duration(5)  # how often each process looks at the conditions
+    dead_letters: int = 1  # dead deliveries of one connector that open an incident
+
+
 class Route(_Strict):
     connector: str
     events: list[str] = msgspec.field(default_factory=lambda: ["*"])
@@ -261,6 +270,7 @@ class _Top(_Strict):
     logging: LoggingConfig = LoggingConfig()
     retention: RetentionConfig = RetentionConfig()
     sqs: SqsProcessConfig = SqsProcessConfig()
+    alerts: AlertsConfig = AlertsConfig()
     connectors: dict[str, dict[str, Any]] = {}
     integrations: dict[str, dict[str, Any]] = {}
 
@@ -278,6 +288,7 @@ class Settings(msgspec.Struct, kw_only=True):
     retention: RetentionConfig = RetentionConfig()
     source: str = "<memory>"
     sqs: SqsProcessConfig = SqsProcessConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
     def secret_values(self) -> list[str]:
         """Every configured secret, for the redactor of logs, stored errors, API and CLI output:
@@ -363,6 +374,7 @@ def parse_config(
         integ: Integration = _convert(block or {}, Integration, path)
         _check_integration(iid, integ, connectors, path)
         integrations[iid] = integ
+    _check_alerts(top.alerts, connectors)
 
     return Settings(
         database=top.database,
@@ -377,7 +389,18 @@ def parse_config(
         retention=top.retention,
         source=source,
         sqs=top.sqs,
+        alerts=top.alerts,
     )
+
+
+def _check_alerts(alerts: AlertsConfig, connectors: Mapping[str, ConnectorInstance]) -> None:
+    for i, name in enumerate(alerts.connectors):
+        if name not in connectors:
+            raise ConfigError(f"$.alerts.connectors[{i}]", f"no connector named {name!r}")
+    if alerts.interval <= 0:
+        raise ConfigError("$.alerts.interval", "must be a positive duration")
+    if alerts.dead_letters < 1:
+        raise ConfigError("$.alerts.dead_letters", "must be at least 1")
 
 
 def _connector(

@@ -26,6 +26,7 @@ import jinja2
 import msgspec
 
 from relay.errors import PermanentError
+from relay.store.incidents import INCIDENT_EVENT, Incident, alert_body
 from relay.templates import TemplateError, add_filter, compile_template, render
 from relay.wildix import Event, parse, samples
 
@@ -52,13 +53,16 @@ __all__ = [
     "template_values",
 ]
 
-MESSAGE_KINDS = ("missed_call", "call_summary", "presence", "sms_status")
+MESSAGE_KINDS = ("missed_call", "call_summary", "presence", "sms_status", "incident")
 _UNANSWERED = frozenset({"missed", "busy"})
 
 
 def message_kind(view: dict[str, Any]) -> str | None:
     """``missed_call`` (inbound, not answered), ``call_summary`` (any other call), ``presence``,
-    ``sms_status``, or None for event types no message is written for."""
+    ``sms_status``, ``incident`` (relay's own alerts, ``alerts:``), or None for event types no
+    message is written for."""
+    if view.get("type") == INCIDENT_EVENT:
+        return "incident"
     call = view.get("call")
     if call:
         unanswered = call.get("direction") == "inbound" and call.get("status") in _UNANSWERED
@@ -359,13 +363,18 @@ def template_source(
 
 @lru_cache(maxsize=1)
 def sample_events() -> dict[str, Event]:
-    """The Wildix samples relay ships (those of ``relay send-test``), parsed, by name."""
+    """The Wildix samples relay ships (those of ``relay send-test``), parsed, by name, and an
+    incident alert (``relay_incident``): what an admin's templates are checked against."""
     folder = samples()
-    return {
+    found = {
         entry.name.removesuffix(".json"): parse(entry.read_bytes())
         for entry in sorted(folder.iterdir(), key=lambda e: e.name)
         if entry.name.endswith(".json")
     }
+    at = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
+    sample = Incident(1, "circuit_open", "crm", "circuit open: HTTP 503", at, at, None)
+    found["relay_incident"] = parse(alert_body(sample, "opened"))
+    return found
 
 
 def check_template(

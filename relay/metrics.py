@@ -185,3 +185,27 @@ class QueueCollector(Collector):
 
 QUEUE = QueueCollector()
 REGISTRY.register(QUEUE)
+
+
+class IncidentCollector(Collector):
+    """Open incidents by kind, from the /metrics handler's read of the store."""
+
+    def __init__(self) -> None:
+        self.snapshot: Mapping[str, int] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.snapshot is None:
+            return
+        gauge = GaugeMetricFamily(
+            "relay_open_incidents", "relay's own incidents open now, per kind", labels=["kind"]
+        )
+        for kind, n in sorted(self.snapshot.items()):
+            gauge.add_metric([kind], n)
+        yield gauge
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+INCIDENTS = IncidentCollector()
+REGISTRY.register(INCIDENTS)

@@ -20,6 +20,7 @@ from httpx_aiohttp import AiohttpTransport
 from relay import metrics
 from relay.admin.queries import Queries
 from relay.admin.retention import purge_forever
+from relay.admin.watcher import watch_forever
 from relay.config import ConfigError, Settings, load_versioned
 from relay.dispatch.connector_pool import Connectors, close_all
 from relay.dispatch.dispatcher import Dispatcher
@@ -82,8 +83,10 @@ async def running(
     Parts per role:
 
     - ``serve``: store, HTTP client, connectors, ingest, the dispatcher (unless ``dispatch`` is
-      false), SQS consumers (``sqs``, else ``sqs.consume_in``), the retention purger.
-    - ``worker``: store, HTTP client, connectors, the dispatcher, the purger, and SQS consumers
+      false), SQS consumers (``sqs``, else ``sqs.consume_in``), the retention purger, the
+      incident watcher (relay.admin.watcher).
+    - ``worker``: store, HTTP client, connectors, the dispatcher, the purger, the incident
+      watcher, and SQS consumers
       with their ingest only when ``sqs`` (else ``sqs.consume_in``) says so.
     - ``cli``: the store and its queries alone (the admin commands); ``connectors=True`` adds
       the HTTP client and the connector instances, not started (``check-config --online``).
@@ -98,7 +101,7 @@ async def running(
 
     1. SQS consumers stop taking messages; their in-flight batches commit and are deleted;
     2. the ingest writer flushes what was accepted;
-    3. the retention purger stops;
+    3. the retention purger and the incident watcher stop;
     4. the dispatcher stops claiming and drains (in-flight deliveries get the grace period,
        unfinished ones are released back to pending);
     5. connectors close;
@@ -141,6 +144,8 @@ async def running(
             stop_purge = asyncio.Event()
             purger = asyncio.create_task(purge_forever(store, live, stop_purge))
             stack.push_async_callback(_stop_purger, stop_purge, purger)  # 3
+            watcher = asyncio.create_task(watch_forever(store, live, stop_purge))  # incidents
+            stack.push_async_callback(_stop_purger, stop_purge, watcher)
         if role == "serve" or consume:
             wake = rt.dispatcher.wake if rt.dispatcher else None
             rt.ingest = Ingest(live, store, wake)

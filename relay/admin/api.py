@@ -26,6 +26,7 @@ from relay.admin import schemas as s
 from relay.admin.breakers import CircuitsController
 from relay.admin.filters import BadFilter, EventFilter
 from relay.admin.queries import Queries, queue_stats
+from relay.admin.watcher import KINDS, incident_out
 from relay.config import Settings
 from relay.live_config import ReloadResult
 from relay.secrets import token_matches
@@ -217,6 +218,19 @@ async def overview(queries: Q) -> s.Overview:
     return await queries.overview()
 
 
+@get("/incidents", tags=["incidents"])
+async def list_incidents(
+    queries: Q,
+    status: Annotated[
+        str, QueryParameter(pattern="^(open|all)$", description="`open` or `all`")
+    ] = "all",
+    limit: Limit = 100,
+) -> list[s.Incident]:
+    """relay's own incidents, newest first: open ones, or all (resolved ones included)."""
+    found = await queries.store.incidents(open_only=status == "open", limit=limit)
+    return [incident_out(i) for i in found]
+
+
 @get("/config", tags=["configuration"], sync_to_thread=False)
 def get_config(queries: Q) -> s.ConfigVersion:
     """The config in force: its version (a hash of the file), when it was loaded, its path."""
@@ -245,6 +259,7 @@ async def metrics_endpoint(state: State) -> Response[bytes]:
         elif state == DeliveryState.DEAD:
             dead[connector] = n
     circuits = {name: c.state.value for name, c in (await store.circuits()).items()}
+    metrics.INCIDENTS.snapshot = dict.fromkeys(KINDS, 0) | await store.open_incident_counts()
     metrics.QUEUE.snapshot = metrics.QueueSnapshot(
         at=utcnow(),
         connectors=list(settings.connectors),
@@ -269,6 +284,7 @@ def routers(settings: Settings) -> list[Any]:
             list_integrations,
             list_connectors,
             overview,
+            list_incidents,
             get_config,
             reload_config,
         ],

@@ -177,3 +177,16 @@ class Problem(Out):
     """An error the caller can act on."""
 
     detail: str
+
+
+class Incident(Out):
+    """One of relay's own incidents (relay.admin.watcher): opened once, resolved once."""
+
+    id: int
+    kind: str  # circuit_open, quota_paused, auth_revoked, dead_letters, sqs_consumer, store
+    subject: str  # the connector (or integration) it is about
+    summary: str
+    state: str  # open | resolved
+    opened_at: datetime
+    updated_at: datetime
+    resolved_at: datetime | None

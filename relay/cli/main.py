@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from relay.cli import checks, circuit_commands, operations, send_test, service
+from relay.cli import checks, circuit_commands, incident_commands, operations, send_test, service
 from relay.registry import PluginError, plugin_manager
 
 
@@ -67,5 +67,5 @@ def main(ctx: click.Context, config: str) -> None:
     ctx.ensure_object(dict)["config"] = config
 
 
-for _module in (service, checks, send_test, operations, circuit_commands):
+for _module in (service, checks, send_test, operations, circuit_commands, incident_commands):
     _module.register(main)

@@ -37,6 +37,9 @@ from relay.errors import DeliveryError, PermanentError, RetryableError, excerpt,
 # renewed, so deliveries that meet the same expired token together renew it once
 _sent: ContextVar[str | None] = ContextVar("relay_crm_oauth_sent", default=None)
 EARLY = 60.0  # renew a token with an announced expiry this long before it runs out
+# The connector-state key a refused token request leaves, until a token is minted again: the
+# incident watcher (relay.admin.watcher) opens an incident while it is there.
+AUTH_REFUSED = "auth_refused"
 
 
 @dataclass(frozen=True)
@@ -113,8 +116,17 @@ class OAuthConnector(CrmConnector):
                 self._token = current
                 return current
             self._token = None
-            token = await self.fetch_token(ctx)
+            try:
+                token = await self.fetch_token(ctx)
+            except PermanentError as exc:  # revoked or wrong credentials: a human must act
+                refused = {
+                    "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "reason": exc.message,
+                }
+                await ctx.state.set({**state, AUTH_REFUSED: refused})
+                raise
             issued = int(state.get("tokens_issued") or 0) + 1
+            state = {k: v for k, v in state.items() if k != AUTH_REFUSED}
             await ctx.state.set(
                 {
                     **state,

@@ -6,6 +6,7 @@ this module owns the rest, so both paths dedupe and route identically.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -20,10 +21,14 @@ from relay.config import Settings
 from relay.ingest.group_commit import Batcher
 from relay.live_config import LiveConfig
 from relay.store.records import SIGNED_EXCERPT, UNSIGNED_EXCERPT, Store, clip
-from relay.store.rows import Incoming, Recorded
+from relay.store.rows import Incoming, Recorded, RowRefused
 from relay.wildix import Event
 
 log = logging.getLogger("relay.ingest")
+
+# Incidents only a process itself sees (relay.admin.watcher reads the others from the store).
+STORE_UNAVAILABLE = "store_unavailable"  # subject "ingest": events answered 503 / kept in SQS
+SQS_CONSUMER = "sqs_consumer"  # subject: the integration whose queue cannot be read
 
 # Rejections recorded (a row and a log line): a burst of 100, then 10 a second. A flood of
 # unsigned requests costs a counter increment each beyond that, never a write or a line; a real
@@ -67,6 +72,9 @@ class Ingest:
         self.writer = group_commit(store, self._commit)
         self._committed_at = -math.inf
         self._latency = {t: metrics.INGEST_SECONDS.labels(t) for t in ("webhook", "sqs")}
+        self._store_down = False  # a commit failed since the last one that succeeded
+        self._reports: set[asyncio.Task[None]] = set()
+        self._last_report: asyncio.Task[None] | None = None
 
     @property
     def settings(self) -> Settings:
@@ -104,10 +112,20 @@ class Ingest:
         at thousands of events a second, a line per event would cost more than storing it."""
         try:
             recorded = await self.store.record_batch(items)
-        except BaseException:
+        except RowRefused:
+            raise  # one event the store cannot hold, not the store being away
+        except BaseException as exc:
             self._committed_at = -math.inf  # a failed commit disproves the last success
+            if not self._store_down:
+                self._store_down = True
+                summary = f"the store refused ingest (answered 503, messages kept): {exc}"
+                self.report(STORE_UNAVAILABLE, "ingest", summary)
             raise
         self._committed_at = time.monotonic()
+        if self._store_down:  # back: the incident opened (now, if it could not then) resolves
+            self._store_down = False
+            self.report(STORE_UNAVAILABLE, "ingest", "the store refused ingest for a while")
+            self.report(STORE_UNAVAILABLE, "ingest", None)
         tally: Counter[tuple[str, str, str]] = Counter()
         stored: list[int] = []
         for item, rec in zip(items, recorded, strict=True):
@@ -140,6 +158,37 @@ class Ingest:
         if deliveries and self.on_stored is not None:
             self.on_stored()
         return recorded
+
+    def report(self, kind: str, subject: str, summary: str | None) -> None:
+        """An incident this process sees: ``summary`` opens it, None resolves it. In the
+        background, in order, best effort: a store that is away cannot keep it (the report
+        made when it is back opens it then)."""
+        previous = next(reversed(list(self._reports)), None) if self._reports else None
+        task = asyncio.create_task(
+            self._report(previous, kind, subject, summary[:1000] if summary else None)
+        )
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _report(
+        self, previous: asyncio.Task[None] | None, kind: str, subject: str, summary: str | None
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+        to = self.settings.alerts.connectors
+        try:
+            done = await self.store.report_incident(kind, subject, summary, alert_to=to)
+        except Exception as exc:
+            log.error("could not record incident %s/%s: %s", kind, subject, exc)
+            return
+        if done is not None:
+            log.warning(
+                "incident %s",
+                "resolved" if summary is None else "opened",
+                extra={"kind": kind, "subject": subject},
+            )
+            if self.on_stored is not None:
+                self.on_stored()  # its alert is a delivery
 
     def count_refusal(self, integration_id: str | None, outcome: str) -> None:
         """Rejected (our answer is final) or unavailable (the sender should retry)."""

@@ -31,7 +31,7 @@ from botocore.exceptions import (
 
 from relay import metrics
 from relay.config import Settings, SqsConfig
-from relay.ingest.accept import Ingest
+from relay.ingest.accept import SQS_CONSUMER, Ingest
 from relay.store.rows import RowRefused
 from relay.wildix import Event, InvalidEvent, parse
 from relay.wildix.signature import SQS_ATTRIBUTE, sign, verify
@@ -191,6 +191,7 @@ class Consumer:
     async def run(self) -> None:
         log.info("sqs consumer started", extra={**self._extra, "queue": self.cfg.queue_url})
         failures = 0
+        failing = False  # an sqs_consumer incident was reported open, not yet resolved
         while not self._stopping.is_set():
             try:
                 async with create_client(self.cfg) as client:
@@ -202,6 +203,9 @@ class Consumer:
                             await self._batch(client, messages)
                         elif self.status.state == "backing_off":
                             continue  # the store is not proven healthy until a batch commits
+                        if failing:  # the queue answers again
+                            failing = False
+                            self.ingest.report(SQS_CONSUMER, self.integration_id, None)
                         self.status.state = "running"
                         failures = 0
             except StoreUnavailable as exc:
@@ -209,7 +213,11 @@ class Consumer:
                 await self._back_off("backing_off", f"store unavailable: {exc}", failures)
             except Exception as exc:  # an unreachable queue must never become a crash loop
                 failures += 1
-                await self._back_off("error", describe(exc, self.cfg.queue_url), failures)
+                error = describe(exc, self.cfg.queue_url)
+                if not failing:
+                    failing = True
+                    self.ingest.report(SQS_CONSUMER, self.integration_id, f"cannot read: {error}")
+                await self._back_off("error", error, failures)
         self.status.state = "stopped"
         log.info("sqs consumer stopped", extra={**self._extra, **asdict(self.status)})
 

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay.store.backend import Backend
 from relay.store.circuits import Circuits
+from relay.store.incidents import Incidents
 from relay.store.postgres import PgBackend
 from relay.store.queue import DeliveryQueue
 from relay.store.rows import Incoming, Key, Recorded, RowRefused
@@ -91,7 +92,7 @@ def bounded_meta(meta: dict[str, Any] | None, body: bytes | None) -> dict[str, A
     return out
 
 
-class Store(DeliveryQueue, Circuits):
+class Store(DeliveryQueue, Circuits, Incidents):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.backend = open_backend(engine)

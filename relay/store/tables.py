@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -245,6 +246,33 @@ class RateBucketRow(Base):
     tat: Mapped[float] = mapped_column(Double())
 
 
+class IncidentRow(Base):
+    """Something wrong with relay itself (relay.store.incidents): opened once, resolved when its
+    condition clears. At most one open incident per (kind, subject): the partial unique index is
+    what keeps several processes of a cluster from opening it twice."""
+
+    __tablename__ = "incidents"
+    __table_args__ = (
+        Index(
+            "uq_incidents_open",
+            "kind",
+            "subject",
+            unique=True,
+            sqlite_where=text("resolved_at IS NULL"),
+            postgresql_where=text("resolved_at IS NULL"),
+        ),
+        Index(None, "opened_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(255))
+    summary: Mapped[str] = mapped_column(Text)
+    opened_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    resolved_at: Mapped[datetime | None]
+
+
 events = EventRow.__table__
 deliveries = DeliveryRow.__table__
 attempts = AttemptRow.__table__
@@ -256,6 +284,7 @@ circuits = CircuitRow.__table__
 circuit_transitions = CircuitTransitionRow.__table__
 event_numbers = EventNumberRow.__table__
 rate_buckets = RateBucketRow.__table__
+incidents = IncidentRow.__table__
 
 
 def utcnow() -> datetime:

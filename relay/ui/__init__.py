@@ -125,6 +125,7 @@ def session_middleware(settings: Settings) -> DefineMiddleware:
 
 def ui_router(settings: Settings, throttle: FailureThrottle) -> Router:
     from relay.ui.circuit_panel import HANDLERS as CIRCUITS
+    from relay.ui.incident_panel import HANDLERS as INCIDENTS
     from relay.ui.pages import HANDLERS
 
     admin = settings.admin
@@ -141,7 +142,7 @@ def ui_router(settings: Settings, throttle: FailureThrottle) -> Router:
     sessions = Sessions(admin.session_lifetime)
     return Router(
         path=PREFIX,
-        route_handlers=[*HANDLERS, *CIRCUITS, static],
+        route_handlers=[*HANDLERS, *CIRCUITS, *INCIDENTS, static],
         middleware=[DefineMiddleware(CSRFMiddleware, config=csrf)],
         guards=[logged_in(sessions)],
         dependencies={
