@@ -24,7 +24,12 @@ from relay.store.states import DeliveryState
 from relay.store.tables import attempts, deliveries, events, manual_retries, utcnow
 from relay.wildix import InvalidEvent, parse
 
-RETRYABLE = (DeliveryState.PENDING, DeliveryState.DEAD, DeliveryState.CANCELLED)
+RETRYABLE = (
+    DeliveryState.PENDING,
+    DeliveryState.DEAD,
+    DeliveryState.CANCELLED,
+    DeliveryState.SUPERSEDED,
+)
 CANCELLABLE = (DeliveryState.PENDING, DeliveryState.DEAD)
 _BATCH = 500
 
