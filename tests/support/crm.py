@@ -31,7 +31,7 @@ from tests.fakes.server import serve
 from tests.fakes.zendesk import API_USER_ID, FakeZendesk
 from tests.fakes.zoho import FakeZoho
 from tests.support.calls import Events, current_inbound_missed, current_outbound
-from tests.support.relay import RunningRelay
+from tests.support.relay import SETTLED, RunningRelay
 
 UK_CONTACT = "+442071838750"  # the outbound fixture's callee
 FR_CALLER = "+33142685300"  # the missed inbound fixture's caller
@@ -485,7 +485,7 @@ async def settled_opening(relay: RunningRelay, window: Any, timeout: float = 60)
             seen = window.rejected
             window.elapse()
         rows = await relay.deliveries()
-        return rows if rows and all(r.state in ("succeeded", "dead") for r in rows) else None
+        return rows if rows and all(r.state in SETTLED for r in rows) else None
 
     return await relay.wait_until(done, timeout, "deliveries to settle")
 
