@@ -23,7 +23,7 @@ from relay.store.states import DeliveryState, OutcomeKind
 from relay.store.tables import deliveries
 from relay.wildix import parse
 from tests.fakes.receiver import Receiver
-from tests.support.calls import current_outbound
+from tests.support.calls import current_outbound, legacy
 from tests.support.crm import HUBSPOT, UK_CONTACT, day, post_all, running
 from tests.support.operations import webhook
 from tests.support.relay import make_settings, run_relay
@@ -130,6 +130,19 @@ async def test_the_live_end_waits_for_a_final_record_being_sent(store: Store) ->
     await store.finish(await held(store, first), succeeded(), worker="w")
     assert await claim(store) == [ids[1]]
     assert [r.state for r in await states(store)] == ["succeeded", "running"]
+
+
+async def test_legacy_events_are_all_sent(store: Store) -> None:
+    """The legacy generation carries no times: its first event's time is the call's start, so
+    none of its events may be left out."""
+    ids = await record(store, *(body for _, body in legacy("it_leg", UK_CONTACT)))
+    sent = []
+    for _ in ids:
+        [got] = await claim(store)
+        sent.append(got)
+        await store.finish(await held(store, got), succeeded(), worker="w")
+    assert sent == ids
+    assert {r.state for r in await states(store)} == {"succeeded"}
 
 
 async def test_a_connector_that_does_not_coalesce_gets_every_event_in_order(store: Store) -> None:

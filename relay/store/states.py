@@ -36,12 +36,14 @@ ENDED: tuple[DeliveryState, ...] = (
 
 # What coalescing (``Connector.coalesce_calls``) compares, by event type; the queue's
 # ``supersede`` statement spells them from here. A final record carries the whole call, so it
-# supersedes any live event of it, and a newer final record an older one; a snapshot (the call as
-# it stands) supersedes an older snapshot. Any other type (the live end, which carries no numbers;
-# transcriptions) never supersedes, and only a final record supersedes the live end.
+# supersedes any live event of it, and a newer final record an older one; a live snapshot (the
+# call as it stands, its flows with their own times) supersedes an older snapshot. Any other type
+# never supersedes: the live end carries no numbers (only a final record supersedes it), and the
+# legacy generation carries no times, so its first event's time is the call's start (none of its
+# events may be left out).
 COALESCE_TYPES: dict[str, tuple[str, ...]] = {
-    "final": ("call:completed", "call:end"),
-    "snapshot": ("call:start", "call:update", "call:live:progress"),
+    "final": ("call:completed",),
+    "snapshot": ("call:live:progress",),
     "live_end": ("call:live:completed",),
 }
 
