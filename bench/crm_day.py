@@ -183,7 +183,7 @@ async def run_day(rng: random.Random, plan: list, connectors: dict, outage: bool
 
 async def settled(db: Path) -> None:
     """Poll the store (another process writes it) until no delivery is pending."""
-    while not (s := states(db)) or not set(s) <= {"succeeded", "dead"}:  # noqa: ASYNC110
+    while not (s := states(db)) or not set(s) <= {"succeeded", "dead", "superseded"}:  # noqa: ASYNC110
         await asyncio.sleep(0.5)
 
 

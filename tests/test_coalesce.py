@@ -6,12 +6,16 @@ superseded delivery can be retried by hand; after an outage a CRM gets one creat
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+import yaml
 from sqlalchemy import select
 
 from relay.admin import actions
@@ -24,9 +28,11 @@ from relay.store.tables import deliveries
 from relay.wildix import parse
 from tests.fakes.receiver import Receiver
 from tests.support.calls import current_outbound, legacy
+from tests.support.cli import relay_cli
 from tests.support.crm import HUBSPOT, UK_CONTACT, day, post_all, running
-from tests.support.operations import webhook
-from tests.support.relay import make_settings, run_relay
+from tests.support.dashboard import ui_login
+from tests.support.operations import admin_settings, api, webhook
+from tests.support.relay import config_dict, make_settings, run_relay
 
 LEASE = 30.0
 
@@ -203,3 +209,37 @@ async def test_after_an_outage_a_crm_gets_one_create_per_call(db_url: str) -> No
         outcome = "missed" if i % 2 else "completed"
         assert HUBSPOT.outcome(rec) == HUBSPOT.outcomes[outcome]
         assert HUBSPOT.person(rec) == (seeded["fr"] if i % 2 else seeded["uk"])
+
+
+async def test_superseded_shows_in_the_charts_filters_and_cli_never_as_dead(
+    db_url: str, tmp_path: Path
+) -> None:
+    phases = call("it_shown")
+    connectors = {"crm": {"type": "log"}}
+    settings = admin_settings(db_url, connectors, admin={"secure_cookies": False})
+    config = tmp_path / "relay.yaml"
+    config.write_text(yaml.safe_dump(config_dict(db_url, connectors)))
+    async with run_relay(settings, dispatch=False) as relay:
+        for body in phases.values():
+            await relay.post(body)
+        # what the dispatcher's claim does for a connector that coalesces
+        [sent] = await relay.store.claim("crm", 10, worker="w", lease=LEASE, coalesce=True)
+        rows = await relay.deliveries()
+        left_out = sorted(r.id for r in rows if r.id != sent.delivery_id)
+        assert sorted(r.id for r in rows if r.state == "superseded") == left_out
+        await ui_login(relay)
+        page = (await relay.client.get(relay.url + "/ui/")).text
+        chart = re.search(r'id="attempts-chart-crm">(.*?)</td>', page, re.S)
+        assert chart is not None
+        titles = re.findall(r'<rect class="bar superseded"[^>]*><title>([^<]*)</title>', chart[1])
+        assert [t.split(": ")[1] for t in titles] == ["3 superseded"]
+        assert 'class="bar dead"' not in chart[1]
+        listed = await api(relay, "GET", "/deliveries", params={"state": "superseded"})
+        assert sorted(d["id"] for d in listed["items"]) == left_out
+        dead = await api(relay, "GET", "/deliveries", params={"state": "dead"})
+        assert dead["items"] == []
+        ui = (await relay.client.get(relay.url + "/ui/deliveries?state=superseded")).text
+        assert all(f"delivery-{i}" in ui for i in left_out)
+    cli = await relay_cli(config, "deliveries", "list", "--state", "superseded", "--json")
+    assert cli.returncode == 0, cli.stderr
+    assert sorted(d["id"] for d in json.loads(cli.stdout)["items"]) == left_out
