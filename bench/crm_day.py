@@ -260,10 +260,16 @@ def print_requests(vendor: Vendor, fake: Any, plan: list) -> None:
     )
 
 
+_ID = re.compile(r"\([^)]*\)")  # an OData key: phonecalls(<guid>)
+
+
 def print_paths(fake: Any) -> None:
     """The CRM's requests by (method, path with its ids as {id}), busiest first."""
     paths = collections.Counter(
-        (method, re.sub(r"/[0-9A-Za-z]*[0-9][0-9A-Za-z]*(?=/|$)", "/{id}", path))
+        (
+            method,
+            re.sub(r"/[-0-9A-Za-z]*[0-9][-0-9A-Za-z]*(?=/|$)", "/{id}", _ID.sub("({id})", path)),
+        )
         for method, path, *_ in fake.log
     )
     for (method, path), n in paths.most_common():
