@@ -19,6 +19,7 @@ import collections
 import contextlib
 import logging
 import random
+import re
 import socket
 import sqlite3
 import sys
@@ -183,7 +184,7 @@ async def run_day(rng: random.Random, plan: list, connectors: dict, outage: bool
 
 async def settled(db: Path) -> None:
     """Poll the store (another process writes it) until no delivery is pending."""
-    while not (s := states(db)) or not set(s) <= {"succeeded", "dead"}:  # noqa: ASYNC110
+    while not (s := states(db)) or not set(s) <= {"succeeded", "dead", "superseded"}:  # noqa: ASYNC110
         await asyncio.sleep(0.5)
 
 
@@ -238,6 +239,8 @@ async def main(args: argparse.Namespace) -> None:
     print_day(args.calls, plan, day)
     for vendor in vendors:
         print_requests(vendor, fakes[vendor.name], plan)
+        if args.by_path:
+            print_paths(fakes[vendor.name])
 
 
 def print_requests(vendor: Vendor, fake: Any, plan: list) -> None:
@@ -257,6 +260,22 @@ def print_requests(vendor: Vendor, fake: Any, plan: list) -> None:
     )
 
 
+_ID = re.compile(r"\([^)]*\)")  # an OData key: phonecalls(<guid>)
+
+
+def print_paths(fake: Any) -> None:
+    """The CRM's requests by (method, path with its ids as {id}), busiest first."""
+    paths = collections.Counter(
+        (
+            method,
+            re.sub(r"/[-0-9A-Za-z]*[0-9][-0-9A-Za-z]*(?=/|$)", "/{id}", _ID.sub("({id})", path)),
+        )
+        for method, path, *_ in fake.log
+    )
+    for (method, path), n in paths.most_common():
+        print(f"    {n:6d} {method} {path}")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200)
@@ -268,5 +287,10 @@ if __name__ == "__main__":
         "--outage",
         action="store_true",
         help="ingest the whole day before anything is delivered (CRMs down all day), then drain",
+    )
+    parser.add_argument(
+        "--by-path",
+        action="store_true",
+        help="also print each CRM's requests by method and path (ids as {id}): where they go",
     )
     asyncio.run(main(parser.parse_args()))

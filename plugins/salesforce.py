@@ -336,13 +336,9 @@ class SalesforceConnector(crm.oauth.OAuthConnector):
         return None
 
     async def create_activity(self, activity: crm.Activity, ctx: DeliveryContext) -> str:
-        existing = await self.find_activity(activity, ctx)
-        if existing is not None:  # created before relay's link to it was lost: bring it up to date
-            ctx.log.info(
-                "Salesforce Task %s already logs Wildix call %s", existing, activity.facts.call_id
-            )
-            await self.update_activity(existing, activity, ctx)
-            return existing
+        # No Task lookup first: the lifecycle's intent (relay.crm.lifecycle) already searches by
+        # the marker (find_activity) when an earlier attempt may have created the Task, and a
+        # lookup before every create was one SOQL query per logged call for nothing.
         response = await self.call_api(
             ctx,
             "POST",

@@ -173,6 +173,9 @@ class SlackConnector(Connector):
         self.templates = {k: default_template(k) for k in MESSAGE_KINDS}
         self.templates.update((k, str(v)) for k, v in config.templates.items())  # read and checked
         self.post_on = tuple(config.post_on or DEFAULT_POST_ON)
+        # bot mode edits one card per call: only its newest state matters; webhook posts are each
+        # their own message, so every event of a call is sent
+        self.coalesce_calls = config.token is not None
 
     # -- checks and requests ------------------------------------------------------------------
 

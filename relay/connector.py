@@ -34,6 +34,11 @@ class ConnectorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class Connector(ABC):
     type: ClassVar[str]
     Config: ClassVar[type[ConnectorConfig]] = ConnectorConfig
+    # True when only a call's newest state matters to this connector (a CRM record, a card that
+    # is edited in place): pending deliveries of a call that a newer pending one makes pointless
+    # are then marked ``superseded`` instead of sent (relay.store.states.COALESCE_TYPES says what
+    # is newer). False (the default) sends every event of a call, in order.
+    coalesce_calls: bool = False
 
     def __init__(self, name: str, config: Any) -> None:
         self.name = name

@@ -35,12 +35,20 @@ from tests.support.crm import (
     link_ids,
     paused_attempts,
     post_all,
+    post_live,
     retry_dead,
     running,
     settled_opening,
     vendor_id,
 )
-from tests.support.relay import config_dict, make_settings, run_relay, start_worker, write_config
+from tests.support.relay import (
+    DONE,
+    config_dict,
+    make_settings,
+    run_relay,
+    start_worker,
+    write_config,
+)
 
 STATIC = [vendor for vendor in VENDORS if not vendor.oauth]  # the CRMs with a static API token
 ids = pytest.mark.parametrize("vendor", VENDORS, ids=vendor_id)
@@ -63,10 +71,12 @@ async def test_failure_after_the_create_still_makes_one_record(
         async with run_relay(make_settings(db_url, {"crm": block})) as relay:
             await post_all(relay, current_outbound("crash_1", UK_CONTACT), "q7m2xk")
             rows = await relay.settled()
-            assert all(r.state == "succeeded" for r in rows)
+            assert all(r.state in DONE for r in rows)
             assert fake.faults.hit.is_set()
-            retried = [r for r in rows if r.attempts == 2]
-            assert len(retried) == 1  # the delivery whose create was cut off, and only it
+            # the delivery whose create was cut off, and only it, was tried again, or left out
+            # for a newer state of the call (whose attempt then found the record)
+            cut = [r for r in rows if r.attempts == 2 or (r.state, r.attempts) == ("superseded", 1)]
+            assert len(cut) == 1
             links = await link_ids(relay)
     [record] = vendor.records(fake, "crash_1")
     assert len(vendor.all_records(fake)) == 1
@@ -109,7 +119,7 @@ async def test_worker_killed_between_create_and_link_write(
         assert len(vendor.all_records(fake)) == 1
         async with run_relay(make_settings(db_url, connectors)) as relay:
             rows = await relay.settled(timeout=60)
-            assert all(r.state == "succeeded" for r in rows)
+            assert all(r.state in DONE for r in rows)
     [call] = vendor.records(fake, "killed_1")
     assert len(vendor.all_records(fake)) == 1
     assert vendor.outcome(call) == vendor.outcomes["completed"]
@@ -133,7 +143,7 @@ async def test_429_beyond_the_limit_every_call_still_logged_once(
         async with run_relay(make_settings(db_url, {"crm": block})) as relay:
             await post_all(relay, day(4), "q7m2xk")
             rows = await relay.settled(timeout=90)
-            assert all(r.state == "succeeded" for r in rows)
+            assert all(r.state in DONE for r in rows)
             tries = [a for r in rows for a in await relay.attempts(r.id)]
     assert fake.burst.rejected > 0
     assert fake.burst.busiest() <= 3  # the fake enforces its window...
@@ -161,7 +171,7 @@ async def test_client_side_buckets_keep_under_the_published_limit(
         async with run_relay(make_settings(db_url, {"crm": block})) as relay:
             await post_all(relay, day(4), "q7m2xk")
             rows = await relay.settled(timeout=60)
-            assert all(r.state == "succeeded" for r in rows)
+            assert all(r.state in DONE for r in rows)
     assert fake.rejected_for_rate == 0  # never over the published limit, so never a 429
     assert fake.burst.busiest() <= 10 and fake.search.busiest() <= 5
     assert len(vendor.all_records(fake)) == 4
@@ -175,7 +185,10 @@ async def test_daily_quota_pauses_the_connector_until_the_reset(
     The fake's quota renews only once the test has seen the pause, so the quota is always spent
     first; the reset is far enough ahead that the pause starts before it."""
     reset = math.ceil(time.time()) + 8
-    quota = {"daily_limit": 8} if vendor.name == "hubspot" else {"daily_budget": 130}
+    # HubSpot: the day is queued first, so coalescing sends each call's final record only: three
+    # creates and two searches (at least 5 requests) against a quota of 4
+    queued = vendor.name == "hubspot"
+    quota = {"daily_limit": 4} if queued else {"daily_budget": 130}
     fake = vendor.fake(**quota)  # no renewal of its own until the test sets the reset below
     vendor.seed(fake)
     at = datetime.fromtimestamp(reset, UTC)
@@ -186,14 +199,19 @@ async def test_daily_quota_pauses_the_connector_until_the_reset(
 
     async with running(fake) as url:
         block = vendor.block(fake, url, daily_reset=at.strftime("%H:%M:%S"), timezone="UTC")
-        async with run_relay(make_settings(db_url, {"crm": block})) as relay:
-            await post_all(relay, day(3), "q7m2xk")
+        settings = make_settings(db_url, {"crm": block})
+        if queued:
+            async with run_relay(settings, dispatch=False) as relay:
+                await post_all(relay, day(3), "q7m2xk")
+        async with run_relay(settings) as relay:
+            if not queued:
+                await post_all(relay, day(3), "q7m2xk")
             paused = await relay.wait_until(pause, 30, "the connector to pause")
             assert paused.paused_until.replace(tzinfo=UTC) == at  # before the reset, until it
-            assert not all(r.state == "succeeded" for r in await relay.deliveries())
+            assert not all(r.state in DONE for r in await relay.deliveries())
             fake.daily.reset_at = reset  # the CRM's quota renews at the reset, as configured
             rows = await relay.settled(timeout=60)
-            assert all(r.state == "succeeded" for r in rows)
+            assert all(r.state in DONE for r in rows)
             [state] = await relay.rows(connector_state)
             tries = {r.id: await relay.attempts(r.id) for r in rows}
     assert fake.daily.rejected >= 1
@@ -248,7 +266,8 @@ async def test_token_invalidated_mid_run_is_renewed_once(db_url: str, vendor: Ve
             await post_all(relay, calls[7:], "q7m2xk")
             rows = await relay.settled()
             [state] = await relay.rows(connector_state)
-    assert all(r.state == "succeeded" and r.attempts == 1 for r in rows)  # renewed in place
+    assert all(r.state in DONE for r in rows)
+    assert all(r.attempts == 1 for r in rows if r.state == "succeeded")  # renewed in place
     assert fake.tokens.issued == 2  # one renewal, however many deliveries met the dead token
     assert [s for _, s, code in fake.log if code == 401]  # the fake did refuse the old token
     assert state.state["tokens_issued"] == 2
@@ -287,7 +306,7 @@ async def test_revoked_grant_is_permanent_then_retried_by_hand(db_url: str, vend
         async with run_relay(make_settings(db_url, {"crm": block})) as relay:
             assert await retry_dead(relay) == len(dead)
             rows = await relay.settled()
-            assert all(r.state == "succeeded" for r in rows)
+            assert all(r.state in DONE for r in rows)
     [record] = vendor.records(fake, "revoked_1")
     assert vendor.person(record) == seeded["fr"]
     assert fake.tokens.issued == 1
@@ -300,7 +319,7 @@ async def test_zoho_missing_scope_is_permanent_without_token_churn(db_url: str) 
     async with running(fake) as url:
         settings = make_settings(db_url, {"crm": ZOHO.block(fake, url)})
         async with run_relay(settings) as relay:
-            await post_all(relay, current_outbound("scope_1", UK_CONTACT), "q7m2xk")
+            await post_live(relay, current_outbound("scope_1", UK_CONTACT), "q7m2xk")
             rows = await relay.settled()
     dead = [r for r in rows if r.state == "dead"]  # the live end and the record: creates
     assert len(dead) == 2 and all(r.attempts == 1 for r in dead)
@@ -315,29 +334,29 @@ async def test_salesforce_request_limit_pauses_then_resumes(db_url: str) -> None
     """The 24-hour limit is spent: the connector pauses (``limit_pause``) and tries again until
     the limit allows requests again. The fake's limit renews only once the test has seen the
     pause, so the pause is certain and the resume follows from it, not from the clock."""
-    fake = SALESFORCE.fake(daily_limit=12)  # no renewal of its own until the test says so
+    # no renewal of its own until the test says so; low enough that three calls spend it even
+    # when coalescing sends each call's final record only
+    fake = SALESFORCE.fake(daily_limit=4)
     SALESFORCE.seed(fake)
     async with running(fake) as url:
         block = SALESFORCE.block(fake, url, limit_pause="0.5s")
         async with run_relay(make_settings(db_url, {"crm": block})) as relay:
             await post_all(relay, day(3), "q7m2xk")
             await relay.wait_until(lambda: paused_attempts(relay), 30, "the connector to pause")
-            assert not all(r.state == "succeeded" for r in await relay.deliveries())
+            assert not all(r.state in DONE for r in await relay.deliveries())
             fake.daily.reset_at = time.time()  # the 24 hours have rolled on: requests allowed
             rows = await relay.settled(timeout=60)
             [state] = await relay.rows(connector_state)
             tries = {r.id: await relay.attempts(r.id) for r in rows}
-    assert all(r.state == "succeeded" for r in rows)
+    assert all(r.state in DONE for r in rows)
     assert fake.daily.rejected >= 1
     paused = [a for attempts in tries.values() for a in attempts if a.outcome == "paused"]
     assert paused and all(a.status_code == 403 for a in paused)
-    assert (
-        "REQUEST_LIMIT_EXCEEDED" in state.pause_reason and "api-usage=12/12" in state.pause_reason
-    )
+    assert "REQUEST_LIMIT_EXCEEDED" in state.pause_reason and "api-usage=4/4" in state.pause_reason
     for row in rows:  # waiting out the limit did not burn attempts
         assert row.attempts == len([a for a in tries[row.id] if a.outcome != "paused"])
     used, limit = (int(n) for n in state.state["api_usage"].split("/"))
-    assert limit == 12 and 0 < used <= 12  # Sforce-Limit-Info, kept in the connector state
+    assert limit == 4 and 0 < used <= 4  # Sforce-Limit-Info, kept in the connector state
     for i in range(3):
         assert len(SALESFORCE.records(fake, f"day_{i}")) == 1
     assert len(fake.tasks) == 3
@@ -355,7 +374,7 @@ async def test_zoho_429_pauses_then_resumes(db_url: str) -> None:
             await post_all(relay, day(4), "q7m2xk")
             rows = await settled_opening(relay, fake.burst, timeout=60)
             tries = {r.id: await relay.attempts(r.id) for r in rows}
-    assert all(r.state == "succeeded" for r in rows)
+    assert all(r.state in DONE for r in rows)
     assert fake.burst.rejected > 0 and fake.burst.busiest() <= 3
     paused = [a for attempts in tries.values() for a in attempts if a.outcome == "paused"]
     assert paused and all(a.status_code == 429 for a in paused)

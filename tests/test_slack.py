@@ -65,9 +65,9 @@ async def test_bot_mode_start_update_end_is_one_post_and_two_edits_in_order(
 ) -> None:
     slack.channel("support")
     async with run_relay(make_settings(db_url, {"team": bot(slack)})) as relay:
-        for name in LIFECYCLE:
+        for name in LIFECYCLE:  # as the call goes: each once the one before was shown
             assert (await relay.post(fixture(name))).status_code == 200
-        rows = await relay.settled()
+            rows = await relay.settled()
         assert [r.state for r in rows] == ["succeeded"] * 3
 
     [card] = slack.messages("support")
@@ -90,10 +90,11 @@ async def test_the_final_record_edits_the_same_card_and_a_redelivery_changes_not
 ) -> None:
     slack.channel("support")
     async with run_relay(make_settings(db_url, {"team": bot(slack)})) as relay:
-        for name in (*LIFECYCLE, "call_completed"):
+        for name in (*LIFECYCLE, "call_completed"):  # each once the one before was shown
             await relay.post(fixture(name))
-        await relay.settled()
+            await relay.settled()
         await relay.post(reencoded("call_completed"))  # passes ingest: a new event, same call
+        await relay.settled()
         await relay.post(reencoded("call_live_progress_start"))
         rows = await relay.settled()
         assert len(rows) == 6 and {r.state for r in rows} == {"succeeded"}
@@ -103,6 +104,30 @@ async def test_the_final_record_edits_the_same_card_and_a_redelivery_changes_not
     assert header(card.versions[-1]) == "✅ Outbound call · answered"
     assert "3:01" in shown(card) and "talked 2:56" in shown(card)
     assert len(slack.calls("chat.postMessage")) == 1 and len(slack.calls("chat.update")) == 3
+
+
+async def test_bot_mode_coalesces_a_backlog_and_webhook_mode_does_not(
+    db_url: str, slack: SlackFake
+) -> None:
+    """Queued while the dispatcher was down: the bot's card is posted once, from the final
+    record (the live events are superseded); a webhook still posts for every event it posts on."""
+    slack.channel("support")
+    url = slack.webhook(slack.channel("alerts"))
+    hook = {"type": "slack", "webhook_url": url, "post_on": ["call:live:progress"]}
+    settings = make_settings(db_url, {"team": bot(slack), "hook": hook})
+    async with run_relay(settings, dispatch=False) as relay:
+        for name in (*LIFECYCLE, "call_completed"):
+            await relay.post(fixture(name))
+    async with run_relay(settings) as relay:
+        rows = await relay.settled()
+    team = sorted(r.state for r in rows if r.connector == "team")
+    assert team == ["succeeded"] + ["superseded"] * 3
+    assert {r.state for r in rows if r.connector == "hook"} == {"succeeded"}
+    [card] = slack.messages("support")
+    assert card.edits == 0 and header(card.versions[-1]) == "✅ Outbound call · answered"
+    assert len(slack.calls("chat.postMessage")) == 1 and slack.calls("chat.update") == []
+    first, second = slack.messages("alerts")  # the webhook: both live updates, in order
+    assert "ringing" in first.text and "talking" in second.text
 
 
 async def test_a_redelivered_event_does_not_post_or_edit_again(

@@ -24,7 +24,12 @@ from relay.store.states import DeliveryState
 from relay.store.tables import attempts, deliveries, events, manual_retries, utcnow
 from relay.wildix import InvalidEvent, parse
 
-RETRYABLE = (DeliveryState.PENDING, DeliveryState.DEAD, DeliveryState.CANCELLED)
+RETRYABLE = (
+    DeliveryState.PENDING,
+    DeliveryState.DEAD,
+    DeliveryState.CANCELLED,
+    DeliveryState.SUPERSEDED,
+)
 CANCELLABLE = (DeliveryState.PENDING, DeliveryState.DEAD)
 _BATCH = 500
 
@@ -94,7 +99,8 @@ async def _move(
 
 
 async def retry(store: Store, delivery_id: int, *, by: str | None = None) -> None:
-    """Due now; a dead or cancelled delivery also gets a fresh budget of ``max_attempts``.
+    """Due now; a dead, cancelled or superseded delivery also gets a fresh budget of
+    ``max_attempts``.
 
     Its attempt numbers keep counting (#3 follows #2), and the history shows the retry, by
     ``by`` (who or what asked: the dashboard, the API, the CLI and its user)."""

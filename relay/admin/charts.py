@@ -22,7 +22,7 @@ from sqlalchemy import ColumnElement, Integer, case, func, literal, select
 from relay.admin.filters import BadFilter
 from relay.config import Settings
 from relay.store.records import Store
-from relay.store.states import OutcomeKind
+from relay.store.states import DeliveryState, OutcomeKind
 from relay.store.tables import attempts, deliveries, events, utcnow
 
 
@@ -51,6 +51,9 @@ SERIES = {
     OutcomeKind.RETRY: "retried",
     OutcomeKind.DEAD: OutcomeKind.DEAD.value,
 }
+# deliveries a coalescing connector left out for a newer state of their call: no attempt, no
+# failure, drawn apart from the dead ones (by when they were superseded)
+SUPERSEDED = DeliveryState.SUPERSEDED.value
 
 
 class IntegrationChart(msgspec.Struct, kw_only=True):
@@ -68,12 +71,13 @@ class ConnectorChart(msgspec.Struct, kw_only=True):
     delivered: list[int]  # attempts per bucket that delivered
     retried: list[int]  # that failed and will be tried again
     dead: list[int]  # that failed for good
+    superseded: list[int]  # deliveries left out for a newer state of their call (no attempt)
     p50_ms: int | None  # nearest-rank percentiles of the delivered attempts' durations
     p95_ms: int | None
 
     @property
     def total(self) -> int:
-        return sum(self.delivered) + sum(self.retried) + sum(self.dead)
+        return sum(self.delivered) + sum(self.retried) + sum(self.dead) + sum(self.superseded)
 
 
 class Charts(msgspec.Struct, kw_only=True):
@@ -192,6 +196,18 @@ async def _read(
                 counts.attempts[(connector, SERIES[outcome])] += int(n)
             if outcome == OutcomeKind.SUCCEEDED:
                 counts.durations[connector][int(duration)] += int(n)
+        done = _bucket(deliveries.c.completed_at, bounds, end)
+        rows = await conn.execute(
+            select(deliveries.c.connector, done, func.count())
+            .where(
+                deliveries.c.state == DeliveryState.SUPERSEDED,
+                deliveries.c.completed_at >= start,
+                deliveries.c.completed_at < end,
+            )
+            .group_by(deliveries.c.connector, done)
+        )
+        for connector, bucket, n in rows:
+            out[int(bucket)].attempts[(connector, SUPERSEDED)] += int(n)
     return out
 
 
@@ -237,7 +253,7 @@ async def charts(store: Store, settings: Settings, range_key: str | None = None)
                 name=name,
                 **{
                     series: [b.attempts[(name, series)] for b in buckets]
-                    for series in SERIES.values()
+                    for series in (*SERIES.values(), SUPERSEDED)
                 },
                 p50_ms=_percentile(latency[name], 50),
                 p95_ms=_percentile(latency[name], 95),

@@ -65,6 +65,9 @@ class CrmConnector(CrmHttp, Connector):
     # Call_Type). With updates=False the record is written once, from the final data (Pipedrive).
     creates_at: ClassVar[Literal["start", "end"]] = "start"
     updates: ClassVar[bool] = True
+    # one record per call, rendered from the merged snapshot: a newer state of the call makes
+    # an older pending delivery pointless (the queue marks it superseded)
+    coalesce_calls = True
 
     def __init__(self, name: str, config: CrmConfig) -> None:
         super().__init__(name, config)

@@ -151,8 +151,11 @@ class Dispatcher:
             if self._breakers.holds(name):  # its circuit is open: at most the one probe goes
                 await self._probe(db, name, policy, instances[name], lease)
                 continue
-            claims = await db.claim(name, free, worker=self.worker, lease=lease)
-            if not await self._start(name, policy, instances[name], claims):
+            connector = instances[name]
+            claims = await db.claim(
+                name, free, worker=self.worker, lease=lease, coalesce=connector.coalesce_calls
+            )
+            if not await self._start(name, policy, connector, claims):
                 return False
             again = again or (len(claims) == free)
         return again
@@ -168,7 +171,9 @@ class Dispatcher:
         """Send the cluster's one probe delivery, if its cool-down is over and we win the slot."""
         if not self._breakers.probe_due(name) or not await self._breakers.claim_probe(name, lease):
             return
-        claims = await db.claim(name, 1, worker=self.worker, lease=lease)
+        claims = await db.claim(
+            name, 1, worker=self.worker, lease=lease, coalesce=connector.coalesce_calls
+        )
         if not claims:
             await self._breakers.unused_probe(name)
             return

@@ -64,7 +64,9 @@ class Backend(Protocol):
         """Deliveries (``rows.delivery_rows``) of events already stored, in one transaction."""
         ...
 
-    async def claim(self, connector: str, limit: int, *, worker: str, lease: float) -> list[Claim]:
+    async def claim(
+        self, connector: str, limit: int, *, worker: str, lease: float, coalesce: bool = False
+    ) -> list[Claim]:
         """Lease up to ``limit`` due deliveries (see ``DeliveryQueue.claim``)."""
         ...
 

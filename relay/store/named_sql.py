@@ -5,7 +5,8 @@ read (and diff, and paste into ``EXPLAIN``) as the SQL the database runs. A quer
 comment line ``-- name: what it does`` at the top of a paragraph, and runs to the next one; its
 other comment lines are dropped, and so is its final ``;``. Delivery states are written
 ``{state:pending}`` (one quoted state) or ``{states:active}`` (the quoted states of
-``relay.store.states.ACTIVE``/``ENDED``) and spelled from ``DeliveryState`` at load time. Any
+``relay.store.states.ACTIVE``/``ENDED``) and spelled from ``DeliveryState`` at load time; event
+types that coalescing compares are written ``{types:final}`` (``COALESCE_TYPES``). Any
 other ``{…}`` is left for the backend to fill in (e.g. a multi-row ``VALUES``). Each file is
 read and parsed once, when a backend module is imported.
 """
@@ -16,24 +17,26 @@ import re
 from functools import cache
 from importlib import resources
 
-from relay.store.states import ACTIVE, ENDED, DeliveryState
+from relay.store.states import ACTIVE, COALESCE_TYPES, ENDED, DeliveryState
 
 __all__ = ["available", "parse", "queries"]
 
 _HEADER = re.compile(r"-- ([a-z_][a-z0-9_]*): \S")
-_STATES = re.compile(r"\{(state|states):([a-z_]+)\}")
+_STATES = re.compile(r"\{(state|states|types):([a-z_]+)\}")
 _GROUPS: dict[str, tuple[DeliveryState, ...]] = {"active": ACTIVE, "ended": ENDED}
 
 
-def _quoted(states: tuple[DeliveryState, ...]) -> str:
-    return ", ".join(f"'{state.value}'" for state in states)
+def _quoted(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{value}'" for value in values)
 
 
 def _spell(match: re.Match[str]) -> str:
     kind, name = match.groups()
     if kind == "state":
-        return _quoted((DeliveryState(name),))
-    return _quoted(_GROUPS[name])
+        return _quoted((DeliveryState(name).value,))
+    if kind == "types":
+        return _quoted(COALESCE_TYPES[name])
+    return _quoted(tuple(state.value for state in _GROUPS[name]))
 
 
 def parse(text: str, source: str = "<sql>") -> dict[str, str]:

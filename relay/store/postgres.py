@@ -43,6 +43,7 @@ T = TypeVar("T")
 
 _QUEUE = queries("queue.postgresql")
 CLAIM = _QUEUE["claim"]
+SUPERSEDE = _QUEUE["supersede"]
 FINISH = _QUEUE["finish"]
 PAUSE = _QUEUE["pause"]
 _INGEST = queries("ingest.postgresql")
@@ -165,10 +166,12 @@ class PgBackend:
                 await conn.invalidate()
                 raise
 
-    async def claim(self, connector: str, limit: int, *, worker: str, lease: float) -> list[Claim]:
+    async def claim(
+        self, connector: str, limit: int, *, worker: str, lease: float, coalesce: bool = False
+    ) -> list[Claim]:
         if limit <= 0:
             return []
-        return await self._raw(lambda conn: _claim(conn, connector, limit, worker, lease))
+        return await self._raw(lambda conn: _claim(conn, connector, limit, worker, lease, coalesce))
 
     async def finish_batch(self, done: Sequence[tuple[Claim, Outcome]], *, worker: str) -> int:
         if not done:
@@ -195,20 +198,33 @@ class PgSession:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
-    async def claim(self, connector: str, limit: int, *, worker: str, lease: float) -> list[Claim]:
+    async def claim(
+        self, connector: str, limit: int, *, worker: str, lease: float, coalesce: bool = False
+    ) -> list[Claim]:
         if limit <= 0:
             return []
-        return await _claim(self.conn, connector, limit, worker, lease)
+        return await _claim(self.conn, connector, limit, worker, lease, coalesce)
 
     async def finish_batch(self, done: Sequence[tuple[Claim, Outcome]], *, worker: str) -> int:
         return await _finish(self.conn, done, worker)
 
 
 async def _claim(
-    conn: asyncpg.Connection, connector: str, limit: int, worker: str, lease: float
+    conn: asyncpg.Connection,
+    connector: str,
+    limit: int,
+    worker: str,
+    lease: float,
+    coalesce: bool = False,
 ) -> list[Claim]:
     now = utcnow()
-    rows = await conn.fetch(CLAIM, connector, now, limit, now + timedelta(seconds=lease), worker)
+    args = (CLAIM, connector, now, limit, now + timedelta(seconds=lease), worker)
+    if coalesce:  # one transaction: the claim picks the newest state the supersede step left
+        async with conn.transaction():
+            await conn.execute(SUPERSEDE, connector, now, limit)
+            rows = await conn.fetch(*args)
+    else:
+        rows = await conn.fetch(*args)
     rows.sort(key=itemgetter(0))
     # (id, event_id, integration_id, attempts, raw)
     return [Claim(r[0], r[1], connector, r[2], r[3], r[4]) for r in rows]

@@ -73,7 +73,7 @@ def pauses(done: Sequence[tuple[Claim, Outcome]]) -> list[tuple[str, datetime, s
 
 class QueueSession(Protocol):
     async def claim(
-        self, connector: str, limit: int, *, worker: str, lease: float
+        self, connector: str, limit: int, *, worker: str, lease: float, coalesce: bool = False
     ) -> list[Claim]: ...
 
     async def finish_batch(self, done: Sequence[tuple[Claim, Outcome]], *, worker: str) -> int: ...
@@ -85,14 +85,20 @@ class DeliveryQueue:
     backend: Backend
     engine: AsyncEngine
 
-    async def claim(self, connector: str, limit: int, *, worker: str, lease: float) -> list[Claim]:
+    async def claim(
+        self, connector: str, limit: int, *, worker: str, lease: float, coalesce: bool = False
+    ) -> list[Claim]:
         """Lease up to ``limit`` due deliveries whose earlier siblings (same key) are done.
 
         Claims whose lease ran out (a crashed worker's) come first. Each pick walks the
         (state, connector, next_attempt_at, id) index in due order and stops at its limit, so
-        a long backlog costs nothing per claim.
+        a long backlog costs nothing per claim. With ``coalesce`` (the connector's
+        ``coalesce_calls``), the pending deliveries of those calls that a newer pending state of
+        the same call makes pointless are first marked superseded, in the same transaction.
         """
-        return await self.backend.claim(connector, limit, worker=worker, lease=lease)
+        return await self.backend.claim(
+            connector, limit, worker=worker, lease=lease, coalesce=coalesce
+        )
 
     async def finish(self, claim: Claim, outcome: Outcome, *, worker: str) -> bool:
         """Record one attempt; see ``finish_batch``."""

@@ -52,6 +52,7 @@ _MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 _QUEUE = queries("queue.sqlite")
 CLAIM_EXPIRED = _QUEUE["claim_expired"]
 CLAIM_DUE = _QUEUE["claim_due"]
+SUPERSEDE = _QUEUE["supersede"]
 EVENT_BODIES = _QUEUE["event_bodies"]
 FINISH = _QUEUE["finish"]
 ATTEMPT = _QUEUE["attempt"]
@@ -260,7 +261,9 @@ class SqliteBackend:
 
     # -- the delivery queue -------------------------------------------------------------------
 
-    async def claim(self, connector: str, limit: int, *, worker: str, lease: float) -> list[Claim]:
+    async def claim(
+        self, connector: str, limit: int, *, worker: str, lease: float, coalesce: bool = False
+    ) -> list[Claim]:
         if limit <= 0:
             return []
         now = utcnow()
@@ -268,6 +271,8 @@ class SqliteBackend:
 
         def write(conn: Connection) -> list[Claim]:
             cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            if coalesce:
+                cur.execute(SUPERSEDE, (connector, at, limit))
             rows = cur.execute(
                 CLAIM_EXPIRED, (lease_to, worker, at, connector, at, limit)
             ).fetchall()

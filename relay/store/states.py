@@ -4,7 +4,9 @@ API, the dashboard and the metrics share.
     pending ──claim──▶ running ──▶ succeeded
        ▲                  │  └───▶ dead       (permanent error, or attempts used up)
        └──── retry ───────┘
-    pending / dead ──cancel──▶ cancelled;  dead / cancelled ──retry (by hand)──▶ pending
+    pending ──a newer state of its call is pending too──▶ superseded   (coalescing connectors)
+    pending / dead ──cancel──▶ cancelled
+    dead / cancelled / superseded ──retry (by hand)──▶ pending
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ class DeliveryState(StrEnum):
     SUCCEEDED = "succeeded"
     DEAD = "dead"
     CANCELLED = "cancelled"
+    # a coalescing connector got a newer state of the call instead: neither failed nor lost
+    SUPERSEDED = "superseded"
 
 
 # Active deliveries hold back later ones with the same ordering key.
@@ -27,7 +31,21 @@ ENDED: tuple[DeliveryState, ...] = (
     DeliveryState.SUCCEEDED,
     DeliveryState.DEAD,
     DeliveryState.CANCELLED,
+    DeliveryState.SUPERSEDED,
 )
+
+# What coalescing (``Connector.coalesce_calls``) compares, by event type; the queue's
+# ``supersede`` statement spells them from here. A final record carries the whole call, so it
+# supersedes any live event of it, and a newer final record an older one; a live snapshot (the
+# call as it stands, its flows with their own times) supersedes an older snapshot. Any other type
+# never supersedes: the live end carries no numbers (only a final record supersedes it), and the
+# legacy generation carries no times, so its first event's time is the call's start (none of its
+# events may be left out).
+COALESCE_TYPES: dict[str, tuple[str, ...]] = {
+    "final": ("call:completed",),
+    "snapshot": ("call:live:progress",),
+    "live_end": ("call:live:completed",),
+}
 
 
 class OutcomeKind(StrEnum):

@@ -28,6 +28,10 @@ from tests.support.samples import fixture
 from tests.support.waiting import eventually
 
 SECRET = "R8vYq2LmTz0pWn4XcKs7JdHf5Bg1Ae"
+# a settled delivery: sent, failed for good, or left out for a newer state of its call
+SETTLED = ("succeeded", "dead", "superseded")
+# a delivery that did not fail: sent, or superseded (a coalescing connector sent a newer state)
+DONE = ("succeeded", "superseded")
 
 
 def config_dict(
@@ -140,7 +144,7 @@ class RunningRelay:
 
         async def done() -> list[Any] | None:
             rows = await self.deliveries()
-            return rows if rows and all(r.state in ("succeeded", "dead") for r in rows) else None
+            return rows if rows and all(r.state in SETTLED for r in rows) else None
 
         return await self.wait_until(done, timeout, "deliveries to settle")
 
