@@ -43,7 +43,7 @@ from tests.support.cli import relay_cli
 from tests.support.crm import FR_CALLER, HUBSPOT, REFRESHING, day, post_all, retry_dead, running
 from tests.support.dashboard import ui_login
 from tests.support.operations import AUTH, TOKEN, api, webhook
-from tests.support.relay import RunningRelay, call_body, config_dict, run_relay, write_config
+from tests.support.relay import DONE, RunningRelay, call_body, config_dict, run_relay, write_config
 from tests.support.sqs import sqs_settings
 
 FAST = {"max_attempts": 2, "schedule": ["0.05s"], "concurrency": 2}
@@ -191,7 +191,7 @@ async def test_a_daily_quota_pause_alerts_when_it_starts_and_when_the_quota_rese
         async with run_relay(
             parse_config(yaml.safe_dump(data), connector_types=connector_types([]), env={})
         ) as relay:
-            await post_all(relay, day(3), "q7m2xk")
+            await post_all(relay, day(6), "q7m2xk")
             await relay.wait_until(
                 lambda: alerts_of(alert, PAUSED), timeout=30, what="the quota incident alert"
             )
@@ -203,7 +203,7 @@ async def test_a_daily_quota_pause_alerts_when_it_starts_and_when_the_quota_rese
             )
             rows = await relay.settled(timeout=30)
     assert alerts_of(alert, PAUSED) == [("opened", "crm"), ("resolved", "crm")]
-    assert all(r.state == "succeeded" for r in rows)
+    assert all(r.state in DONE for r in rows)  # a call's older events may be superseded
 
 
 async def test_a_revoked_refresh_token_alerts_slack_until_a_token_is_issued_again(
