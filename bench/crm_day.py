@@ -5,10 +5,17 @@ reordered within calls (the final record before the live end, updates before sta
 twice byte for byte (absorbed at ingest) and some re-sent with a new envelope time (real
 duplicates for the connectors). Each fake runs at its default plan limits and each connector at
 its defaults. Prints, per CRM, how many records each call got, the CRM API requests per logged
-call and how many requests were rejected for rate limits. ``--outage``: the whole day is queued
-before anything is delivered (the CRMs were down), then drained.
+call and how many requests were rejected for rate limits.
 
-    .venv/bin/python -m bench.crm_day [--calls 200] [--seed 7] [--crm hubspot ...] [--outage]
+By default the day is posted as fast as the webhook takes it, so a call's later events often
+arrive while its earlier ones still wait (and coalesce). ``--paced``: real time, where a call's
+events are seconds to minutes apart: the n-th event of every call is posted, then relay
+settles, then the (n+1)-th, so each event reaches the CRM before the next one of its call
+arrives. ``--outage``: the whole day is queued before anything is delivered (the CRMs were
+down), then drained.
+
+    .venv/bin/python -m bench.crm_day [--calls 200] [--seed 7] [--crm hubspot ...]
+        [--paced | --outage] [--create-at end] [--by-path]
 """
 
 from __future__ import annotations
@@ -142,14 +149,28 @@ async def serving(
         await asyncio.wait_for(proc.wait(), 30)
 
 
-async def post_day(rng: random.Random, plan: list, client: httpx.AsyncClient, port: int) -> list:
-    """The plan's events posted like Wildix would: interleaved across calls, each call's in its
-    (possibly reordered) order, 40 at a time; returns the webhook's answers."""
+def interleaved(rng: random.Random, plan: list) -> list[tuple[str, bytes]]:
+    """Every call's events in its (possibly reordered) order, the calls interleaved."""
     queues = [collections.deque((integ, b) for b in sent) for _, _, integ, sent in plan]
     stream = []
     while any(queues):
         q = rng.choice([q for q in queues if q])
         stream.append(q.popleft())
+    return stream
+
+
+def rounds(plan: list) -> list[list[tuple[str, bytes]]]:
+    """Round n holds the n-th event of every call that has one (``--paced``)."""
+    longest = max(len(sent) for *_, sent in plan)
+    return [
+        [(integ, sent[n]) for _, _, integ, sent in plan if n < len(sent)] for n in range(longest)
+    ]
+
+
+async def post_day(
+    stream: list[tuple[str, bytes]], client: httpx.AsyncClient, port: int
+) -> list[int]:
+    """Post like Wildix would, 40 at a time; returns the webhook's answers."""
 
     async def post(integ: str, body: bytes) -> int:
         headers = {"x-signature": sign(body, SECRET), "content-type": "application/json"}
@@ -162,15 +183,22 @@ async def post_day(rng: random.Random, plan: list, client: httpx.AsyncClient, po
     return codes
 
 
-async def run_day(rng: random.Random, plan: list, connectors: dict, outage: bool = False) -> Day:
+async def run_day(
+    rng: random.Random, plan: list, connectors: dict, *, outage: bool = False, paced: bool = False
+) -> Day:
     """Post the day and return once every delivery has settled. With ``outage`` the day is
     ingested while nothing delivers (`serve --no-dispatch`: the CRMs were unreachable all day),
-    then one `relay serve` drains the whole backlog."""
+    then one `relay serve` drains the whole backlog. With ``paced`` relay settles after each
+    round of events."""
     tmp = Path(tempfile.mkdtemp(prefix="crm_day_"))
     port = free_port()
     t0 = time.monotonic()
     async with serving(tmp, connectors, port, *(["--no-dispatch"] if outage else [])) as client:
-        codes = await post_day(rng, plan, client, port)
+        codes = []
+        for batch in rounds(plan) if paced else [interleaved(rng, plan)]:
+            codes += await post_day(batch, client, port)
+            if paced:
+                await settled(tmp / "relay.db")
         posted = time.monotonic() - t0
         if outage:
             t0 = time.monotonic()
@@ -235,7 +263,9 @@ async def main(args: argparse.Namespace) -> None:
             url = await stack.enter_async_context(serve(fakes[vendor.name].app))
             block = vendor.credentials(fakes[vendor.name], url, vendor.flow)
             connectors[vendor.name] = {**block, "default_region": "GB"}
-        day = await run_day(rng, plan, connectors, outage=args.outage)
+            if args.create_at:
+                connectors[vendor.name]["create_at"] = args.create_at
+        day = await run_day(rng, plan, connectors, outage=args.outage, paced=args.paced)
     print_day(args.calls, plan, day)
     for vendor in vendors:
         print_requests(vendor, fakes[vendor.name], plan)
@@ -283,10 +313,21 @@ if __name__ == "__main__":
     parser.add_argument(
         "--crm", action="append", choices=sorted(CRMS), help="repeatable; default: every CRM"
     )
-    parser.add_argument(
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
         "--outage",
         action="store_true",
         help="ingest the whole day before anything is delivered (CRMs down all day), then drain",
+    )
+    mode.add_argument(
+        "--paced",
+        action="store_true",
+        help="real time: each event of a call is delivered before the call's next one arrives",
+    )
+    parser.add_argument(
+        "--create-at",
+        choices=["start", "end", "record"],
+        help="every CRM's create_at (default: each CRM's own; a CRM refuses one it cannot take)",
     )
     parser.add_argument(
         "--by-path",

@@ -16,7 +16,7 @@ import base64
 import hashlib
 import json
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import httpx
 import phonenumbers
@@ -43,6 +43,7 @@ FORMATS = (
 
 
 class FreshdeskConfig(crm.CrmConfig, kw_only=True):
+    creates_at: ClassVar[crm.CreateAt] = "end"  # tickets: missed needs the outcome
     api_key: str  # Profile settings → Your API Key
     domain: str | None = None  # acme → https://acme.freshdesk.com
     tickets: Literal["all", "missed"] = "all"  # missed: unanswered inbound calls only
@@ -126,7 +127,6 @@ class FreshdeskConnector(crm.CrmConnector):
     vendor = "Freshdesk"
     Config = FreshdeskConfig
     config: FreshdeskConfig
-    creates_at = "end"  # tickets: missed needs the outcome; and a ticket per finished call
 
     # -- HTTP specifics --------------------------------------------------------------------------
 
@@ -256,7 +256,7 @@ class FreshdeskConnector(crm.CrmConnector):
         written = {"fields": digest(self.fields(activity))}
         await ctx.links.set(f"ticket:{ticket}", written)
         try:
-            await self._write_note(ticket, activity, ctx, written)
+            await self._write_note(ticket, activity, ctx, written, fresh=True)
         except DeliveryError as exc:
             # the ticket exists: keep the create's intent so that the next attempt finds the
             # ticket by its tag and adds the note, rather than raising a second ticket
@@ -282,13 +282,22 @@ class FreshdeskConnector(crm.CrmConnector):
         await self._write_note(record_id, activity, ctx, written)
 
     async def _write_note(
-        self, ticket: str, activity: crm.Activity, ctx: DeliveryContext, written: dict[str, Any]
+        self,
+        ticket: str,
+        activity: crm.Activity,
+        ctx: DeliveryContext,
+        written: dict[str, Any],
+        *,
+        fresh: bool = False,
     ) -> None:
-        """Add the private note, or update it (found by the marker if its id was not kept)."""
+        """Add the private note, or update it (found by the marker if its id was not kept).
+        A ``fresh`` ticket, created by this very attempt, has no note to look for."""
         note = self.note(activity)
         if written.get("body") == digest(note):
             return
-        note_id = written.get("note") or await self._find_note(ticket, activity, ctx)
+        note_id = written.get("note")
+        if note_id is None and not fresh:
+            note_id = await self._find_note(ticket, activity, ctx)
         if note_id is None:
             path = f"/api/v2/tickets/{ticket}/notes"
             response = await self.call_api(ctx, "POST", path, what="add note", json=note)

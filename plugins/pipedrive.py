@@ -9,7 +9,7 @@ end with ``wait_for_record: false``). Person search through the v2 search API; A
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -20,6 +20,8 @@ PAGE = 50
 
 
 class PipedriveConfig(crm.CrmConfig, kw_only=True):
+    creates_at: ClassVar[crm.CreateAt] = "end"
+    create_at: crm.CreateAt | None = "record"  # a call log cannot be updated: the final data
     api_token: str | None = None  # Personal preferences → API
     access_token: str | None = None  # an OAuth bearer token, instead of api_token
     company_domain: str | None = None  # acme → https://acme.pipedrive.com
@@ -54,7 +56,6 @@ class PipedriveConnector(crm.CrmConnector):
     vendor = "Pipedrive"
     Config = PipedriveConfig
     config: PipedriveConfig
-    creates_at = "end"
     updates = False
 
     # -- HTTP specifics --------------------------------------------------------------------------

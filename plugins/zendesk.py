@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import httpx
 import msgspec
@@ -40,6 +40,7 @@ TAG = re.compile(r"^[^\s,]{1,80}$")
 
 
 class ZendeskConfig(crm.CrmConfig, kw_only=True):
+    creates_at: ClassVar[crm.CreateAt] = "end"  # which calls make tickets: the outcome decides
     subdomain: str | None = None  # acme → https://acme.zendesk.com
     base_url: str | None = None  # default: the subdomain's URL
     email: str | None = None  # the agent the API token acts as
@@ -99,7 +100,6 @@ class ZendeskConnector(crm.CrmConnector):
     vendor = "Zendesk"
     Config = ZendeskConfig
     config: ZendeskConfig
-    creates_at = "end"  # which calls make tickets depends on the outcome
 
     # -- HTTP specifics --------------------------------------------------------------------------
 

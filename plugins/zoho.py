@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -50,6 +50,7 @@ def mm_ss(seconds: float | None) -> str:
 
 
 class ZohoConfig(crm.CrmConfig, kw_only=True):
+    creates_at: ClassVar[crm.CreateAt] = "end"  # Call_Type is fixed at creation
     client_id: str
     client_secret: str
     refresh_token: str
@@ -83,7 +84,6 @@ class ZohoConnector(crm.oauth.OAuthConnector):
     vendor = "Zoho CRM"
     Config = ZohoConfig
     config: ZohoConfig
-    creates_at = "end"  # Call_Type is fixed at creation
 
     auth_scheme = "Zoho-oauthtoken"
 

@@ -112,6 +112,11 @@ async def test_tickets_missed_raises_only_the_missed_inbound_call(db_url: str) -
     assert [e for e in fake.log if e[0] == "POST" and e[1] == "/api/v2/tickets"] == [
         ("POST", "/api/v2/tickets", 201)
     ]
+    # the ticket was created by this attempt: its note is added without looking for one first
+    assert [e for e in fake.log if e[1].endswith("/conversations")] == []
+    assert [e[:2] for e in fake.log if e[1].endswith("/notes")] == [
+        ("POST", f"/api/v2/tickets/{ticket['id']}/notes")
+    ]
 
 
 async def test_a_crash_between_the_ticket_and_its_note_leaves_one_of_each(db_url: str) -> None:

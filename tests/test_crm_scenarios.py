@@ -14,8 +14,11 @@ import pytest
 import yaml
 
 from relay import AuthError
+from relay.config import ConfigError, parse_config
+from relay.registry import connector_types
 from tests.support.calls import current_inbound_missed, current_outbound, legacy
 from tests.support.crm import (
+    CRMS,
     FR_CALLER,
     UK_CONTACT,
     VENDORS,
@@ -395,6 +398,53 @@ async def test_create_once_crm_without_final_records_logs_at_the_live_end(
             await post_all(relay, [record], "q7m2xk")  # a record after all: nothing twice
             await relay.settled()
     assert len(vendor.all_records(fake)) == 1
+
+
+@ids
+async def test_create_at_record_writes_each_call_once_from_its_final_record(
+    db_url: str, vendor: Vendor
+) -> None:
+    """``create_at: record``: the live events write nothing; the final record creates the
+    record, complete, and nothing updates it afterwards."""
+    fake = vendor.fake()
+    seeded = vendor.seed(fake)
+    *live, record = current_outbound("rec_1", UK_CONTACT, recording_url=REC)
+    async with running(fake) as url:
+        block = vendor.block(fake, url, create_at="record")
+        async with run_relay(make_settings(db_url, {"crm": block})) as relay:
+            await post_all(relay, live, "q7m2xk")
+            await relay.settled()
+            assert vendor.records(fake, "rec_1") == []
+            await post_all(relay, [record], "q7m2xk")
+            await relay.settled()
+    [log] = vendor.records(fake, "rec_1")
+    assert vendor.outcome(log) == vendor.outcomes["completed"]
+    assert vendor.seconds(log) == vendor.kept_seconds(180_602)
+    assert vendor.person(log) == seeded["uk"]
+    assert REC in vendor.notes(log)
+    writes = [e[:2] for e in fake.log if e[0] in ("POST", "PUT", "PATCH")]
+    assert [w for w in writes if w[0] != "POST"] == []  # no update
+    assert len([w for w in writes if w[1].endswith(vendor.create_path)]) == 1
+
+
+@pytest.mark.parametrize(
+    ("vendor", "at", "says"),
+    [
+        (CRMS["zoho"], "start", "use end or record"),
+        (CRMS["pipedrive"], "start", "use end or record"),
+        (CRMS["freshdesk"], "start", "use end or record"),
+        (CRMS["hubspot"], "later", "create_at"),
+    ],
+    ids=lambda v: getattr(v, "name", v),
+)
+def test_create_at_earlier_than_the_crm_allows_names_the_key(
+    vendor: Vendor, at: str, says: str
+) -> None:
+    block = vendor.block(vendor.fake(), "http://127.0.0.1:9", create_at=at)
+    text = yaml.safe_dump({"connectors": {"crm": block}})
+    with pytest.raises(ConfigError, match=r"\$\.connectors\.crm") as info:
+        parse_config(text, connector_types=connector_types(), env={})
+    assert says in str(info.value)
 
 
 @pytest.mark.parametrize("vendor", [v for v in VENDORS if not v.oauth], ids=vendor_id)

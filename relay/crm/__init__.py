@@ -23,7 +23,14 @@ from relay.crm.content import (
 from relay.crm.facts import Facts
 from relay.crm.http import CrmHttp, Limited, json_object, next_reset
 from relay.crm.lifecycle import ActivityState, CallLink, CrmConnector
-from relay.crm.options import DEFAULT_NOTES, DEFAULT_TITLE, CrmConfig, OnNoMatch, RateLimit
+from relay.crm.options import (
+    DEFAULT_NOTES,
+    DEFAULT_TITLE,
+    CreateAt,
+    CrmConfig,
+    OnNoMatch,
+    RateLimit,
+)
 from relay.crm.owners import OwnerMapper
 from relay.crm.phones import Person, PhoneMatcher, national_digits, pick, to_e164
 
@@ -34,6 +41,7 @@ __all__ = [
     "Activity",
     "ActivityState",
     "CallLink",
+    "CreateAt",
     "CrmConfig",
     "CrmConnector",
     "CrmHttp",

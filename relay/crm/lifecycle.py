@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import ClassVar, Literal, TypeVar
+from typing import ClassVar, TypeVar
 
 import msgspec
 
@@ -60,10 +60,8 @@ class CrmConnector(CrmHttp, Connector):
 
     Config: ClassVar[type[CrmConfig]] = CrmConfig
     config: CrmConfig
-    # "start": create at the first routed event and update as the call goes (HubSpot, Salesforce);
-    # "end": create when the call has ended (a CRM field that cannot change later, e.g. Zoho's
-    # Call_Type). With updates=False the record is written once, from the final data (Pipedrive).
-    creates_at: ClassVar[Literal["start", "end"]] = "start"
+    # False: a record cannot be changed once created (Pipedrive's call logs); it is then created
+    # once, from the final data (``create_at: record``) or at the live end (``create_at: end``).
     updates: ClassVar[bool] = True
     # one record per call, rendered from the merged snapshot: a newer state of the call makes
     # an older pending delivery pointless (the queue marks it superseded)
@@ -138,11 +136,10 @@ class CrmConnector(CrmHttp, Connector):
         await ctx.links.set(key, msgspec.to_builtins(link))
 
     def _ready_to_create(self, facts: Facts) -> bool:
-        if self.creates_at == "start":
-            return True
-        if not facts.ended:
-            return False
-        return self.updates or facts.final or not self.config.wait_for_record
+        """``create_at``: at the first routed event, once the call has ended, or from the data
+        nothing better will follow (the final record, a legacy end)."""
+        at = self.config.create_at
+        return at == "start" or (facts.ended and (at == "end" or facts.final))
 
     async def _advance(
         self, event: Event, ctx: DeliveryContext, key: str, link: CallLink, state: ActivityState

@@ -7,7 +7,7 @@ override a default (``rate_limit``) by redeclaring the field.
 from __future__ import annotations
 
 from datetime import time
-from typing import Literal
+from typing import ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -18,6 +18,10 @@ from relay.connector import ConnectorConfig
 from relay.templates import TemplateError, compile_template
 
 OnNoMatch = Literal["log_unlinked", "create_contact", "skip"]
+# When a call's CRM record is created: at its first routed event, once it has ended, or from its
+# final data (the current generation's ``call:completed``, the legacy end). Later is fewer writes.
+CreateAt = Literal["start", "end", "record"]
+CREATE_POINTS: tuple[CreateAt, ...] = ("start", "end", "record")
 
 DEFAULT_TITLE = (
     "{% if call.direction == 'inbound' %}"
@@ -55,6 +59,11 @@ class RateLimit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
 class CrmConfig(ConnectorConfig):
     """Options of the shared CRM layer: which calls, matching, owners, content, limits."""
 
+    # The earliest ``create_at`` the CRM can take, and its default: "end" where a field is
+    # fixed at creation and needs the outcome (Zoho's Call_Type) or the outcome decides
+    # whether there is a record at all (tickets for missed calls).
+    creates_at: ClassVar[CreateAt] = "start"
+
     base_url: str | None = None  # the CRM's API root; each CRM sets its vendor default
     default_region: str | None = None  # ISO country for national numbers, e.g. GB
     log_internal: bool = False
@@ -67,7 +76,8 @@ class CrmConfig(ConnectorConfig):
     title: str = DEFAULT_TITLE
     notes: str = DEFAULT_NOTES
     recording_url: str | None = None  # Jinja: a link for recordings Wildix sent no URL for
-    wait_for_record: bool = True  # create-once CRMs: wait for call:completed (current gen)
+    create_at: CreateAt | None = None  # None: the CRM's ``creates_at``
+    wait_for_record: bool = True  # false: the older spelling of `create_at: end` (Pipedrive)
     rate_limit: RateLimit = RateLimit(requests=10, per=Duration(1))
     search_rate_limit: RateLimit = RateLimit(requests=5, per=Duration(1))
     daily_reset: str = "00:00"  # when the CRM's daily quota resets ...
@@ -102,3 +112,13 @@ class CrmConfig(ConnectorConfig):
             raise ValueError("`daily_reset` must be a time of day like 00:00") from None
         if self.request_timeout <= 0:
             raise ValueError("`request_timeout` must be positive")
+        if self.create_at is None:
+            self.create_at = self.creates_at
+        if self.create_at == "record" and not self.wait_for_record:
+            self.create_at = "end"
+        if CREATE_POINTS.index(self.create_at) < CREATE_POINTS.index(self.creates_at):
+            later = " or ".join(CREATE_POINTS[CREATE_POINTS.index(self.creates_at) :])
+            raise ValueError(
+                f"`create_at: {self.create_at}`: this CRM needs the call's outcome to create its"
+                f" record; use {later}"
+            )
