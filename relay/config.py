@@ -176,6 +176,7 @@ class RetentionConfig(_Strict):
 
     events: Duration | None = None  # None keeps events forever
     rejections: Duration | None = Duration(30 * 86400)
+    incidents: Duration | None = Duration(90 * 86400)  # resolved ones, and circuit history
     interval: Duration = Duration(3600)
 
 

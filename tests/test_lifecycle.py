@@ -17,9 +17,11 @@ from relay.admin.retention import purge
 from relay.store import db
 from relay.store.tables import (
     attempts,
+    circuit_transitions,
     deliveries,
     event_numbers,
     events,
+    incidents,
     links,
     rejections,
     utcnow,
@@ -30,6 +32,7 @@ from tests.support.databases import PG_URL, postgres_database
 from tests.support.operations import admin_settings, wait_state, webhook
 from tests.support.relay import call_body, config_dict, run_relay
 from tests.support.samples import fixture
+from tests.support.stores import open_store
 
 
 async def _backdate(relay: object, table: object, ids: list[int], days: float) -> None:
@@ -188,3 +191,42 @@ async def test_migration_indexes_numbers_of_events_stored_before_it(tmp_path: Pa
 async def test_migration_indexes_numbers_of_events_stored_before_it_postgres() -> None:
     async with postgres_database(migrate=False) as url:
         await _backfill_check(url)
+
+
+async def test_resolved_incidents_and_circuit_history_go_after_their_retention(
+    db_url: str, tmp_path: Path
+) -> None:
+    """An open incident stays whatever its age; a resolved one and the circuit's history go
+    once older than ``retention.incidents``, through `relay purge` as through the service."""
+    old = utcnow() - timedelta(days=91)
+    async with open_store(db_url) as store:
+        for subject in ("open-old", "gone", "recent"):
+            await store.report_incident("circuit_open", subject, "circuit open")
+        for subject in ("gone", "recent"):
+            await store.report_incident("circuit_open", subject, None)
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                update(incidents).where(incidents.c.subject == "open-old").values(opened_at=old)
+            )
+            await conn.execute(
+                update(incidents)
+                .where(incidents.c.subject == "gone")
+                .values(opened_at=old, resolved_at=old)
+            )
+            await conn.execute(
+                insert(circuit_transitions),
+                [
+                    {"connector": "crm", "at": at, "from_state": "closed", "to_state": "open"}
+                    for at in (old, utcnow())
+                ],
+            )
+    config = tmp_path / "relay.yaml"
+    config.write_text(yaml.safe_dump(config_dict(db_url, {"crm": {"type": "log"}})))
+    result = await relay_cli(config, "purge")
+    assert result.returncode == 0, result.stderr
+    assert "1 resolved incident and 1 circuit transition" in result.stdout
+    async with open_store(db_url) as store, store.engine.connect() as conn:
+        kept = set(await conn.scalars(select(incidents.c.subject)))
+        history = list(await conn.scalars(select(circuit_transitions.c.at)))
+    assert kept == {"open-old", "recent"}
+    assert len(history) == 1

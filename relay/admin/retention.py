@@ -22,9 +22,11 @@ from relay.store.records import Store
 from relay.store.states import ACTIVE, DeliveryState
 from relay.store.tables import (
     attempts,
+    circuit_transitions,
     deliveries,
     event_numbers,
     events,
+    incidents,
     links,
     rejections,
     utcnow,
@@ -45,6 +47,8 @@ class Purged:
     events: int = 0
     rejections: int = 0
     spared: int = 0  # past retention but with work in flight; purged on a later run
+    incidents: int = 0  # resolved ones
+    transitions: int = 0  # circuit history
 
 
 async def _delete_events(store: Store, conds: list[ColumnElement[bool]]) -> int:
@@ -60,7 +64,8 @@ async def _delete_events(store: Store, conds: list[ColumnElement[bool]]) -> int:
 
 
 async def purge(store: Store, settings: Settings, *, now: datetime | None = None) -> Purged:
-    """Apply each integration's ``retention`` (default ``retention.events``) and the rejections'."""
+    """Apply each integration's ``retention`` (default ``retention.events``), then the
+    rejections', and the resolved incidents' and circuit history's."""
     now = now or utcnow()
     result = Purged()
     default = settings.retention.events
@@ -83,11 +88,23 @@ async def purge(store: Store, settings: Settings, *, now: datetime | None = None
         async with store.engine.begin() as conn:
             gone = await conn.execute(delete(rejections).where(rejections.c.received_at < cutoff))
             result.rejections = gone.rowcount
-    if result.events or result.rejections or result.spared:
+    if settings.retention.incidents:  # an open incident is kept whatever its age
+        cutoff = now - timedelta(seconds=settings.retention.incidents)
+        async with store.engine.begin() as conn:
+            gone = await conn.execute(delete(incidents).where(incidents.c.resolved_at < cutoff))
+            result.incidents = gone.rowcount
+            gone = await conn.execute(
+                delete(circuit_transitions).where(circuit_transitions.c.at < cutoff)
+            )
+            result.transitions = gone.rowcount
+    if result.events or result.rejections or result.spared or result.incidents:
         log.info(
-            "purged %d events and %d rejections past retention (%d spared: work in flight)",
+            "purged %d events, %d rejections, %d resolved incidents and %d circuit transitions"
+            " past retention (%d spared: work in flight)",
             result.events,
             result.rejections,
+            result.incidents,
+            result.transitions,
             result.spared,
         )
     return result

@@ -354,7 +354,9 @@ def purge(ctx: click.Context) -> None:
     """Apply the retention settings now (the service also does so every retention.interval)."""
     out = _run(ctx, lambda st, store: purge_now(store, st))
     click.echo(
-        f"purged {_count(out.events, 'event')} and {_count(out.rejections, 'rejected request')}; "
+        f"purged {_count(out.events, 'event')}, {_count(out.rejections, 'rejected request')}, "
+        f"{_count(out.incidents, 'resolved incident')} and "
+        f"{_count(out.transitions, 'circuit transition')}; "
         f"{_count(out.spared, 'old event')} kept because their deliveries are still pending"
     )
 
