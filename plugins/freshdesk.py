@@ -43,7 +43,7 @@ FORMATS = (
 
 
 class FreshdeskConfig(crm.CrmConfig, kw_only=True):
-    creates_at: ClassVar[crm.CreateAt] = "end"  # tickets: missed needs the outcome
+    earliest_create_at: ClassVar[crm.CreateAt] = "end"  # tickets: missed needs the outcome
     api_key: str  # Profile settings → Your API Key
     domain: str | None = None  # acme → https://acme.freshdesk.com
     tickets: Literal["all", "missed"] = "all"  # missed: unanswered inbound calls only

@@ -20,8 +20,8 @@ PAGE = 50
 
 
 class PipedriveConfig(crm.CrmConfig, kw_only=True):
-    creates_at: ClassVar[crm.CreateAt] = "end"
-    create_at: crm.CreateAt | None = "record"  # a call log cannot be updated: the final data
+    earliest_create_at: ClassVar[crm.CreateAt] = "end"
+    create_at: crm.CreateAt = "record"  # a call log cannot be updated: the final data
     api_token: str | None = None  # Personal preferences → API
     access_token: str | None = None  # an OAuth bearer token, instead of api_token
     company_domain: str | None = None  # acme → https://acme.pipedrive.com

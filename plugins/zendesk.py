@@ -40,7 +40,7 @@ TAG = re.compile(r"^[^\s,]{1,80}$")
 
 
 class ZendeskConfig(crm.CrmConfig, kw_only=True):
-    creates_at: ClassVar[crm.CreateAt] = "end"  # which calls make tickets: the outcome decides
+    earliest_create_at: ClassVar[crm.CreateAt] = "end"  # the outcome decides on a ticket
     subdomain: str | None = None  # acme → https://acme.zendesk.com
     base_url: str | None = None  # default: the subdomain's URL
     email: str | None = None  # the agent the API token acts as

@@ -50,7 +50,7 @@ def mm_ss(seconds: float | None) -> str:
 
 
 class ZohoConfig(crm.CrmConfig, kw_only=True):
-    creates_at: ClassVar[crm.CreateAt] = "end"  # Call_Type is fixed at creation
+    earliest_create_at: ClassVar[crm.CreateAt] = "end"  # Call_Type is fixed at creation
     client_id: str
     client_secret: str
     refresh_token: str

@@ -42,13 +42,15 @@ async def test_outbound_completed_current_generation(db_url: str, vendor: Vendor
     fake = vendor.fake()
     seeded = vendor.seed(fake)
     events = current_outbound("it_out_1", UK_CONTACT, recording_url=REC)
+    # the live path: created at the first routed event where the CRM can take it
+    live = {"create_at": "start"} if vendor.updates else {}
     async with running(fake) as url:
-        settings = make_settings(db_url, {"crm": vendor.block(fake, url)})
+        settings = make_settings(db_url, {"crm": vendor.block(fake, url, **live)})
         async with run_relay(settings) as relay:
             await post_all(relay, events[:1], "q7m2xk")
             await relay.settled()
             early = vendor.records(fake, "it_out_1")
-            if vendor.updates:  # created at the first routed event, in progress
+            if vendor.updates:  # in progress
                 [call] = early
                 if vendor.name == "hubspot":
                     assert call["properties"]["hs_call_status"] == "IN_PROGRESS"
@@ -398,6 +400,37 @@ async def test_create_once_crm_without_final_records_logs_at_the_live_end(
             await post_all(relay, [record], "q7m2xk")  # a record after all: nothing twice
             await relay.settled()
     assert len(vendor.all_records(fake)) == 1
+
+
+@ids
+async def test_by_default_the_record_appears_when_the_call_ends(
+    db_url: str, vendor: Vendor
+) -> None:
+    """``create_at: end`` (Pipedrive: ``record``): nothing while the call goes on; the live end
+    creates the record with its outcome; the final record brings the exact duration."""
+    fake = vendor.fake()
+    vendor.seed(fake)
+    start, update, end, record = current_outbound("end_1", UK_CONTACT, recording_url=REC)
+    async with running(fake) as url:
+        settings = make_settings(db_url, {"crm": vendor.block(fake, url)})
+        async with run_relay(settings) as relay:
+            await post_all(relay, [start, update], "q7m2xk")
+            await relay.settled()
+            assert vendor.records(fake, "end_1") == []
+            await post_all(relay, [end], "q7m2xk")
+            await relay.settled()
+            at_end = vendor.records(fake, "end_1")
+            if vendor.name == "pipedrive":  # a call log cannot be updated: the final data only
+                assert at_end == []
+            else:
+                [log] = at_end
+                assert vendor.outcome(log) == vendor.outcomes["completed"]
+                assert round(vendor.seconds(log)) == 181  # the live start to the live end
+            await post_all(relay, [record], "q7m2xk")
+            await relay.settled()
+    [log] = vendor.records(fake, "end_1")
+    assert vendor.seconds(log) == vendor.kept_seconds(180_602)  # the final record's 180.602 s
+    assert len([e for e in fake.log if e[0] == "POST" and e[1].endswith(vendor.create_path)]) == 1
 
 
 @ids

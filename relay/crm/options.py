@@ -59,10 +59,10 @@ class RateLimit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
 class CrmConfig(ConnectorConfig):
     """Options of the shared CRM layer: which calls, matching, owners, content, limits."""
 
-    # The earliest ``create_at`` the CRM can take, and its default: "end" where a field is
-    # fixed at creation and needs the outcome (Zoho's Call_Type) or the outcome decides
-    # whether there is a record at all (tickets for missed calls).
-    creates_at: ClassVar[CreateAt] = "start"
+    # The earliest ``create_at`` the CRM can take: "end" where a field is fixed at creation and
+    # needs the outcome (Zoho's Call_Type), or where the outcome decides whether there is a
+    # record at all (tickets for missed calls).
+    earliest_create_at: ClassVar[CreateAt] = "start"
 
     base_url: str | None = None  # the CRM's API root; each CRM sets its vendor default
     default_region: str | None = None  # ISO country for national numbers, e.g. GB
@@ -76,7 +76,9 @@ class CrmConfig(ConnectorConfig):
     title: str = DEFAULT_TITLE
     notes: str = DEFAULT_NOTES
     recording_url: str | None = None  # Jinja: a link for recordings Wildix sent no URL for
-    create_at: CreateAt | None = None  # None: the CRM's ``creates_at``
+    # "end": the record appears when the call ends, with its outcome, and is updated once, by
+    # the final record; "start" adds a write per live change (bench/README.md has the cost)
+    create_at: CreateAt = "end"
     wait_for_record: bool = True  # false: the older spelling of `create_at: end` (Pipedrive)
     rate_limit: RateLimit = RateLimit(requests=10, per=Duration(1))
     search_rate_limit: RateLimit = RateLimit(requests=5, per=Duration(1))
@@ -112,12 +114,11 @@ class CrmConfig(ConnectorConfig):
             raise ValueError("`daily_reset` must be a time of day like 00:00") from None
         if self.request_timeout <= 0:
             raise ValueError("`request_timeout` must be positive")
-        if self.create_at is None:
-            self.create_at = self.creates_at
         if self.create_at == "record" and not self.wait_for_record:
             self.create_at = "end"
-        if CREATE_POINTS.index(self.create_at) < CREATE_POINTS.index(self.creates_at):
-            later = " or ".join(CREATE_POINTS[CREATE_POINTS.index(self.creates_at) :])
+        earliest = CREATE_POINTS.index(self.earliest_create_at)
+        if CREATE_POINTS.index(self.create_at) < earliest:
+            later = " or ".join(CREATE_POINTS[earliest:])
             raise ValueError(
                 f"`create_at: {self.create_at}`: this CRM needs the call's outcome to create its"
                 f" record; use {later}"

@@ -70,7 +70,7 @@ class Vendor:
     contacts_with: Callable[[Any, str], list[str]]  # ids of the contacts holding this number
     outcomes: dict[str, str]  # normalized outcome ("completed", "missed") → what the CRM shows
     create_path: str  # the request path that creates a call record
-    updates: bool  # creates the record at the first event and updates it (else: at the end)
+    updates: bool  # can create the record at the first event (`create_at: start`) and update it
     # a contact holding this number (bench.crm_day seeds a day's contacts), and a CRM user
     add_person: Callable[[Any, str, str], str] = lambda fake, number, name: str(
         fake.add_contact(number, *name.split(" ", 1))
