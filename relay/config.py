@@ -259,6 +259,9 @@ class ConnectorInstance(msgspec.Struct, kw_only=True):
     options: Any
     raw: dict[str, Any]
     circuit: CircuitPolicy = CircuitPolicy()
+    # whose token buckets the connector takes from: its own name, or a group of connectors on
+    # one account (a CRM's limit is per account, not per connector block)
+    rate_group: str | None = None
 
 
 class _Top(_Strict):
@@ -376,6 +379,7 @@ def parse_config(
         _check_integration(iid, integ, connectors, path)
         integrations[iid] = integ
     _check_alerts(top.alerts, connectors)
+    _check_rate_groups(connectors)
 
     return Settings(
         database=top.database,
@@ -425,10 +429,41 @@ def _connector(
     merged = msgspec.structs.asdict(defaults) | policy_block
     policy = _convert(merged, DeliveryPolicy, f"{path}.delivery")
     circuit = _convert(block.pop("circuit", None) or {}, CircuitPolicy, f"{path}.circuit")
+    group = block.pop("rate_group", None)
+    if group is not None and not (isinstance(group, str) and 0 < len(group) <= 100):
+        raise ConfigError(f"{path}.rate_group", "must be a name of 1 to 100 characters")
     options = _convert(block, cls.Config, path)
     return ConnectorInstance(
-        name=name, type=ctype, cls=cls, policy=policy, options=options, raw=block, circuit=circuit
+        name=name,
+        type=ctype,
+        cls=cls,
+        policy=policy,
+        options=options,
+        raw=block,
+        circuit=circuit,
+        rate_group=group,
     )
+
+
+def _check_rate_groups(connectors: Mapping[str, ConnectorInstance]) -> None:
+    """Connectors sharing buckets must agree on them (a bucket keeps the rate it was first
+    asked for): one type, the same limits."""
+    first: dict[str, ConnectorInstance] = {}
+    for name, inst in connectors.items():
+        if inst.rate_group is None:
+            continue
+        other = first.setdefault(inst.rate_group, inst)
+        if _limits(inst) != _limits(other):
+            raise ConfigError(
+                f"$.connectors.{name}.rate_group",
+                f"connector {other.name!r} is in rate group {inst.rate_group!r} with another"
+                " type or other limits: the connectors of one account share one limit",
+            )
+
+
+def _limits(inst: ConnectorInstance) -> tuple[Any, ...]:
+    options = inst.options
+    return (inst.type, *(getattr(options, k, None) for k in ("rate_limit", "search_rate_limit")))
 
 
 def _check_integration(

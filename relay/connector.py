@@ -168,6 +168,7 @@ class ConnectorContext:
         store: Store,
         limiters: Limiters,
         log: logging.LoggerAdapter | None = None,  # type: ignore[type-arg]
+        rate_group: str | None = None,
     ) -> None:
         self.name = name
         self.http = http
@@ -175,11 +176,13 @@ class ConnectorContext:
         self.links = Links(store, name)
         self.log = log or _Bound(logging.getLogger(f"relay.connector.{name}"), {"connector": name})
         self._limiters = limiters
+        self._buckets_of = rate_group or name  # connectors of one `rate_group` share buckets
 
     def limiter(self, key: str, rate: float, period: float = 1.0) -> Limiter:
-        """``async with ctx.limiter("search", 5): ...`` — at most 5 per second, per connector and
-        key, for the whole cluster on PostgreSQL (every process takes from one bucket)."""
-        return self._limiters.get(self.name, key, rate, period)
+        """``async with ctx.limiter("search", 5): ...`` — at most 5 per second, per connector (or
+        its ``rate_group``) and key, for the whole cluster on PostgreSQL (every process takes from
+        one bucket)."""
+        return self._limiters.get(self._buckets_of, key, rate, period)
 
     def render(self, source: str, /, *, html: bool = False, **context: Any) -> str:
         return templates.render(source, html=html, **context)

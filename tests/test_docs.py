@@ -83,7 +83,7 @@ def plain(path: str) -> str:
 # Settings fields that are not keys of config.yaml: where the file was read from.
 NOT_KEYS = {"source"}
 # What a connector block holds besides its type's own keys (those are checked per type below).
-CONNECTOR_BLOCK_KEYS = ("type", "delivery", "circuit")
+CONNECTOR_BLOCK_KEYS = ("type", "delivery", "circuit", "rate_group")
 
 
 def struct_of(info: msgspec.inspect.Type) -> msgspec.inspect.StructType | None:

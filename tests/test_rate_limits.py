@@ -16,9 +16,13 @@ from typing import Any
 
 import httpx
 import msgspec
+import pytest
+import yaml
 from sqlalchemy import select
 
+from relay.config import ConfigError, parse_config
 from relay.connector import Limiters, SharedLimiter
+from relay.registry import connector_types
 from relay.store import db
 from relay.store.records import Store
 from relay.store.tables import attempts, connector_state, deliveries, events, rate_buckets
@@ -110,6 +114,49 @@ async def test_three_workers_together_stay_under_the_crm_limits(
     for i in range(8):
         assert len(HUBSPOT.records(fake, f"day_{i}")) == 1
     assert len(HUBSPOT.all_records(fake)) == 8
+
+
+async def test_two_connectors_of_one_rate_group_share_the_accounts_limit(db_url: str) -> None:
+    """Two HubSpot blocks on one portal of 6/s (search 3/s), each set to 5/s (search 2/s) and
+    named into one `rate_group`: the portal never sees more than its rate in any window nor
+    refuses a request, and each block logs every call once."""
+    fake = FakeHubSpot(limit=6, interval=1.0, search_limit=3)
+    HUBSPOT.seed(fake)
+    async with running(fake) as url:
+        limits = {"rate_limit": {"requests": 5, "per": 1}}
+        limits["search_rate_limit"] = {"requests": 2, "per": 1}
+        delivery = {"concurrency": 4, "max_attempts": 30}
+        connectors = {
+            name: HUBSPOT.block(fake, url, delivery=delivery, rate_group="portal", **limits)
+            for name in ("sales", "support")
+        }
+        async with run_relay(make_settings(db_url, connectors)) as relay:
+            await post_all(relay, day(8), "q7m2xk")
+            rows = await relay.settled(timeout=110)
+    assert rows and all(r.state in DONE for r in rows)
+    assert {r.connector for r in rows} == {"sales", "support"}
+    assert fake.burst.busiest() <= 6 and fake.search.busiest() <= 3
+    # each block alone sends up to 5/s: without the group the portal would see 10/s
+    assert fake.rejected_for_rate == 0
+    for i in range(8):
+        assert len(HUBSPOT.records(fake, f"day_{i}")) == 2  # one per block
+
+
+def test_a_rate_group_takes_connectors_that_agree_on_their_limits() -> None:
+    blocks = {
+        "sales": {**HUBSPOT_BLOCK, "rate_group": "portal"},
+        "support": {**HUBSPOT_BLOCK, "rate_group": "portal", "rate_limit": {"requests": 9}},
+    }
+    text = yaml.safe_dump({"connectors": blocks})
+    with pytest.raises(ConfigError, match=r"^\$\.connectors\.support\.rate_group") as info:
+        parse_config(text, connector_types=connector_types(), env={})
+    assert "connector 'sales' is in rate group 'portal'" in str(info.value)
+    bad = yaml.safe_dump({"connectors": {"sales": {**HUBSPOT_BLOCK, "rate_group": ""}}})
+    with pytest.raises(ConfigError, match=r"^\$\.connectors\.sales\.rate_group"):
+        parse_config(bad, connector_types=connector_types(), env={})
+
+
+HUBSPOT_BLOCK = {"type": "hubspot", "token": "pat-eu1-x"}
 
 
 async def _received_at(relay: RunningRelay, event_id: int) -> datetime:

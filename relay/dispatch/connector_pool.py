@@ -31,12 +31,19 @@ class Connectors:
         }
         # Each connector's long-lived context; a delivery's context is derived from it.
         self.contexts: dict[str, ConnectorContext] = {
-            name: self.context(name) for name in self.instances
+            name: self.context(name, settings.connectors[name]) for name in self.instances
         }
         self._integration_names = {iid: i.name for iid, i in settings.integrations.items()}
 
-    def context(self, name: str) -> ConnectorContext:
-        return ConnectorContext(name=name, http=self.http, store=self.store, limiters=self.limiters)
+    def context(self, name: str, inst: ConnectorInstance | None = None) -> ConnectorContext:
+        inst = inst or self.settings.connectors[name]
+        return ConnectorContext(
+            name=name,
+            http=self.http,
+            store=self.store,
+            limiters=self.limiters,
+            rate_group=inst.rate_group,
+        )
 
     def delivery_context(self, claim: Claim) -> DeliveryContext:
         return DeliveryContext(
@@ -74,7 +81,7 @@ class Connectors:
                 fresh[n] = new[n].cls(n, new[n].options)
             except Exception as exc:  # nothing swapped yet: the reload is refused whole
                 raise ConfigError(f"$.connectors.{n}", f"cannot be set up: {exc}") from exc
-        contexts = {n: self.context(n) for n in fresh}
+        contexts = {n: self.context(n, new[n]) for n in fresh}
         await _start(fresh, contexts)
         changes.retired = {n: self.instances[n] for n in (*changes.removed, *changes.changed)}
         self.instances = {n: fresh.get(n) or self.instances[n] for n in new}
@@ -96,7 +103,7 @@ class Changes:
 
 
 def _differs(a: ConnectorInstance, b: ConnectorInstance) -> bool:
-    return a.type != b.type or a.raw != b.raw or a.policy != b.policy
+    return (a.type, a.raw, a.policy, a.rate_group) != (b.type, b.raw, b.policy, b.rate_group)
 
 
 async def _start(instances: dict[str, Connector], contexts: dict[str, ConnectorContext]) -> None:
