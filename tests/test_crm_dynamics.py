@@ -130,16 +130,16 @@ async def test_an_update_never_recreates_a_deleted_phone_call(db_url: str) -> No
     with 404 and the delivery is dead, rather than PATCH upserting a new record."""
     fake = DYNAMICS.fake()
     DYNAMICS.seed(fake)
-    start, *rest = current_outbound("deleted_1", UK_CONTACT)
+    *live, record = current_outbound("deleted_1", UK_CONTACT)
     async with (
         running(fake) as url,
         run_relay(make_settings(db_url, {"crm": DYNAMICS.block(fake, url)})) as relay,
     ):
-        await post_all(relay, [start], "q7m2xk")
+        await post_all(relay, live, "q7m2xk")  # created at the live end
         await relay.settled()
         [created] = list(fake.phonecalls)
         del fake.phonecalls[created]
-        await post_all(relay, rest, "q7m2xk")
+        await post_all(relay, [record], "q7m2xk")
         rows = await relay.settled()
     dead = [r for r in rows if r.state == "dead"]
     assert dead and all("Does Not Exist" in (r.last_error or "") for r in dead)
