@@ -36,9 +36,9 @@ LATER = datetime(2030, 1, 1, tzinfo=UTC)
             PermanentError("HTTP 400 bad field", status_code=400),
             Failure(OutcomeKind.DEAD, "HTTP 400 bad field", 400, blames_target=False),
         ),
-        (
+        (  # rejected credentials stop the connector, not the event: the breaker's business
             AuthError("HTTP 401", status_code=401),
-            Failure(OutcomeKind.DEAD, "HTTP 401", 401, blames_target=False),
+            Failure(OutcomeKind.RETRY, "HTTP 401", 401, blames_target=True),
         ),
         (InvalidEvent("not an event"), Failure(OutcomeKind.DEAD, "not an event")),
         (
