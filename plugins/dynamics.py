@@ -183,7 +183,7 @@ class DynamicsConnector(crm.oauth.OAuthConnector):
             f"{detail}): check that the app registration is an application user of the "
             "environment at `url` (Power Platform admin center → Environments → Settings → "
             "Application users): its deliveries wait and resume on their own once the token is "
-            "accepted"
+            f"accepted (`relay circuit close {self.name}` sends them at once)"
         )
 
     def rate_limited(self, response: httpx.Response) -> crm.Limited | None:

@@ -142,7 +142,8 @@ class FreshdeskConnector(crm.CrmConnector):
             f"the API key of connector {self.name!r} was rejected (HTTP 401 {code}): the agent"
             " was deactivated or reset the key (Profile settings → Your API Key). Put the"
             " current key in config.yaml and run `relay reload`: its deliveries wait and resume"
-            " on their own once the key works"
+            f" on their own once the key works (`relay circuit close {self.name}` sends them at"
+            " once)"
         )
 
     def rate_limited(self, response: httpx.Response) -> crm.Limited | None:

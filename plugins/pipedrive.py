@@ -79,7 +79,7 @@ class PipedriveConnector(crm.CrmConnector):
         return (
             f"credentials of connector {self.name!r} rejected (HTTP 401 {error}); {hint}"
             " and run `relay reload`: its deliveries wait and resume on their own once the"
-            " token works"
+            f" token works (`relay circuit close {self.name}` sends them at once)"
         )
 
     def rate_limited(self, response: httpx.Response) -> crm.Limited | None:

@@ -209,7 +209,8 @@ class SlackConnector(Connector):
             raise AuthError(
                 f"{what}: {error}: Slack rejected the bot token of connector {self.name!r}; put a"
                 " valid `token` in config.yaml and run `relay reload`: its deliveries wait and"
-                " resume on their own once the token works",
+                " resume on their own once the token works (`relay circuit close"
+                f" {self.name}` sends them at once)",
                 status_code=200,
             )
         raise SlackApiError(what, error)

@@ -121,7 +121,7 @@ class ZendeskConnector(crm.CrmConnector):
         return (
             f"credentials of connector {self.name!r} rejected (HTTP 401 {error}); {hint} in"
             " config.yaml and run `relay reload`: its deliveries wait and resume on their own"
-            " once the credentials work"
+            f" once the credentials work (`relay circuit close {self.name}` sends them at once)"
         )
 
     def rate_limited(self, response: httpx.Response) -> crm.Limited | None:

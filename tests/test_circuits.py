@@ -123,6 +123,8 @@ async def test_rejected_credentials_hold_the_backlog_until_the_fixed_config_is_r
             assert incident.subject == "crm"
             assert "credentials of connector 'crm' rejected (HTTP 401" in incident.summary
             assert "current token" in incident.summary and "config.yaml" in incident.summary
+            assert "resume on their own" in incident.summary
+            assert "`relay circuit close crm`" in incident.summary
             await relay.wait_until(lambda: _at_least(probes(relay), 2), timeout=30, what="probes")
             waiting = await relay.deliveries()
             assert waiting and not [d for d in waiting if d.state == DeliveryState.DEAD]

@@ -353,6 +353,26 @@ async def test_zoho_missing_scope_holds_the_deliveries_without_token_churn(db_ur
     assert fake.calls == {}
 
 
+async def test_zoho_grant_without_the_users_scope_logs_calls_without_owner(db_url: str) -> None:
+    """The owner lookup's missing scope is a 401 too, but only the owner is lost: the call is
+    logged (default owner) and the circuit, which rejected credentials open, stays closed."""
+    fake = ZOHO.fake()
+    seeded = ZOHO.seed(fake)
+    fake.new_refresh_token(frozenset({"ZohoCRM.modules.ALL"}))
+    breaker = {"failures": 1, "cool_down": "1h", "max": "1h"}
+    async with running(fake) as url:
+        settings = make_settings(db_url, {"crm": ZOHO.block(fake, url, circuit=breaker)})
+        async with run_relay(settings) as relay:
+            await post_all(relay, current_outbound("no_owner_1", UK_CONTACT), "q7m2xk")
+            rows = await relay.settled()
+            circuit = (await relay.store.circuits()).get("crm")
+    assert all(r.state in DONE for r in rows), [r.last_error for r in rows]
+    assert circuit is None or (not circuit.holds and circuit.failures == 0)
+    [record] = ZOHO.records(fake, "no_owner_1")
+    assert record.get("Owner") != {"id": seeded["owner"]}  # none: the default owner
+    assert [s for _, s, code in fake.log if code == 401]  # the lookup was refused
+
+
 async def test_salesforce_request_limit_pauses_then_resumes(db_url: str) -> None:
     """The 24-hour limit is spent: the connector pauses (``limit_pause``) and tries again until
     the limit allows requests again. The fake's limit renews only once the test has seen the

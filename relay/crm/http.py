@@ -78,7 +78,8 @@ class CrmHttp:
         return (
             f"{self.vendor} rejected the credentials of connector {self.name!r} (HTTP 401 "
             f"{excerpt(response.text, 200)}): check its token in config.yaml and run `relay "
-            "reload`; its deliveries wait and resume on their own once the token works"
+            "reload`; its deliveries wait and resume on their own once the token works "
+            f"(`relay circuit close {self.name}` sends them at once)"
         )
 
     def rate_limited(self, response: httpx.Response) -> Limited | None:
