@@ -117,6 +117,24 @@ def test_a_permanent_error_is_dead_on_the_first_attempt() -> None:
     )
 
 
+def test_rejected_credentials_are_held_by_an_open_circuit_and_else_retried_until_dead() -> None:
+    failure = classify(AuthError("HTTP 401 bad token", status_code=401))
+    held = attempt_outcome(claim(3), POLICY, failure, utcnow(), 5, held_until=LATER)
+    assert (held.state, held.kind, held.next_attempt_at) == (
+        DeliveryState.PENDING,
+        OutcomeKind.HELD,
+        LATER,
+    )
+    # with the breaker off: the schedule, then dead once the attempts are used up
+    retried = attempt_outcome(claim(1), POLICY, failure, utcnow(), 5)
+    assert (retried.state, retried.kind) == (DeliveryState.PENDING, OutcomeKind.RETRY)
+    dead = attempt_outcome(claim(3), POLICY, failure, utcnow(), 5)
+    assert (dead.state, dead.error) == (
+        DeliveryState.DEAD,
+        "gave up after 3 attempts: HTTP 401 bad token",
+    )
+
+
 def test_a_pause_waits_until_the_pause_ends_even_with_no_attempts_left() -> None:
     failure = classify(PauseConnector("out of quota", LATER))
     outcome = attempt_outcome(claim(3), POLICY, failure, utcnow(), 5)
