@@ -182,7 +182,8 @@ class DynamicsConnector(crm.oauth.OAuthConnector):
             f"a freshly issued access token of connector {self.name!r} was rejected too (HTTP 401 "
             f"{detail}): check that the app registration is an application user of the "
             "environment at `url` (Power Platform admin center → Environments → Settings → "
-            "Application users), then retry the dead deliveries"
+            "Application users): its deliveries wait and resume on their own once the token is "
+            f"accepted (`relay circuit close {self.name}` sends them at once)"
         )
 
     def rate_limited(self, response: httpx.Response) -> crm.Limited | None:

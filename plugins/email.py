@@ -260,7 +260,12 @@ def smtp_error(exc: aiosmtplib.SMTPException) -> DeliveryError:
         if 400 <= code < 500:
             return RetryableError(message, status_code=code)
         if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-            return AuthError(message, status_code=code)
+            return AuthError(
+                f"{message}: the SMTP server rejected the login; fix `username` / `password` in"
+                " config.yaml and run `relay reload`: the deliveries wait and resume on their own"
+                " once the login works",
+                status_code=code,
+            )
         if code >= 500:
             return PermanentError(message, status_code=code)
     if isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected):

@@ -22,6 +22,7 @@ import httpx
 import phonenumbers
 
 from relay import (
+    AuthError,
     ConnectorContext,
     DeliveryContext,
     DeliveryError,
@@ -140,7 +141,9 @@ class FreshdeskConnector(crm.CrmConnector):
         return (
             f"the API key of connector {self.name!r} was rejected (HTTP 401 {code}): the agent"
             " was deactivated or reset the key (Profile settings → Your API Key). Put the"
-            " current key in config.yaml, then retry the dead deliveries"
+            " current key in config.yaml and run `relay reload`: its deliveries wait and resume"
+            f" on their own once the key works (`relay circuit close {self.name}` sends them at"
+            " once)"
         )
 
     def rate_limited(self, response: httpx.Response) -> crm.Limited | None:
@@ -261,6 +264,8 @@ class FreshdeskConnector(crm.CrmConnector):
             # the ticket exists: keep the create's intent so that the next attempt finds the
             # ticket by its tag and adds the note, rather than raising a second ticket
             message = f"Freshdesk ticket {ticket} created, its note not yet: {exc}"
+            if isinstance(exc, AuthError):  # the key was rejected: the circuit's business
+                raise AuthError(message, exc.retry_after, status_code=exc.status_code) from exc
             if isinstance(exc, RetryableError):
                 raise RetryableError(message, exc.retry_after) from exc
             raise PermanentError(message) from exc

@@ -66,7 +66,9 @@ class HubSpotConnector(crm.CrmConnector):
         return (
             f"the private app token of connector {self.name!r} was rejected (HTTP 401 {category})."
             " Private app tokens do not expire: it was rotated or the app was removed. Put the"
-            " current token in config.yaml, then retry the dead deliveries"
+            " current token in config.yaml and run `relay reload`: its deliveries wait and"
+            " resume on their own once the token works (`relay circuit close"
+            f" {self.name}` sends them at once)"
         )
 
     def rate_limited(self, response: httpx.Response) -> crm.Limited | None:

@@ -78,8 +78,9 @@ class PipedriveConnector(crm.CrmConnector):
                 " cannot be refreshed: put a valid one in config.yaml"
             )
         return (
-            f"credentials of connector {self.name!r} rejected (HTTP 401 {error}); {hint},"
-            " then retry the dead deliveries"
+            f"credentials of connector {self.name!r} rejected (HTTP 401 {error}); {hint}"
+            " and run `relay reload`: its deliveries wait and resume on their own once the"
+            f" token works (`relay circuit close {self.name}` sends them at once)"
         )
 
     def rate_limited(self, response: httpx.Response) -> crm.Limited | None:

@@ -205,8 +205,9 @@ class SalesforceConnector(crm.oauth.OAuthConnector):
         return (
             f"a freshly issued access token of connector {self.name!r} was rejected too (HTTP 401 "
             f"{code or 'INVALID_SESSION_ID'}: {message}): check the app's OAuth policies (IP "
-            "relaxation, permitted users) and that the API user is active, then retry the dead "
-            "deliveries"
+            "relaxation, permitted users) and that the API user is active: its deliveries wait "
+            "and resume on their own once the token is accepted (`relay circuit close "
+            f"{self.name}` sends them at once)"
         )
 
     def rate_limited(self, response: httpx.Response) -> crm.Limited | None:

@@ -206,7 +206,13 @@ class SlackConnector(Connector):
         if error in RETRYABLE_ERRORS:
             raise RetryableError(f"{what}: {error}", status_code=200)
         if error in AUTH_ERRORS:
-            raise AuthError(f"{what}: {error}", status_code=200)
+            raise AuthError(
+                f"{what}: {error}: Slack rejected the bot token of connector {self.name!r}; put a"
+                " valid `token` in config.yaml and run `relay reload`: its deliveries wait and"
+                " resume on their own once the token works (`relay circuit close"
+                f" {self.name}` sends them at once)",
+                status_code=200,
+            )
         raise SlackApiError(what, error)
 
     def _pace(

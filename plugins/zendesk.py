@@ -120,7 +120,8 @@ class ZendeskConnector(crm.CrmConnector):
             hint = "the OAuth access token was revoked or expired: put a valid one"
         return (
             f"credentials of connector {self.name!r} rejected (HTTP 401 {error}); {hint} in"
-            " config.yaml, then retry the dead deliveries"
+            " config.yaml and run `relay reload`: its deliveries wait and resume on their own"
+            f" once the credentials work (`relay circuit close {self.name}` sends them at once)"
         )
 
     def rate_limited(self, response: httpx.Response) -> crm.Limited | None:

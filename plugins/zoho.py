@@ -141,13 +141,15 @@ class ZohoConnector(crm.oauth.OAuthConnector):
             return (
                 f"the Zoho grant of connector {self.name!r} lacks a scope this request needs "
                 f"(HTTP 401 OAUTH_SCOPE_MISMATCH). Generate a new grant with the scopes {SCOPES}, "
-                "put its refresh token in config.yaml, restart relay, then retry the dead "
-                "deliveries"
+                "put its refresh token in config.yaml and run `relay reload`: its deliveries "
+                "wait and resume on their own once the grant has the scopes (`relay circuit "
+                f"close {self.name}` sends them at once)"
             )
         return (
             f"a freshly issued access token of connector {self.name!r} was rejected too (HTTP "
             f"401 {code}: {body.get('message', '')}): check that the Zoho user of the grant is "
-            "active and has CRM access, then retry the dead deliveries"
+            "active and has CRM access: its deliveries wait and resume on their own once the "
+            f"token is accepted (`relay circuit close {self.name}` sends them at once)"
         )
 
     def rate_limited(self, response: httpx.Response) -> crm.Limited | None:

@@ -1,8 +1,10 @@
 """The delivery outcome contract, and the one helper that maps an HTTP response onto it.
 
 return → succeeded; RetryableError → retried on schedule (Retry-After wins when later);
-PermanentError → dead, for a human; PauseConnector → this connector's deliveries wait (quota)
-without burning attempts; any other exception → retryable, logged with its traceback.
+PermanentError → dead, for a human; AuthError → retried, and counted against the connector's
+circuit breaker like an outage (rejected credentials are the connector's fault, not the event's);
+PauseConnector → this connector's deliveries wait (quota) without burning attempts; any other
+exception → retryable, logged with its traceback.
 """
 
 from __future__ import annotations
@@ -34,11 +36,16 @@ class RetryableError(DeliveryError):
 
 
 class PermanentError(DeliveryError):
-    """Retrying cannot help (bad request, bad credentials...): park the delivery as dead."""
+    """Retrying this event cannot help (a request the target refuses): park it as dead."""
 
 
-class AuthError(PermanentError):
-    """401: a connector that can refresh its token catches this once; otherwise it is final."""
+class AuthError(RetryableError):
+    """The target rejected the connector's credentials (HTTP 401, Slack ``invalid_auth``, SMTP
+    535). A connector that can refresh its token catches this once. Otherwise no event of the
+    connector can go until an operator fixes its config, so it is not the event's fault: it
+    counts towards the connector's circuit breaker, whose open circuit holds the deliveries
+    (attempts refunded) and whose probes find out when the credentials work again. With the
+    breaker off (``circuit.failures: 0``) it is retried on schedule until ``max_attempts``."""
 
 
 class PauseConnector(DeliveryError):
@@ -90,7 +97,8 @@ def raise_for_response(response: httpx.Response, what: str = "") -> httpx.Respon
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         raise RetryableError(message, retry_after, status_code=code)
     if code == 401:
-        raise AuthError(message, status_code=code)
+        hint = "fix them in config.yaml and run `relay reload`; the deliveries wait meanwhile"
+        raise AuthError(f"{message}: credentials rejected: {hint}", status_code=code)
     if code < 500:  # other 4xx, and redirects we do not follow: a config problem
         raise PermanentError(message, status_code=code)
     raise RetryableError(message, status_code=code)

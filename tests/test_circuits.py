@@ -14,15 +14,24 @@ from typing import Any
 
 import pytest
 
-from relay.config import CircuitPolicy, ConfigError, parse_config
+from relay.config import CircuitPolicy, ConfigError, load_config, parse_config
 from relay.dispatch.circuit_breaker import apply, failed
 from relay.registry import connector_types
 from relay.store.circuits import CircuitState
+from relay.store.states import DeliveryState
 from relay.store.tables import attempts, circuit_transitions, utcnow
 from tests.fakes.receiver import Receiver
 from tests.support.cli import relay_cli
+from tests.support.crm import PIPEDRIVE, day, post_all, running
 from tests.support.operations import AUTH, TOKEN, admin_settings, api, webhook
-from tests.support.relay import RunningRelay, call_body, config_dict, run_relay, write_config
+from tests.support.relay import (
+    DONE,
+    RunningRelay,
+    call_body,
+    config_dict,
+    run_relay,
+    write_config,
+)
 from tests.support.stores import open_store
 from tests.support.waiting import eventually
 from tests.support.workers import dispatching_workers
@@ -89,6 +98,65 @@ async def test_a_target_down_longer_than_the_retry_schedule_loses_nothing(db_url
             assert re.search(
                 r'relay_circuit_transitions_total\{connector="out",to="open"\} [1-9]', scrape
             )
+
+
+async def test_rejected_credentials_hold_the_backlog_until_the_fixed_config_is_reloaded(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The Pipedrive API token was regenerated and config.yaml still has the old one: like an
+    outage, the circuit opens, nothing goes dead and attempts are not spent, and the incident
+    says which credentials to fix. Once the admin puts the current token in and reloads, the
+    next probe gets through and the backlog drains without anyone retrying anything."""
+    fake = PIPEDRIVE.fake()
+    PIPEDRIVE.seed(fake)
+    stale = "0ld0ld0ld0ld0ld0ld0ld0ld0ld0ld0ld0ld0ld0"  # the token before it was regenerated
+    async with running(fake) as url:
+        block = PIPEDRIVE.block(fake, url, api_token=stale, circuit=BREAKER)
+        extra = {"admin": {"token": TOKEN}, "alerts": {"interval": "0.1s"}}
+        data = config_dict(db_url, {"crm": block}, extra=extra)
+        config = write_config(tmp_path / "config.yaml", data)
+        async with run_relay(load_config(config, env={})) as relay:
+            await post_all(relay, day(3), "q7m2xk")
+            [incident] = await relay.wait_until(
+                lambda: _open_incidents(relay, "circuit_open"), timeout=30, what="the incident"
+            )
+            assert incident.subject == "crm"
+            assert "credentials of connector 'crm' rejected (HTTP 401" in incident.summary
+            assert "current token" in incident.summary and "config.yaml" in incident.summary
+            assert "resume on their own" in incident.summary
+            assert "`relay circuit close crm`" in incident.summary
+            await relay.wait_until(lambda: _at_least(probes(relay), 2), timeout=30, what="probes")
+            waiting = await relay.deliveries()
+            assert waiting and not [d for d in waiting if d.state == DeliveryState.DEAD]
+            # the failures that opened the circuit spent attempts; held ones and probes did not
+            spent = sum(d.attempts for d in waiting)
+            assert spent <= len(waiting) + BREAKER["failures"], [d.attempts for d in waiting]
+            for text in [incident.summary, *(d.last_error or "" for d in waiting)]:
+                assert stale not in text
+            assert fake.log and {status for _, _, status in fake.log} == {401}
+            assert PIPEDRIVE.all_records(fake) == []
+
+            block["api_token"] = fake.api_token  # the admin puts the current token in
+            write_config(config, data)
+            reloaded = await api(relay, "POST", "/config/reload")
+            assert (reloaded["result"], reloaded["changed"]) == ("loaded", ["crm"])
+            rows = await relay.settled(timeout=30)
+            assert all(r.state in DONE for r in rows), [(r.state, r.last_error) for r in rows]
+            assert await circuit(relay, "crm") == CircuitState.CLOSED
+            await relay.wait_until(
+                lambda: _resolved(relay, incident.id), timeout=30, what="the incident resolved"
+            )
+    for i in range(3):
+        assert len(PIPEDRIVE.records(fake, f"day_{i}")) == 1
+
+
+async def _open_incidents(relay: RunningRelay, kind: str) -> list[Any] | None:
+    found = [i for i in await relay.store.incidents(open_only=True) if i.kind == kind]
+    return found or None
+
+
+async def _resolved(relay: RunningRelay, incident_id: int) -> bool:
+    return any(i.id == incident_id and not i.open for i in await relay.store.incidents())
 
 
 async def _at_least(rows: Any, n: int) -> list[Any] | None:

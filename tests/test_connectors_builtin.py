@@ -208,16 +208,24 @@ async def test_429_retry_after_is_honoured(receiver: Receiver, ctx_for: Any):
     assert info.value.status_code == 429
 
 
-@pytest.mark.parametrize(("status", "error"), [(400, PermanentError), (401, AuthError)])
-async def test_client_errors_are_permanent(
-    receiver: Receiver, ctx_for: Any, status: int, error: type[Exception]
-):
-    receiver.respond(status, body='{"error":"bad"}')
+async def test_client_errors_are_permanent(receiver: Receiver, ctx_for: Any):
+    receiver.respond(400, body='{"error":"bad"}')
     conn = build("out", {"type": "webhook", "url": receiver.url})
     with pytest.raises(PermanentError) as info:
         await conn.deliver(load("call_completed.json"), ctx_for())
-    assert type(info.value) is error
-    assert not isinstance(info.value, RetryableError)
+    assert type(info.value) is PermanentError
+
+
+async def test_rejected_credentials_are_retried_and_say_what_to_fix(
+    receiver: Receiver, ctx_for: Any
+):
+    receiver.respond(401, body='{"error":"bad token"}')
+    conn = build("out", {"type": "webhook", "url": receiver.url})
+    with pytest.raises(AuthError) as info:
+        await conn.deliver(load("call_completed.json"), ctx_for())
+    assert isinstance(info.value, RetryableError) and not isinstance(info.value, PermanentError)
+    assert info.value.status_code == 401
+    assert "credentials rejected" in info.value.message and "config.yaml" in info.value.message
 
 
 async def test_timeout_raises_a_retryable_transport_error(receiver: Receiver, ctx_for: Any):

@@ -194,7 +194,7 @@ async def test_token_refresh_hook_retries_once_with_the_new_token_and_root(store
         assert old.requests[0].headers["authorization"] == "Bearer t0"
         assert new.requests[0].headers["authorization"] == "Bearer t1"
         assert new.requests[0].path == "/things"
-        new.respond(401, times=2)  # refreshed, and still refused: permanent, after one refresh
+        new.respond(401, times=2)  # refreshed, and still refused: an AuthError, after one refresh
         with pytest.raises(AuthError, match=r"OAuth CRM list things: .*rejected the credentials"):
             await conn.call_api(ctx, "GET", "/things", what="list things")
         assert len(new.requests) == 3

@@ -35,7 +35,6 @@ from tests.support.crm import (
     link_ids,
     paused_attempts,
     post_all,
-    post_live,
     retry_dead,
     running,
     settled_opening,
@@ -43,6 +42,7 @@ from tests.support.crm import (
 )
 from tests.support.relay import (
     DONE,
+    RunningRelay,
     config_dict,
     make_settings,
     run_relay,
@@ -226,29 +226,48 @@ async def test_daily_quota_pauses_the_connector_until_the_reset(
 
 
 @static_ids
-async def test_rejected_token_is_permanent_with_a_clear_message(
+async def test_rejected_token_holds_the_deliveries_with_a_clear_message(
     db_url: str, vendor: Vendor
 ) -> None:
+    """A revoked token is the connector's fault, not the event's: the circuit opens at the
+    first rejection (no probe within the test), the deliveries wait, none goes dead."""
     fake = vendor.fake()
     vendor.seed(fake)
     secret = "pat-na1-revoked-0000" if vendor.name == "hubspot" else "revoked0000"
     assert vendor.token_key
+    breaker = {"failures": 1, "cool_down": "1h", "max": "1h"}
     async with running(fake) as url:
-        block = vendor.block(fake, url, **{vendor.token_key: secret})
+        block = vendor.block(fake, url, circuit=breaker, **{vendor.token_key: secret})
         async with run_relay(make_settings(db_url, {"crm": block})) as relay:
             await post_all(relay, current_outbound("auth_1", UK_CONTACT), "q7m2xk")
-            rows = await relay.settled()
-            await asyncio.sleep(0.6)  # three retry periods: nothing more may arrive
-            dead = [r for r in rows if r.state == "dead"]
-            assert dead and all(r.attempts == 1 for r in dead)
-            for row in dead:
-                assert "rejected" in row.last_error and "config.yaml" in row.last_error
-                assert secret not in row.last_error
-                [attempt] = await relay.attempts(row.id)
-                assert attempt.status_code == 401
-    assert len(fake.log) == len(dead)  # one request per dead delivery: no retry storm
+            reason = await relay.wait_until(lambda: _held(relay), what="the circuit to open")
+            rows = await relay.wait_until(lambda: _all_waiting(relay), what="attempts to end")
+            assert all(r.attempts == 0 for r in rows)  # held: the attempt was given back
+            tries = [a for row in rows for a in await relay.attempts(row.id)]
+    assert "rejected" in reason and "config.yaml" in reason and secret not in reason
+    assert tries and all(a.status_code == 401 and a.outcome == "held" for a in tries)
+    for row in rows:
+        if row.last_error:
+            assert "rejected" in row.last_error and "config.yaml" in row.last_error
+            assert "resume on their own" in row.last_error and secret not in row.last_error
+    assert len(fake.log) == len(tries)  # one request per attempt, then none: no retry storm
     assert all(status == 401 for _, _, status in fake.log)
     assert vendor.all_records(fake) == []
+
+
+async def _held(relay: RunningRelay) -> str | None:
+    """The reason of the connector's circuit once it holds its deliveries."""
+    circuit = (await relay.store.circuits()).get("crm")
+    return circuit.reason if circuit is not None and circuit.holds else None
+
+
+async def _all_waiting(relay: RunningRelay) -> list[Any] | None:
+    """The waiting deliveries once none is being attempted (one that needs no request is
+    done); none may go dead."""
+    rows = await relay.deliveries()
+    assert not [r for r in rows if r.state == "dead"], [r.last_error for r in rows]
+    waiting = [r for r in rows if r.state == "pending"]
+    return waiting if waiting and all(r.state in ("pending", *DONE) for r in rows) else None
 
 
 @pytest.mark.parametrize("vendor", TOKEN_VENDORS, ids=vendor_id)
@@ -312,22 +331,46 @@ async def test_revoked_grant_is_permanent_then_retried_by_hand(db_url: str, vend
     assert fake.tokens.issued == 1
 
 
-async def test_zoho_missing_scope_is_permanent_without_token_churn(db_url: str) -> None:
+async def test_zoho_missing_scope_holds_the_deliveries_without_token_churn(db_url: str) -> None:
     fake = ZOHO.fake()
     ZOHO.seed(fake)
     fake.new_refresh_token(frozenset({"ZohoCRM.modules.contacts.READ", "ZohoCRM.users.READ"}))
+    breaker = {"failures": 1, "cool_down": "1h", "max": "1h"}
     async with running(fake) as url:
-        settings = make_settings(db_url, {"crm": ZOHO.block(fake, url)})
+        settings = make_settings(db_url, {"crm": ZOHO.block(fake, url, circuit=breaker)})
         async with run_relay(settings) as relay:
-            await post_live(relay, current_outbound("scope_1", UK_CONTACT), "q7m2xk")
-            rows = await relay.settled()
-    dead = [r for r in rows if r.state == "dead"]  # the live end and the record: creates
-    assert len(dead) == 2 and all(r.attempts == 1 for r in dead)
-    for row in dead:
-        assert "OAUTH_SCOPE_MISMATCH" in row.last_error
-        assert "ZohoCRM.modules.calls.ALL" in row.last_error  # what to grant
+            # all at once: held deliveries never settle, so nothing can wait for them to
+            await post_all(relay, current_outbound("scope_1", UK_CONTACT), "q7m2xk")
+            reason = await relay.wait_until(lambda: _held(relay), what="the circuit to open")
+            waiting = await relay.wait_until(lambda: _all_waiting(relay), what="attempts to end")
+    assert "OAUTH_SCOPE_MISMATCH" in reason and "ZohoCRM.modules.calls.ALL" in reason
+    assert waiting and all(r.attempts == 0 for r in waiting)  # held, not dead
+    for row in waiting:
+        if row.last_error:
+            assert "OAUTH_SCOPE_MISMATCH" in row.last_error
+            assert "ZohoCRM.modules.calls.ALL" in row.last_error  # what to grant
     assert fake.tokens.issued == 1  # a missing scope is not an expired token: no renewal
     assert fake.calls == {}
+
+
+async def test_zoho_grant_without_the_users_scope_logs_calls_without_owner(db_url: str) -> None:
+    """The owner lookup's missing scope is a 401 too, but only the owner is lost: the call is
+    logged (default owner) and the circuit, which rejected credentials open, stays closed."""
+    fake = ZOHO.fake()
+    seeded = ZOHO.seed(fake)
+    fake.new_refresh_token(frozenset({"ZohoCRM.modules.ALL"}))
+    breaker = {"failures": 1, "cool_down": "1h", "max": "1h"}
+    async with running(fake) as url:
+        settings = make_settings(db_url, {"crm": ZOHO.block(fake, url, circuit=breaker)})
+        async with run_relay(settings) as relay:
+            await post_all(relay, current_outbound("no_owner_1", UK_CONTACT), "q7m2xk")
+            rows = await relay.settled()
+            circuit = (await relay.store.circuits()).get("crm")
+    assert all(r.state in DONE for r in rows), [r.last_error for r in rows]
+    assert circuit is None or (not circuit.holds and circuit.failures == 0)
+    [record] = ZOHO.records(fake, "no_owner_1")
+    assert record.get("Owner") != {"id": seeded["owner"]}  # none: the default owner
+    assert [s for _, s, code in fake.log if code == 401]  # the lookup was refused
 
 
 async def test_salesforce_request_limit_pauses_then_resumes(db_url: str) -> None:

@@ -149,12 +149,13 @@ async def test_auth_login_with_the_configured_credentials(ctx_for: Any) -> None:
     assert len(smtp.accepted) == 1
 
 
-async def test_a_wrong_password_is_a_permanent_auth_error(ctx_for: Any) -> None:
+async def test_a_wrong_password_is_an_auth_error_that_says_what_to_fix(ctx_for: Any) -> None:
     async with SmtpFake(users=USERS, mechanisms=("LOGIN",)) as smtp:
         block = mail(smtp, username="relay@acme.example", password="not-it")
         with pytest.raises(AuthError) as info:
             await build(block, "mail").deliver(parse(fixture(MISSED)), ctx_for("mail"))
     assert info.value.status_code == 535
+    assert "`username` / `password` in config.yaml" in str(info.value)
     assert "not-it" not in str(info.value)
     assert smtp.logins == [("LOGIN", "relay@acme.example", False)] and smtp.offered == []
 

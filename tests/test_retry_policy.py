@@ -36,9 +36,9 @@ LATER = datetime(2030, 1, 1, tzinfo=UTC)
             PermanentError("HTTP 400 bad field", status_code=400),
             Failure(OutcomeKind.DEAD, "HTTP 400 bad field", 400, blames_target=False),
         ),
-        (
+        (  # rejected credentials stop the connector, not the event: the breaker's business
             AuthError("HTTP 401", status_code=401),
-            Failure(OutcomeKind.DEAD, "HTTP 401", 401, blames_target=False),
+            Failure(OutcomeKind.RETRY, "HTTP 401", 401, blames_target=True),
         ),
         (InvalidEvent("not an event"), Failure(OutcomeKind.DEAD, "not an event")),
         (
@@ -114,6 +114,24 @@ def test_a_permanent_error_is_dead_on_the_first_attempt() -> None:
         DeliveryState.DEAD,
         400,
         "HTTP 400",
+    )
+
+
+def test_rejected_credentials_are_held_by_an_open_circuit_and_else_retried_until_dead() -> None:
+    failure = classify(AuthError("HTTP 401 bad token", status_code=401))
+    held = attempt_outcome(claim(3), POLICY, failure, utcnow(), 5, held_until=LATER)
+    assert (held.state, held.kind, held.next_attempt_at) == (
+        DeliveryState.PENDING,
+        OutcomeKind.HELD,
+        LATER,
+    )
+    # with the breaker off: the schedule, then dead once the attempts are used up
+    retried = attempt_outcome(claim(1), POLICY, failure, utcnow(), 5)
+    assert (retried.state, retried.kind) == (DeliveryState.PENDING, OutcomeKind.RETRY)
+    dead = attempt_outcome(claim(3), POLICY, failure, utcnow(), 5)
+    assert (dead.state, dead.error) == (
+        DeliveryState.DEAD,
+        "gave up after 3 attempts: HTTP 401 bad token",
     )
 
 

@@ -20,7 +20,7 @@ from relay.wildix import parse
 from tests.fakes.teams import CARD_TYPE, Flow, TeamsFake
 from tests.support.connectors import build
 from tests.support.hostile import HOSTILE_NAME, hostile_event, strings
-from tests.support.relay import make_settings, run_relay
+from tests.support.relay import RunningRelay, make_settings, run_relay
 from tests.support.samples import fixture
 
 pytest_plugins = ("tests.test_connectors_builtin",)  # its store, http and ctx_for fixtures
@@ -191,7 +191,6 @@ async def test_429_with_retry_after_is_honoured(db_url: str, teams: TeamsFake) -
     [
         ("deleted", 404, "WorkflowNotFound"),
         ("gone", 410, "WorkflowNotFound"),
-        ("bad_sig", 401, "DirectApiInvalidAuthorizationSignature"),
         ("bad_card", 400, "InvalidRequestContent"),
     ],
 )
@@ -201,7 +200,7 @@ async def test_4xx_is_dead_after_one_attempt_with_the_flow_error(
     caplog.set_level(logging.DEBUG)
     flow = teams.flow("Support")
     flow.deleted = setup == "deleted"
-    url = teams.webhook_url(flow, sig="SiG-wrong-secret" if setup == "bad_sig" else None)
+    url = teams.webhook_url(flow)
     if setup in ("gone", "bad_card"):
         teams.fail(status, code)
     block = {"type": "teams", "webhook_url": url}
@@ -219,6 +218,39 @@ async def test_4xx_is_dead_after_one_attempt_with_the_flow_error(
     ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("relay"))
     assert code in ours
     assert "SiG-wrong-secret" not in ours and flow.sig not in ours
+
+
+async def test_a_rejected_signature_holds_the_flow_behind_its_circuit_not_dead(
+    db_url: str, teams: TeamsFake
+) -> None:
+    """A 401 is the webhook URL's fault, not the event's: the circuit opens, nothing goes dead,
+    and the stored error says the credentials were rejected without showing them."""
+    flow = teams.flow("Support")
+    url = teams.webhook_url(flow, sig="SiG-wrong-secret")
+    block = {
+        "type": "teams",
+        "webhook_url": url,
+        "circuit": {"failures": 1, "cool_down": "1h", "max": "1h"},
+    }
+    async with run_relay(make_settings(db_url, {"calls": block})) as relay:
+        await relay.post(fixture("call_completed_missed_inbound"))
+        opened = await relay.wait_until(
+            lambda: _open_circuit(relay, "calls"), what="the circuit to open"
+        )
+        [delivery] = await relay.deliveries()
+    assert (delivery.state, delivery.attempts) == ("pending", 0)  # the attempt was refunded
+    assert delivery.last_error.startswith("circuit open: teams webhook: HTTP 401 ")
+    assert "DirectApiInvalidAuthorizationSignature" in delivery.last_error
+    assert "credentials rejected" in delivery.last_error and "credentials rejected" in opened
+    for text in (delivery.last_error, opened):
+        assert "SiG-wrong-secret" not in text and "sig=" not in text
+    assert len(teams.hits) == 1 and flow.posts == []
+
+
+async def _open_circuit(relay: RunningRelay, name: str) -> str | None:
+    """The circuit's reason once it holds the connector's deliveries."""
+    circuit = (await relay.store.circuits()).get(name)
+    return circuit.reason if circuit is not None and circuit.holds else None
 
 
 async def test_5xx_is_retried_then_posted_once(teams: TeamsFake, ctx_for: Any) -> None:

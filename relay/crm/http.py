@@ -77,8 +77,9 @@ class CrmHttp:
         """The message for a 401 that refreshing cannot fix: tell the admin what to change."""
         return (
             f"{self.vendor} rejected the credentials of connector {self.name!r} (HTTP 401 "
-            f"{excerpt(response.text, 200)}): check its token in config.yaml; deliveries "
-            "stay dead until retried by hand"
+            f"{excerpt(response.text, 200)}): check its token in config.yaml and run `relay "
+            "reload`; its deliveries wait and resume on their own once the token works "
+            f"(`relay circuit close {self.name}` sends them at once)"
         )
 
     def rate_limited(self, response: httpx.Response) -> Limited | None:

@@ -32,7 +32,7 @@ from relay.crm.http import CrmHttp
 from relay.crm.options import CrmConfig
 from relay.crm.owners import OwnerMapper
 from relay.crm.phones import Person, PhoneMatcher, pick, to_e164
-from relay.errors import DeliveryError, PermanentError, RetryableError
+from relay.errors import AuthError, DeliveryError, PermanentError, RetryableError
 from relay.wildix import Event
 
 T = TypeVar("T")
@@ -279,7 +279,9 @@ class CrmConnector(CrmHttp, Connector):
         async def find(email: str) -> str | None:
             try:
                 return await self.find_user(email, ctx)
-            except PermanentError as exc:  # e.g. a missing scope: log the call without owner
+            except (PermanentError, AuthError) as exc:
+                # e.g. a missing scope (Zoho's is a 401): log the call without owner; credentials
+                # rejected outright fail the record's own request next, which holds the connector
                 ctx.log.warning("owner lookup failed, using the default owner: %s", exc)
                 return None
 

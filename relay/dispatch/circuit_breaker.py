@@ -1,12 +1,13 @@
 """Circuit breakers: a connector whose target is down stops spending its deliveries' attempts.
 
 After ``circuit.failures`` consecutive failures that blame the target (``Failure.blames_target``:
-connection errors, timeouts, 5xx, a 429 without a quota body) the connector's circuit opens for
-the whole cluster: its deliveries wait, and any that fail meanwhile get their attempt back. Once
-the cool-down is over, one process claims the probe slot (relay.store.circuits) and sends one
-delivery: if the target answers the circuit closes and the backlog drains; if not it opens again
-with twice the cool-down, up to ``circuit.max``. An operator may open a circuit by hand (it then
-sends no probes) and close it.
+connection errors, timeouts, 5xx, a 429 without a quota body, rejected credentials) the
+connector's circuit opens for the whole cluster: its deliveries wait, and any that fail meanwhile
+get their attempt back. Once the cool-down is over, one process claims the probe slot
+(relay.store.circuits) and sends one delivery: if the target answers (or accepts the fixed
+credentials) the circuit closes and the backlog drains; if not it opens again with twice the
+cool-down, up to ``circuit.max``. An operator may open a circuit by hand (it then sends no
+probes) and close it.
 
 The state machine is a set of plain functions from the stored circuit to its next value; the
 store applies them under the row's lock. ``Breakers`` is one dispatcher's view of the stored

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from relay.config import DeliveryPolicy
-from relay.errors import PauseConnector, PermanentError, RetryableError, excerpt
+from relay.errors import AuthError, PauseConnector, PermanentError, RetryableError, excerpt
 from relay.store.queue import Claim, Outcome
 from relay.store.states import DeliveryState, OutcomeKind
 from relay.store.tables import utcnow
@@ -35,7 +35,8 @@ class Failure:
     pause_until: datetime | None = None
     unexpected: bool = False  # not part of the outcome contract: worth a traceback in the log
     # Whom it blames, for the connector's circuit breaker: True the target (down, overloaded,
-    # unreachable), False the event (the target answered, and refused it), None neither.
+    # unreachable, or refusing the connector's credentials), False the event (the target
+    # answered, and refused it), None neither.
     blames_target: bool | None = None
 
 
@@ -70,6 +71,18 @@ def _retryable(exc: RetryableError, _seen: int | None, _limit: float) -> Failure
     )
 
 
+def _rejected(exc: AuthError, _seen: int | None, _limit: float) -> Failure:
+    """Rejected credentials stop every event of the connector, as an outage does: the breaker
+    holds its deliveries until a probe finds the (fixed) credentials accepted."""
+    return Failure(
+        OutcomeKind.RETRY,
+        exc.message,
+        exc.status_code,
+        retry_after=exc.retry_after,
+        blames_target=True,
+    )
+
+
 def _timed_out(_exc: TimeoutError, seen: int | None, limit: float) -> Failure:
     return Failure(OutcomeKind.RETRY, f"timed out after {limit:g}s", seen, blames_target=True)
 
@@ -82,11 +95,12 @@ def _unexpected(exc: BaseException, seen: int | None, _limit: float) -> Failure:
     return Failure(OutcomeKind.RETRY, f"{type(exc).__name__}: {exc}", seen, unexpected=True)
 
 
-# First match wins, so subclasses come before their bases (AuthError is a PermanentError);
+# First match wins, so subclasses come before their bases (AuthError is a RetryableError);
 # anything not listed is a bug or a surprise in the connector, and is retried.
 CLASSIFY: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Reader], ...] = (
     (PauseConnector, _paused),
     ((PermanentError, InvalidEvent), _dead),
+    (AuthError, _rejected),
     (RetryableError, _retryable),
     (TimeoutError, _timed_out),
     (httpx.TransportError, _unreachable),
