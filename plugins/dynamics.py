@@ -2,7 +2,10 @@
 Dynamics 365 (Dataverse).
 
 Created at the call's first routed event and updated as it ends and when the final record arrives
-(``PATCH`` with ``If-Match: *``, so an update never re-creates a record someone deleted). The
+(``PATCH`` with ``If-Match: *``, so an update never re-creates a record someone deleted); the write
+carrying the final data also completes the phone call (``statecode`` 1), so it leaves the users'
+open activities. A completed phone call is read-only in Dataverse: relay never needs to write it
+again, and a write it must repeat (its answer was lost) is checked against the record. The
 contact or lead is the regarding record and an activity party (Sender or To recipient, with the
 owner's system user on the other side). OAuth 2.0 client credentials against Microsoft Entra ID
 for an application user of the environment; the token (about an hour) is cached in the connector
@@ -14,6 +17,8 @@ identity platform client credentials flow, Dataverse service protection API limi
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import time
@@ -47,6 +52,11 @@ DESCRIPTION_MAX = 2000  # phonecall.description
 GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 ENTITY_ID = re.compile(rf"\(({GUID.pattern})\)\s*$")
 ODATA = {"OData-MaxVersion": "4.0", "OData-Version": "4.0", "Accept": "application/json"}
+# without it a PATCH is an upsert: an update would re-create a phone call someone deleted
+UPDATE_ONLY = {"If-Match": "*"}
+# phonecall statecode / statuscode: Open 0 / Open 1; Completed 1 / Made 2 or Received 4
+REOPEN = {"statecode": 0, "statuscode": 1}
+MADE, RECEIVED = 2, 4
 
 
 def odata_quote(value: str) -> str:
@@ -72,6 +82,11 @@ def spellings(number: str) -> list[str]:
 def utc(moment: datetime) -> str:
     """Dataverse keeps date-times to the second, in UTC."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def completed(activity: crm.Activity) -> dict[str, int]:
+    """Completed, with the status reason that matches ``directioncode``."""
+    return {"statecode": 1, "statuscode": RECEIVED if activity.direction == "inbound" else MADE}
 
 
 def clip(notes: str, limit: int = DESCRIPTION_MAX) -> str:
@@ -331,6 +346,22 @@ class DynamicsConnector(crm.oauth.OAuthConnector):
             links["phonecall_activity_parties"] = parties
         return links
 
+    def changes(self, activity: crm.Activity, *, complete: bool = True) -> dict[str, Any]:
+        """What an update writes: the columns, and with the final data the completed state
+        (Dataverse writes the columns first, then changes the state)."""
+        body = self.record(activity, create=False)
+        if complete and activity.facts.final:
+            body |= completed(activity)
+        return body
+
+    def fingerprint(self, activity: crm.Activity, *, create: bool = False) -> str:
+        """Of what an update would write, so a change that writes nothing (the links are
+        create-only, times are kept to the second) sends nothing: once completed, a phone call is
+        read-only. A create writes the final data but cannot complete the phone call (statecode
+        is not valid for create): the update right after it does."""
+        body = self.changes(activity, complete=not create)
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
+
     async def create_activity(self, activity: crm.Activity, ctx: DeliveryContext) -> str:
         response = await self.call_api(
             ctx,
@@ -348,14 +379,48 @@ class DynamicsConnector(crm.oauth.OAuthConnector):
     async def update_activity(
         self, record_id: str, activity: crm.Activity, ctx: DeliveryContext
     ) -> None:
-        await self.call_api(
+        body = self.changes(activity)
+        response = await self.call_api(
             ctx,
             "PATCH",
             f"/phonecalls({record_id})",
             what="update phone call",
-            json=self.record(activity, create=False),
-            headers={"If-Match": "*"},  # an update only: never an upsert
+            json=body,
+            headers=UPDATE_ONLY,
+            allow=(400,),
         )
+        if response.status_code == 400:
+            await self._update_refused(record_id, body, response, ctx)
+
+    async def _update_refused(
+        self,
+        record_id: str,
+        body: dict[str, Any],
+        refused: httpx.Response,
+        ctx: DeliveryContext,
+    ) -> None:
+        """A refused update: the phone call may be completed, hence read-only. Completed by an
+        earlier attempt of this very final write whose answer was lost (a crash, a 500 after the
+        commit), it already holds the write: done. Completed with other data (a correction that
+        came after the final data, e.g. a legacy call's start after its end, or someone completed
+        it in Dynamics mid-call), it is reopened and written, which completes it again if final.
+        """
+        path = f"/phonecalls({record_id})"
+        if "statecode" in body:  # a final write: an earlier attempt may have made it
+            columns = ",".join(dict.fromkeys([*body, "statuscode"]))
+            current = crm.json_object(
+                await self.call_api(
+                    ctx, "GET", path, what="phone call lookup", params={"$select": columns}
+                )
+            )
+            if current.get("statecode", 0) == 0:  # open: the refusal is about the data itself
+                self.raise_for(refused, "update phone call")
+            if all(current.get(key) == value for key, value in body.items()):
+                ctx.log.info("Dynamics 365 phone call %s already holds this update", record_id)
+                return
+        ctx.log.info("reopening completed Dynamics 365 phone call %s to update it", record_id)
+        for what, change in (("reopen phone call", REOPEN), ("update phone call", body)):
+            await self.call_api(ctx, "PATCH", path, what=what, json=change, headers=UPDATE_ONLY)
 
     async def find_activity(self, activity: crm.Activity, ctx: DeliveryContext) -> str | None:
         """Crash recovery: the phone call whose description carries our marker. A $filter reads

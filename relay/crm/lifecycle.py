@@ -105,6 +105,12 @@ class CrmConnector(CrmHttp, Connector):
         """The id of a record carrying ``activity.marker``, if one exists (crash recovery)."""
         return None
 
+    def fingerprint(self, activity: Activity, *, create: bool = False) -> str:
+        """What a write is compared by (equal: skipped); ``create``: what the create wrote. A CRM
+        whose writes do more than the content adds that here (Dynamics completes the phone call
+        with the final data, which its create cannot do: an update follows it)."""
+        return activity.fingerprint()
+
     def skip_reason(self, facts: Facts) -> str | None:
         """Why a call ready to be created is not logged at all (a CRM's own option, such as which
         calls open a ticket); None logs it. Decided once, before the create."""
@@ -165,7 +171,7 @@ class CrmConnector(CrmHttp, Connector):
         elif not self.updates:
             return
         activity = self._activity(event, state)
-        fingerprint = activity.fingerprint()
+        fingerprint = self.fingerprint(activity)
         if fingerprint != state.sent:
             await self.update_activity(state.id, activity, ctx)
             state.sent = fingerprint
@@ -190,7 +196,7 @@ class CrmConnector(CrmHttp, Connector):
             find=lambda: self.find_activity(activity, ctx),
             create=lambda: self.create_activity(activity, ctx),
         )
-        state.sent = activity.fingerprint() if state.sent is None else state.sent
+        state.sent = self.fingerprint(activity, create=True) if state.sent is None else state.sent
         await self._save(ctx, key, link)  # right after the create: the id is what matters most
 
     async def _once(

@@ -24,9 +24,11 @@ from litestar import Litestar, Request, Response, get, patch, post
 
 from tests.fakes.dynamics_query import QueryError, error, query
 from tests.fakes.dynamics_rules import (
+    DEFAULT_STATUS,
     DOES_NOT_EXIST,
     ENTITY,
     GUID,
+    INVALID_ARGUMENT,
     NOT_ON_TYPE,
     PHONECALL,
     bad_phonecall,
@@ -36,6 +38,9 @@ from tests.fakes.server import Faults, Window
 
 RECORD = re.compile(rf"(\w+)\(({GUID})\)")
 CALL_ID = re.compile(r"Wildix call (\S+)")
+# Dataverse documents a completed or canceled phone call as read-only, not the error it answers
+# an update of one with: the 400, the generic code and the wording are the fake's guess
+READ_ONLY = INVALID_ARGUMENT
 PERSON_COLUMNS = {"fullname", "firstname", "lastname", "telephone1", "mobilephone", "statecode"}
 COLUMNS = {
     "contacts": {"contactid", "_ownerid_value", *PERSON_COLUMNS},
@@ -68,7 +73,8 @@ class FakeDynamics:
         self.tokens = Tokens("eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.", lifetime=self.token_lifetime)
         self.burst = Window(self.limit, self.interval)
         self.search = Window(self.search_limit, self.interval)
-        self.faults = Faults()
+        self.faults = Faults()  # after a phone call is created
+        self.update_faults = Faults()  # after a phone call is updated
         self.in_flight = 0
         self.busiest_concurrency = 0
         self.rejected_for_concurrency = 0
@@ -180,6 +186,22 @@ class FakeDynamics:
 
     # -- the API ---------------------------------------------------------------------------------
 
+    def _retrieve(self, request: Request[Any, Any, Any], resource: str, rid: str) -> Response[Any]:
+        """``GET <entity set>(<id>)``: one record, its ``$select`` columns."""
+        table = self._tables().get(resource)
+        if table is None:
+            return error(404, "0x8006088a", f"Resource not found for the segment '{resource}'.")
+        record = table.get(rid.lower())
+        if record is None:
+            return error(404, DOES_NOT_EXIST, f"{ENTITY[resource]} With Id = {rid} Does Not Exist")
+        params = {k: v for k, v in request.query_params.items() if k == "$select"}
+        try:
+            [row] = query([record], params, COLUMNS[resource], ENTITY[resource])
+        except QueryError as exc:
+            return error(400, NOT_ON_TYPE, str(exc))
+        context = f"{request.base_url}api/data/{self.api_version}/$metadata#{resource}/$entity"
+        return Response({"@odata.context": context, **row}, status_code=200)
+
     def _token(self, tenant: str, form: dict[str, str], base: str) -> tuple[dict[str, Any], int]:
         refused: tuple[str, str, int] | None = None
         if tenant != self.tenant_id:
@@ -241,6 +263,8 @@ class FakeDynamics:
                 searching = resource in ("contacts", "leads")
                 if (denied := fake._guard(request, searching)) is not None:
                     return fake._finish(request, denied)
+                if (match := RECORD.fullmatch(resource)) is not None:
+                    return fake._finish(request, fake._retrieve(request, match[1], match[2]))
                 table = fake._tables().get(resource)
                 if table is None:
                     return fake._finish(
@@ -312,8 +336,21 @@ class FakeDynamics:
                     return fake._finish(request, error(405, "0x80060888", "Method not allowed."))
                 rid = match[2].lower()
                 body = await fake._body(request)
-                if (bad := bad_phonecall(body, fake._tables())) is not None:
+                current = fake.phonecalls.get(rid, {"statecode": 0})
+                if (bad := bad_phonecall(body, fake._tables(), current)) is not None:
                     return fake._finish(request, bad)
+                reopens = set(body) <= {"statecode", "statuscode"} and body.get("statecode") == 0
+                if current["statecode"] != 0 and not reopens:
+                    state = "completed" if current["statecode"] == 1 else "canceled"
+                    return fake._finish(
+                        request,
+                        error(
+                            400,
+                            READ_ONLY,
+                            f"This phonecall is {state}: completed and canceled phone calls are "
+                            "read-only and can't be edited.",
+                        ),
+                    )
                 if rid not in fake.phonecalls:
                     if request.headers.get("if-match") == "*":
                         return fake._finish(
@@ -327,8 +364,14 @@ class FakeDynamics:
                         "statuscode": 1,
                         "updates": -1,
                     }
+                if "statecode" in body:
+                    body.setdefault("statuscode", DEFAULT_STATUS[body["statecode"]])
                 fake.phonecalls[rid].update(body)
                 fake.phonecalls[rid]["updates"] += 1
+                if await fake.update_faults.after_persist():
+                    return fake._finish(
+                        request, error(500, "0x80040216", "An unexpected error occurred.")
+                    )
                 return fake._finish(request, Response(None, status_code=204))
 
         return Litestar([token, read, create, update], debug=False)

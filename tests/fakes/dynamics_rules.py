@@ -41,6 +41,12 @@ ENTITY = {
 }
 NOT_ON_TYPE = "0x80060888"  # Dataverse's code for an unknown property or malformed query
 DOES_NOT_EXIST = "0x80040217"
+INVALID_ARGUMENT = "0x80040203"
+# the phonecall's state model (entity reference): statuscode → its statecode, and each
+# statecode's default status. Open 0 (Open 1), Completed 1 (Made 2, Received 4), Canceled 2 (3).
+STATUS_STATE = {1: 0, 2: 1, 3: 2, 4: 1}
+DEFAULT_STATUS = {0: 1, 1: 2, 2: 3}
+STATE_NAMES = {0: "Open", 1: "Completed", 2: "Canceled"}
 
 
 def _bind(value: Any, tables: tuple[str, ...], records: Tables) -> Response[Any] | None:
@@ -52,12 +58,36 @@ def _bind(value: Any, tables: tuple[str, ...], records: Tables) -> Response[Any]
     return None
 
 
-def bad_phonecall(body: Any, records: Tables) -> Response[Any] | None:
-    """The error Dataverse answers a phone call create or update with, or None if it is good."""
+def _bad_state(body: dict[str, Any], current: dict[str, Any] | None) -> Response[Any] | None:
+    """``statecode`` is not valid for create; a ``statuscode`` must belong to the state set."""
+    if current is None and "statecode" in body:
+        return error(
+            400,
+            INVALID_ARGUMENT,
+            "The 'statecode' attribute is not valid for create: create the phone call, then "
+            "update its statecode and statuscode.",
+        )
+    state = body.get("statecode", (current or {}).get("statecode", 0))
+    status = body.get("statuscode", DEFAULT_STATUS.get(state))
+    if state not in STATE_NAMES or STATUS_STATE.get(status) != state:
+        return error(
+            400,
+            INVALID_ARGUMENT,
+            f"{status} is not a valid status code for state code "
+            f"PhoneCallState.{STATE_NAMES.get(state, state)} on phonecall.",
+        )
+    return None
+
+
+def bad_phonecall(
+    body: Any, records: Tables, current: dict[str, Any] | None = None
+) -> Response[Any] | None:
+    """The error Dataverse answers a phone call create (``current`` None) or an update of
+    ``current`` with, or None if it is good."""
     if not isinstance(body, dict):
         return error(400, NOT_ON_TYPE, "The request body is not a JSON object.")
     for name, value in body.items():
-        if name not in PHONECALL:
+        if name not in PHONECALL | {"statecode", "statuscode"}:
             return error(
                 400,
                 NOT_ON_TYPE,
@@ -108,4 +138,4 @@ def bad_phonecall(body: Any, records: Tables) -> Response[Any] | None:
             )
         if (bad := _bind(party[binds[0]], (PARTY_BINDS[binds[0]],), records)) is not None:
             return bad
-    return None
+    return _bad_state(body, current)
