@@ -247,14 +247,14 @@ async def test_a_lost_answer_to_the_completing_update_leaves_one_completed_call(
 async def test_a_phone_call_completed_in_dynamics_is_reopened_for_the_update(
     db_url: str,
 ) -> None:
-    """Someone completes the phone call in Dynamics while the call runs: the next update is
+    """Someone completes the phone call in Dynamics before the final record: its update is
     refused (read-only), so relay reopens it, writes, and the final data completes it again."""
-    start, *rest = current_outbound("user_1", UK_CONTACT)
+    *live, final = current_outbound("user_1", UK_CONTACT)
     async with logging_calls(db_url) as (fake, relay):
-        await post_live(relay, [start], "q7m2xk")
+        await post_live(relay, live, "q7m2xk")  # created at the live end, still open
         [record] = DYNAMICS.records(fake, "user_1")
         record.update(statecode=1, statuscode=2)  # "Mark Complete" in Dynamics
-        await post_live(relay, rest, "q7m2xk")
+        await post_live(relay, [final], "q7m2xk")
         rows = await relay.settled()
     assert all(r.state in DONE for r in rows)
     assert DYNAMICS.records(fake, "user_1") == [record]
