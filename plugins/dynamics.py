@@ -1,11 +1,13 @@
 """The ``dynamics`` connector: each external Wildix call as one Phone Call activity in Microsoft
 Dynamics 365 (Dataverse).
 
-Created at the call's first routed event and updated as it ends and when the final record arrives
-(``PATCH`` with ``If-Match: *``, so an update never re-creates a record someone deleted); the write
-carrying the final data also completes the phone call (``statecode`` 1), so it leaves the users'
-open activities. A completed phone call is read-only in Dataverse: relay never needs to write it
-again, and a write it must repeat (its answer was lost) is checked against the record. The
+Created when ``create_at`` says (by default once the call has ended) and updated when the final
+record arrives (``PATCH`` with ``If-Match: *``, so an update never re-creates a record someone
+deleted); the write carrying the final data also completes the phone call (``statecode`` 1), so
+it leaves the users' open activities (``complete_calls: false`` leaves it open, a write less for
+a call created from its final data). A completed phone call is read-only in Dataverse: relay
+never needs to write it again, and a write it must repeat (its answer was lost) is checked
+against the record. The
 contact or lead is the regarding record and an activity party (Sender or To recipient, with the
 owner's system user on the other side). OAuth 2.0 client credentials against Microsoft Entra ID
 for an application user of the environment; the token (about an hour) is cached in the connector
@@ -109,6 +111,7 @@ class DynamicsConfig(crm.CrmConfig, kw_only=True):
     rate_limit: crm.RateLimit = crm.RateLimit(requests=15, per=1)
     search_rate_limit: crm.RateLimit = crm.RateLimit(requests=10, per=1)
     limit_pause: crm.Duration = crm.Duration(60)  # a 429 without Retry-After: pause this long
+    complete_calls: bool = True  # the final data completes the phone call (statecode 1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -350,7 +353,7 @@ class DynamicsConnector(crm.oauth.OAuthConnector):
         """What an update writes: the columns, and with the final data the completed state
         (Dataverse writes the columns first, then changes the state)."""
         body = self.record(activity, create=False)
-        if complete and activity.facts.final:
+        if complete and self.config.complete_calls and activity.facts.final:
             body |= completed(activity)
         return body
 

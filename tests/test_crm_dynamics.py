@@ -202,6 +202,26 @@ async def test_the_final_data_completes_the_phone_call(db_url: str, outage: bool
         assert len(writes(fake, record)) == (1 if outage else record["updates"])
 
 
+async def test_complete_calls_false_leaves_the_phone_call_open_for_a_write_less(
+    db_url: str,
+) -> None:
+    """After an outage the call is created from its final data: with ``complete_calls: false``
+    that create is its only write, and the phone call stays open."""
+    fake = DYNAMICS.fake()
+    DYNAMICS.seed(fake)
+    async with running(fake) as url:
+        block = DYNAMICS.block(fake, url, complete_calls=False)
+        settings = make_settings(db_url, {"crm": block})
+        async with run_relay(settings, dispatch=False) as relay:
+            await post_all(relay, current_outbound("open_1", UK_CONTACT), "q7m2xk")
+        async with run_relay(settings) as relay:
+            rows = await relay.settled()
+    assert all(r.state in DONE for r in rows)
+    [call] = DYNAMICS.records(fake, "open_1")
+    assert (call["statecode"], call["category"], DYNAMICS.seconds(call)) == (0, "Answered", 181)
+    assert writes(fake, call) == []  # the create only
+
+
 async def test_a_duplicate_or_late_event_after_completion_writes_nothing(db_url: str) -> None:
     """Wildix re-sends the final record, and a live end arrives late: the completed (read-only)
     phone call is not written again, and no delivery fails on it."""
