@@ -3,18 +3,17 @@ Dynamics 365 (Dataverse).
 
 Created when ``create_at`` says (by default once the call has ended) and updated when the final
 record arrives (``PATCH`` with ``If-Match: *``, so an update never re-creates a record someone
-deleted); the write carrying the final data also completes the phone call (``statecode`` 1), so
-it leaves the users' open activities (``complete_calls: false`` leaves it open, a write less for
-a call created from its final data). A completed phone call is read-only in Dataverse: relay
-never needs to write it again, and a write it must repeat (its answer was lost) is checked
-against the record. The
+deleted); the write carrying the final data also completes the phone call (``statecode`` 1), so it
+leaves the users' open activities (``complete_calls: false`` leaves it open, a write less for a call
+created from its final data). A completed phone call is read-only in Dataverse: relay never needs to
+write it again, and a write it must repeat (its answer was lost) is checked against the record. The
 contact or lead is the regarding record and an activity party (Sender or To recipient, with the
-owner's system user on the other side). OAuth 2.0 client credentials against Microsoft Entra ID
-for an application user of the environment; the token (about an hour) is cached in the connector
-state and renewed before it expires or once on a 401. Dataverse's service protection limits
-(``429`` with ``Retry-After``, per user over a 5-minute window) pause the whole connector.
-Reference: Dataverse Web API v9.2 (phonecall, activityparty, contact, lead, systemuser), Microsoft
-identity platform client credentials flow, Dataverse service protection API limits.
+owner's system user on the other side). OAuth 2.0 client credentials against Microsoft Entra ID for
+an application user of the environment; the token (about an hour) is cached in the connector state
+and renewed before it expires or once on a 401. Dataverse's service protection limits (``429`` with
+``Retry-After``, per user over a 5-minute window) pause the whole connector. Reference: Dataverse
+Web API v9.2 (phonecall, activityparty, contact, lead, systemuser), Microsoft identity platform
+client credentials flow, Dataverse service protection API limits.
 """
 
 from __future__ import annotations
