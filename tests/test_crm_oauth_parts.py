@@ -4,6 +4,7 @@ against a fake that refuses unescaped queries, and secrets masked in check-confi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,13 @@ import pytest
 import yaml
 from relay.plugins.salesforce import sosl_escape
 
-from relay import AuthError, PermanentError, RetryableError
+from relay import AuthError, PermanentError, RetryableError, crm
 from relay.config import ConfigError, parse_config
 from relay.connector import ConnectorContext, Limiters
+from relay.crm.oauth import AUTH_REFUSED, OAuthConnector, Token
 from relay.registry import connector_types
 from relay.store.records import Store
+from tests.fakes.receiver import Receiver
 from tests.fakes.salesforce import TEST_KEY_PEM as SALESFORCE_KEY_PEM
 from tests.support.cli import run, write
 from tests.support.crm import DYNAMICS, TOKEN_VENDORS, UK_CONTACT, Vendor, running
@@ -186,6 +189,57 @@ def test_zoho_rate_limiting_its_token_endpoint_stays_retryable() -> None:
     too_many = "You have made too many requests continuously. Please try again after some time."
     refused = connector(ZOHO_BLOCK).token_refused("Access Denied", too_many, 400)
     assert type(refused) is RetryableError and refused.retry_after == 60.0
+
+
+class AcmeOAuth(OAuthConnector):
+    """An OAuth CRM that keeps the default ``token_refused``."""
+
+    type = "acmeoauth"
+    vendor = "Acme CRM"
+
+    async def fetch_token(self, ctx: ConnectorContext) -> Token:
+        form = {"grant_type": "refresh_token", "refresh_token": "SECRET-refresh"}
+        body = await self.request_token(ctx, f"{self.config.base_url}/token", form)
+        return Token(str(body["access_token"]), str(self.config.base_url))
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (400, {"error": "invalid_grant", "error_description": "refresh token revoked"}, AuthError),
+        (401, {"error": "invalid_client"}, AuthError),
+        (401, {}, AuthError),  # the client was not recognised, whatever the body says
+        (400, {"error": "invalid_scope"}, PermanentError),
+        (400, {"error": "unsupported_grant_type"}, PermanentError),
+        (429, {"error": "slow_down"}, RetryableError),
+        (503, {}, RetryableError),
+    ],
+)
+async def test_the_default_token_refusal_and_the_incident_key_it_leaves(
+    status: int, body: dict[str, str], kind: type[Exception], store: Store
+) -> None:
+    """A refusal of the credentials (RFC 6749 ``invalid_grant``, ``invalid_client``) is an
+    AuthError, of the request a PermanentError; both leave AUTH_REFUSED (the auth_revoked
+    incident) until a token is issued. A busy token endpoint is retried and leaves nothing."""
+    json_body = {"content-type": "application/json"}
+    async with Receiver() as endpoint, httpx.AsyncClient() as http:
+        conn = AcmeOAuth("crm", crm.CrmConfig(base_url=endpoint.url))
+        ctx = ConnectorContext(name="crm", http=http, store=store, limiters=Limiters())
+        endpoint.respond(status, body=json.dumps(body), headers=json_body)
+        with pytest.raises(kind) as info:
+            await conn.token(ctx)
+        assert type(info.value) is kind
+        refused = (await ctx.state.get()).get(AUTH_REFUSED)
+        if kind is RetryableError:
+            assert refused is None
+        else:
+            assert refused["reason"] == info.value.message
+            assert "SECRET" not in refused["reason"]
+            assert ("`relay circuit close crm`" in refused["reason"]) == (kind is AuthError)
+        endpoint.respond(200, body='{"access_token": "a1"}', headers=json_body)
+        assert (await conn.token(ctx)).access_token == "a1"
+        assert AUTH_REFUSED not in await ctx.state.get()
+    assert len(endpoint.requests) == 2  # one token request each: the refusal, then the token
 
 
 async def test_salesforce_fake_refuses_unescaped_sosl(store: Store) -> None:
