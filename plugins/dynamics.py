@@ -171,9 +171,11 @@ class DynamicsConnector(crm.oauth.OAuthConnector):
             fix = "`tenant_id` must be the directory (tenant) id of the app registration"
         else:
             fix = "check `tenant_id`, `client_id`, `client_secret` and `login_url`"
-        return PermanentError(
-            f"Microsoft Entra ID refused to issue an access token for connector {self.name!r} "
-            f"({error}: {description}). Fix: {fix}; restart relay, then retry the dead deliveries"
+        # a wrong secret (AADSTS7000215), an expired one (AADSTS7000222), an app unknown to the
+        # tenant (AADSTS700016) refuse the credentials; a wrong tenant or scope, the request
+        credentials = error in ("invalid_client", "unauthorized_client", "invalid_grant")
+        return self.refusal(
+            f"{error}: {description}", fix, credentials, issuer="Microsoft Entra ID"
         )
 
     def api_base(self, root: str) -> str:

@@ -35,6 +35,17 @@ from relay import (
 CALL_TYPE = {"inbound": "Inbound", "outbound": "Outbound", "internal": "Internal"}
 RESULT = {"completed": "Answered", "missed": "No answer", "busy": "Busy", "failed": "Failed"}
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# token endpoint errors that refuse the credentials (the app, the grant, the user), not the request
+CREDENTIALS_REFUSED = frozenset(
+    {
+        "invalid_client",
+        "invalid_client_id",
+        "invalid_client_credentials",
+        "invalid_grant",
+        "inactive_user",
+        "inactive_org",
+    }
+)
 SOSL_RESERVED = frozenset("\\&|!(){}[]^\"~*?:'+-")
 USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 USAGE_EVERY = 60.0  # seconds between writes of the usage header to the connector state
@@ -161,8 +172,12 @@ class SalesforceConnector(crm.oauth.OAuthConnector):
 
     def token_refused(self, error: str, description: str, status: int) -> DeliveryError:
         flow = self.config.flow
-        if error == "invalid_client":
+        if error in ("invalid_client", "invalid_client_id", "invalid_client_credentials"):
             fix = "`client_id` / `client_secret` must be the app's consumer key and secret"
+        elif error not in CREDENTIALS_REFUSED:  # e.g. invalid_request: not this domain
+            fix = "check `login_url` (your My Domain for client credentials) and the app's flows"
+        elif error in ("inactive_user", "inactive_org"):
+            fix = "the API user or the org was deactivated in Salesforce: activate it"
         elif flow == "refresh_token":
             fix = (
                 "the refresh token was revoked or expired: authorize the connected app again "
@@ -179,10 +194,8 @@ class SalesforceConnector(crm.oauth.OAuthConnector):
                 "enable the client credentials flow on the app with a run-as user, and set "
                 "`login_url` to your My Domain (https://<domain>.my.salesforce.com)"
             )
-        return PermanentError(
-            f"Salesforce refused to issue an access token for connector {self.name!r} "
-            f"({flow} flow: {error}: {description}). {fix} in config.yaml, restart relay, "
-            "then retry the dead deliveries"
+        return self.refusal(
+            f"{flow} flow: {error}: {description}", fix, error in CREDENTIALS_REFUSED
         )
 
     def api_base(self, root: str) -> str:

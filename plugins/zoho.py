@@ -29,6 +29,8 @@ from relay import (
     parse_retry_after,
 )
 
+# token endpoint errors that refuse the credentials: the client, or the refresh token (revoked)
+CREDENTIALS_REFUSED = frozenset({"invalid_client", "invalid_client_secret", "invalid_code"})
 SCOPES = (
     "ZohoCRM.modules.calls.ALL,ZohoCRM.modules.contacts.ALL,ZohoCRM.modules.leads.READ,"
     "ZohoCRM.users.READ"
@@ -111,22 +113,21 @@ class ZohoConnector(crm.oauth.OAuthConnector):
                 retry_after=60.0,
                 status_code=status,
             )
-        if error == "invalid_client":
+        if error in ("invalid_client", "invalid_client_secret"):
             fix = (
                 f"`client_id` / `client_secret` are not a client of this data centre ({where}): "
                 "copy them from the Zoho API console of the account's data centre"
             )
-        else:
+        elif error == "invalid_code":
             fix = (
                 "the refresh token was revoked, expired or belongs to another data centre: "
                 f"generate a new grant (scopes {SCOPES}) in the Zoho API console, exchange it "
                 f"for a refresh token, put it in `refresh_token`, and check {where}"
             )
-        return PermanentError(
-            f"Zoho refused to issue an access token for connector {self.name!r} ({error}"
-            f"{': ' + description if description else ''}). Fix: {fix}; restart relay, then "
-            "retry the dead deliveries"
-        )
+        else:  # the request itself: e.g. unsupported_grant_type
+            fix = f"check `client_id`, `refresh_token` and {where}"
+        detail = f"{error}{': ' + description if description else ''}"
+        return self.refusal(detail, fix, error in CREDENTIALS_REFUSED)
 
     def token_expired(self, response: httpx.Response) -> bool:
         return crm.json_object(response).get("code") != "OAUTH_SCOPE_MISMATCH"

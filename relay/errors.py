@@ -41,11 +41,12 @@ class PermanentError(DeliveryError):
 
 class AuthError(RetryableError):
     """The target rejected the connector's credentials (HTTP 401, Slack ``invalid_auth``, SMTP
-    535). A connector that can refresh its token catches this once. Otherwise no event of the
-    connector can go until an operator fixes its config, so it is not the event's fault: it
-    counts towards the connector's circuit breaker, whose open circuit holds the deliveries
-    (attempts refunded) and whose probes find out when the credentials work again. With the
-    breaker off (``circuit.failures: 0``) it is retried on schedule until ``max_attempts``."""
+    535, an OAuth token endpoint's ``invalid_grant``). A connector that can refresh its token
+    catches a 401 once. Otherwise no event of the connector can go until an operator fixes its
+    config, so it is not the event's fault: it counts towards the connector's circuit breaker,
+    whose open circuit holds the deliveries (attempts refunded) and whose probes find out when
+    the credentials work again. With the breaker off (``circuit.failures: 0``) it is retried on
+    schedule until ``max_attempts``."""
 
 
 class PauseConnector(DeliveryError):

@@ -23,7 +23,15 @@ from relay.store.tables import attempts, circuit_transitions, utcnow
 from tests.fakes.receiver import Receiver
 from tests.support.cli import relay_cli
 from tests.support.crm import PIPEDRIVE, day, post_all, running
-from tests.support.operations import AUTH, TOKEN, admin_settings, api, webhook
+from tests.support.operations import (
+    AUTH,
+    TOKEN,
+    admin_settings,
+    api,
+    open_incidents,
+    resolved,
+    webhook,
+)
 from tests.support.relay import (
     DONE,
     RunningRelay,
@@ -118,7 +126,7 @@ async def test_rejected_credentials_hold_the_backlog_until_the_fixed_config_is_r
         async with run_relay(load_config(config, env={})) as relay:
             await post_all(relay, day(3), "q7m2xk")
             [incident] = await relay.wait_until(
-                lambda: _open_incidents(relay, "circuit_open"), timeout=30, what="the incident"
+                lambda: open_incidents(relay, "circuit_open"), timeout=30, what="the incident"
             )
             assert incident.subject == "crm"
             assert "credentials of connector 'crm' rejected (HTTP 401" in incident.summary
@@ -144,19 +152,10 @@ async def test_rejected_credentials_hold_the_backlog_until_the_fixed_config_is_r
             assert all(r.state in DONE for r in rows), [(r.state, r.last_error) for r in rows]
             assert await circuit(relay, "crm") == CircuitState.CLOSED
             await relay.wait_until(
-                lambda: _resolved(relay, incident.id), timeout=30, what="the incident resolved"
+                lambda: resolved(relay, incident.id), timeout=30, what="the incident resolved"
             )
     for i in range(3):
         assert len(PIPEDRIVE.records(fake, f"day_{i}")) == 1
-
-
-async def _open_incidents(relay: RunningRelay, kind: str) -> list[Any] | None:
-    found = [i for i in await relay.store.incidents(open_only=True) if i.kind == kind]
-    return found or None
-
-
-async def _resolved(relay: RunningRelay, incident_id: int) -> bool:
-    return any(i.id == incident_id and not i.open for i in await relay.store.incidents())
 
 
 async def _at_least(rows: Any, n: int) -> list[Any] | None:

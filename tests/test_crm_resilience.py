@@ -7,6 +7,7 @@ missing OAuth scope. Always through the real pipeline, always asserting what the
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import signal
 import time
@@ -16,7 +17,15 @@ from typing import Any
 
 import pytest
 
-from relay.store.tables import connector_state
+from relay.config import load_config
+from relay.store.tables import (
+    attempts,
+    circuit_transitions,
+    circuits,
+    connector_state,
+    deliveries,
+    incidents,
+)
 from tests.support.calls import current_inbound_missed, current_outbound
 from tests.support.crm import (
     DYNAMICS,
@@ -35,14 +44,15 @@ from tests.support.crm import (
     link_ids,
     paused_attempts,
     post_all,
-    retry_dead,
     running,
     settled_opening,
     vendor_id,
 )
+from tests.support.operations import TOKEN, api, open_incidents, resolved
 from tests.support.relay import (
     DONE,
     RunningRelay,
+    capture_log,
     config_dict,
     make_settings,
     run_relay,
@@ -53,6 +63,9 @@ from tests.support.relay import (
 STATIC = [vendor for vendor in VENDORS if not vendor.oauth]  # the CRMs with a static API token
 ids = pytest.mark.parametrize("vendor", VENDORS, ids=vendor_id)
 static_ids = pytest.mark.parametrize("vendor", STATIC, ids=vendor_id)
+BREAKER = {"failures": 2, "cool_down": "0.4s", "max": "1.6s"}
+# where relay keeps what a failure said: no secret may reach any of them
+STORED = (attempts, deliveries, circuits, circuit_transitions, connector_state, incidents)
 
 
 @ids
@@ -270,6 +283,16 @@ async def _all_waiting(relay: RunningRelay) -> list[Any] | None:
     return waiting if waiting and all(r.state in ("pending", *DONE) for r in rows) else None
 
 
+async def _none_open(relay: RunningRelay) -> bool:
+    return not await relay.store.incidents(open_only=True)
+
+
+async def _probed(relay: RunningRelay, n: int) -> list[Any] | None:
+    """The circuit's probes, once there are at least ``n``."""
+    rows = await relay.rows(circuit_transitions, circuit_transitions.c.reason == "probe")
+    return rows if len(rows) >= n else None
+
+
 @pytest.mark.parametrize("vendor", TOKEN_VENDORS, ids=vendor_id)
 async def test_token_invalidated_mid_run_is_renewed_once(db_url: str, vendor: Vendor) -> None:
     fake = vendor.fake()
@@ -297,38 +320,74 @@ async def test_token_invalidated_mid_run_is_renewed_once(db_url: str, vendor: Ve
 
 
 @pytest.mark.parametrize("vendor", REFRESHING, ids=vendor_id)
-async def test_revoked_grant_is_permanent_then_retried_by_hand(db_url: str, vendor: Vendor) -> None:
+async def test_revoked_grant_holds_the_deliveries_until_the_new_refresh_token_is_reloaded(
+    db_url: str,
+    vendor: Vendor,
+    tmp_path: Path,
+) -> None:
+    """The admin revoked the app's grant: no delivery of the connector can get a token, so the
+    refusal counts towards its circuit like a rejected API token. The deliveries wait (none goes
+    dead, held attempts are given back), the auth_revoked incident says what to fix; once the
+    admin puts a new refresh token in config.yaml and reloads, the next probe gets a token and
+    the backlog drains without anyone retrying anything, and the incident resolves."""
     fake = vendor.fake()
     seeded = vendor.seed(fake)
     old_token = fake.refresh_token
     vendor.revoke(fake)
-    async with running(fake) as url:
-        block = vendor.block(fake, url)
-        async with run_relay(make_settings(db_url, {"crm": block})) as relay:
-            await post_all(relay, current_inbound_missed("revoked_1", FR_CALLER), "q7m2xk")
-            rows = await relay.settled()
-            await asyncio.sleep(0.6)  # three retry periods: nothing more may be tried
-            dead = [r for r in await relay.deliveries() if r.state == "dead"]
-        # (an event that needs no request, such as Zoho's live start, succeeds meanwhile)
-        assert dead and len(rows) == 3 and all(r.attempts == 1 for r in dead)
-        for row in dead:
-            assert "refused to issue an access token" in row.last_error
-            assert (
-                "refresh_token" in row.last_error and "retry the dead deliveries" in row.last_error
-            )
-            assert old_token not in row.last_error and fake.client_secret not in row.last_error
-        assert vendor.all_records(fake) == []
-        refused = len(fake.tokens.requests)
-        assert refused == len(dead)  # one token request per delivery: no retry storm
-        # the admin authorizes the app again and puts the new refresh token in config.yaml
-        block["refresh_token"] = fake.new_refresh_token()
-        async with run_relay(make_settings(db_url, {"crm": block})) as relay:
-            assert await retry_dead(relay) == len(dead)
-            rows = await relay.settled()
-            assert all(r.state in DONE for r in rows)
+    with capture_log(level=logging.INFO) as relay_log:
+        async with running(fake) as url:
+            block = vendor.block(fake, url, circuit=BREAKER)
+            extra = {"admin": {"token": TOKEN}, "alerts": {"interval": "0.1s"}}
+            data = config_dict(db_url, {"crm": block}, extra=extra)
+            config = write_config(tmp_path / "config.yaml", data)
+            async with run_relay(load_config(config, env={})) as relay:
+                await post_all(relay, current_inbound_missed("revoked_1", FR_CALLER), "q7m2xk")
+                reason = await relay.wait_until(
+                    lambda: _held(relay), timeout=30, what="the circuit to open"
+                )
+                [incident] = await relay.wait_until(
+                    lambda: open_incidents(relay, "auth_revoked"), timeout=30, what="the incident"
+                )
+                await relay.wait_until(lambda: _all_waiting(relay), what="attempts to end")
+                await relay.wait_until(lambda: _probed(relay, 2), timeout=30, what="two probes")
+                # counted first: a probe is recorded before its token request
+                refused = len(fake.tokens.requests)
+                probes = await _probed(relay, 0)
+                # (an event that needs no request, such as Zoho's live start, succeeds meanwhile);
+                # the failures that opened the circuit spent attempts, held ones and probes did not
+                rows = await relay.deliveries()  # (a superseded one spent its attempt too)
+                assert not [r for r in rows if r.state == "dead"]
+                spent = sum(r.attempts for r in rows)
+                assert spent <= len(rows) + BREAKER["failures"], [r.attempts for r in rows]
+                assert 0 < refused <= spent + len(probes)  # one per attempt: no retry storm
+                assert fake.tokens.issued == 0
+                assert vendor.all_records(fake) == []
+                for text in (reason, incident.summary):
+                    assert "refused to issue an access token" in text and "refresh_token" in text
+                    assert "`relay reload`" in text and "resume on their own" in text
+                    assert "retry the dead" not in text
+                assert "`relay circuit close crm`" in reason
+
+                block["refresh_token"] = fake.new_refresh_token()  # the admin authorized the app
+                write_config(config, data)
+                reloaded = await api(relay, "POST", "/config/reload")
+                assert (reloaded["result"], reloaded["changed"]) == ("loaded", ["crm"])
+                rows = await relay.settled(timeout=30)
+                assert all(r.state in DONE for r in rows), [(r.state, r.last_error) for r in rows]
+                await relay.wait_until(
+                    lambda: resolved(relay, incident.id), timeout=30, what="the incident resolved"
+                )
+                await relay.wait_until(  # the circuit_open one too
+                    lambda: _none_open(relay), timeout=30, what="no open incident"
+                )
+                stored = repr([await relay.rows(table) for table in STORED])
     [record] = vendor.records(fake, "revoked_1")
     assert vendor.person(record) == seeded["fr"]
     assert fake.tokens.issued == 1
+    logged = relay_log.getvalue()
+    assert "new access token" in logged  # the log was captured
+    for secret in (old_token, block["refresh_token"], fake.client_secret):
+        assert secret not in stored and secret not in logged
 
 
 async def test_zoho_missing_scope_holds_the_deliveries_without_token_churn(db_url: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import io
-import logging
 import os
 import re
 import socket
@@ -20,13 +19,12 @@ import msgspec
 import pytest
 from prometheus_client import REGISTRY
 
-from relay import logs
 from relay.ingest.accept import RECORD_BURST, RECORD_RATE
 from relay.store.records import UNSIGNED_EXCERPT
 from relay.store.tables import rejections, utcnow
 from tests.support.cli import RELAY, free_port, write
 from tests.support.operations import AUTH, TOKEN, admin_settings
-from tests.support.relay import config_dict, make_settings, run_relay
+from tests.support.relay import capture_log, config_dict, make_settings, run_relay
 
 MB = 2**20
 # Every row of a list, whatever was stored: its fields are read at bounded widths.
@@ -40,15 +38,8 @@ def unsigned(integration_id: str) -> bytes:
 @pytest.fixture
 def json_log() -> Iterator[io.StringIO]:
     """What relay's JSON log handler would write, for the ingest logger."""
-    out = io.StringIO()
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(logs.JsonLines())
-    logger = logging.getLogger("relay.ingest")
-    logger.addHandler(handler)
-    try:
+    with capture_log("relay.ingest") as out:
         yield out
-    finally:
-        logger.removeHandler(handler)
 
 
 async def test_many_unknown_ids_leave_no_trace_in_memory(db_url: str) -> None:

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from relay.admin.watcher import AUTH as AUTH_REVOKED
 from relay.admin.watcher import CIRCUIT, DEAD_LETTERS, PAUSED, watch_once
-from relay.config import ConfigError, parse_config
+from relay.config import ConfigError, load_config, parse_config
 from relay.ingest.accept import SQS_CONSUMER, STORE_UNAVAILABLE
 from relay.live_config import LiveConfig
 from relay.registry import connector_types
@@ -40,7 +40,7 @@ from tests.fakes.sqs import SECRET_KEY, MotoSqs, Queue
 from tests.fakes.teams import TeamsFake
 from tests.support.calls import current_inbound_missed
 from tests.support.cli import relay_cli
-from tests.support.crm import FR_CALLER, HUBSPOT, REFRESHING, day, post_all, retry_dead, running
+from tests.support.crm import FR_CALLER, HUBSPOT, REFRESHING, day, post_all, running
 from tests.support.dashboard import ui_login
 from tests.support.operations import AUTH, TOKEN, api, webhook
 from tests.support.relay import DONE, RunningRelay, call_body, config_dict, run_relay, write_config
@@ -207,27 +207,26 @@ async def test_a_daily_quota_pause_alerts_when_it_starts_and_when_the_quota_rese
 
 
 async def test_a_revoked_refresh_token_alerts_slack_until_a_token_is_issued_again(
-    db_url: str,
+    db_url: str, tmp_path: Path
 ) -> None:
     """The admin revoked the CRM app's grant: the token endpoint refuses (an incident, in the
-    ops Slack channel); the admin puts a new refresh token in and retries (resolved)."""
+    ops Slack channel) and the deliveries wait; the admin puts a new refresh token in
+    config.yaml and reloads: a token is issued, the deliveries go (resolved)."""
     vendor = REFRESHING[0]
     fake = vendor.fake()
     vendor.seed(fake)
+    old_token = fake.refresh_token
     vendor.revoke(fake)
     async with running(fake) as url, SlackFake() as slack:
         ops = slack.channel("#ops")
-        block = vendor.block(fake, url)
+        block = vendor.block(fake, url, circuit=BREAKER)
         alert = {"type": "slack", "token": slack.token, "channel": "#ops"}
-        extra = {"alerts": ALERTS}
-
-        def crm_settings() -> Any:
-            connectors = {"crm": block, "alert": {**alert, "base_url": slack.api_url}}
-            routes = [{"connector": "crm", "events": ["*"]}]
-            data = config_dict(db_url, connectors, routes, extra=extra)
-            return parse_config(yaml.safe_dump(data), connector_types=connector_types([]), env={})
-
-        async with run_relay(crm_settings()) as relay:
+        connectors = {"crm": block, "alert": {**alert, "base_url": slack.api_url}}
+        routes = [{"connector": "crm", "events": ["*"]}]
+        extra = {"alerts": ALERTS, "admin": {"token": TOKEN}}
+        data = config_dict(db_url, connectors, routes, extra=extra)
+        config = write_config(tmp_path / "config.yaml", data)
+        async with run_relay(load_config(config, env={})) as relay:
             await post_all(relay, current_inbound_missed("inc_revoked", FR_CALLER), "q7m2xk")
             await relay.wait_until(
                 lambda: _titles(ops, AUTH_REVOKED), timeout=20, what="the auth incident in Slack"
@@ -235,14 +234,20 @@ async def test_a_revoked_refresh_token_alerts_slack_until_a_token_is_issued_agai
             [incident] = [i for i in await relay.store.incidents() if i.kind == AUTH_REVOKED]
             assert incident.subject == "crm" and "refused" in incident.summary
             assert fake.client_secret not in incident.summary
-        block["refresh_token"] = fake.new_refresh_token()  # the admin authorized the app again
-        async with run_relay(crm_settings()) as relay:
-            assert await retry_dead(relay) >= 1
+            assert old_token not in incident.summary
+            assert not [d for d in await relay.deliveries() if d.state == "dead"]
+
+            block["refresh_token"] = fake.new_refresh_token()  # the admin authorized the app again
+            write_config(config, data)
+            reloaded = await api(relay, "POST", "/config/reload")
+            assert reloaded["changed"] == ["crm"]
             await relay.wait_until(
                 lambda: len(_titles(ops, AUTH_REVOKED)) == 2,
                 timeout=20,
                 what="the resolve in Slack",
             )
+            rows = await relay.settled(timeout=30)  # no retry by hand
+    assert all(r.state in DONE for r in rows), [(r.state, r.last_error) for r in rows]
     titles = _titles(ops, AUTH_REVOKED)
     assert titles[0].startswith("🔴 relay incident") and titles[1].startswith("✅ resolved")
     assert all("crm" in t for t in titles)

@@ -9,7 +9,12 @@ single-flight per process: a burst of deliveries that all meet the expired token
 
 A connector subclasses ``OAuthConnector`` and implements ``fetch_token`` (usually one
 ``request_token`` call) and ``token_refused``; ``token_expired`` tells a 401 that a new token
-fixes (an expired session) from one it cannot (a missing scope), which stays a permanent error.
+fixes (an expired session) from one it cannot (a missing scope), which is an ``AuthError``.
+
+A token endpoint that refuses the credentials themselves (a revoked refresh token, a wrong client
+secret) stops every delivery of the connector, not one: that is an ``AuthError`` too, so the
+connector's circuit breaker holds the deliveries until a probe gets a token (the admin fixed
+config.yaml and reloaded). A refusal of the request (a wrong tenant or scope) stays permanent.
 """
 
 from __future__ import annotations
@@ -31,7 +36,14 @@ from relay.connector import ConnectorContext
 from relay.crm.http import json_object
 from relay.crm.lifecycle import CrmConnector
 from relay.crm.options import CrmConfig
-from relay.errors import DeliveryError, PermanentError, RetryableError, excerpt, parse_retry_after
+from relay.errors import (
+    AuthError,
+    DeliveryError,
+    PermanentError,
+    RetryableError,
+    excerpt,
+    parse_retry_after,
+)
 
 # the access token the current delivery (asyncio task) last sent: on a 401, only that token is
 # renewed, so deliveries that meet the same expired token together renew it once
@@ -40,6 +52,9 @@ EARLY = 60.0  # renew a token with an announced expiry this long before it runs 
 # The connector-state key a refused token request leaves, until a token is minted again: the
 # incident watcher (relay.admin.watcher) opens an incident while it is there.
 AUTH_REFUSED = "auth_refused"
+# RFC 6749 5.2: the client's authentication failed, or the grant (refresh token, assertion) is
+# invalid, expired or revoked. The other codes refuse the request (its grant type or scope).
+CREDENTIALS_REFUSED = frozenset({"invalid_client", "invalid_grant"})
 
 
 @dataclass(frozen=True)
@@ -71,12 +86,30 @@ class OAuthConnector(CrmConnector):
         """Mint a new access token (the CRM's token endpoint, via ``request_token``)."""
 
     def token_refused(self, error: str, description: str, status: int) -> DeliveryError:
-        """The token endpoint said no (``invalid_grant``...): the error that tells what to fix."""
-        return PermanentError(
-            f"{self.vendor} refused to issue an access token for connector {self.name!r} "
-            f"({error}: {description}): check its credentials in config.yaml, then retry the "
-            "dead deliveries"
+        """The token endpoint said no (``invalid_grant``...): the error that tells what to fix
+        (``refusal``); ``status`` is its HTTP status (a 401: the client is unknown)."""
+        credentials = error in CREDENTIALS_REFUSED or status == 401
+        return self.refusal(
+            f"{error}: {description}", "check its OAuth settings in config.yaml", credentials
         )
+
+    def refusal(
+        self, detail: str, fix: str, credentials: bool, *, issuer: str | None = None
+    ) -> DeliveryError:
+        """A token refusal: of the ``credentials`` themselves, an AuthError (every delivery of
+        the connector waits behind its circuit breaker until a probe gets a token); else a
+        refusal of the request (a wrong tenant or scope), permanent."""
+        head = (
+            f"{issuer or self.vendor} refused to issue an access token for connector "
+            f"{self.name!r} ({detail}). Fix: {fix}"
+        )
+        if credentials:
+            return AuthError(
+                f"{head}; run `relay reload` after changing config.yaml: the deliveries wait and "
+                "resume on their own once the credentials work (`relay circuit close "
+                f"{self.name}` sends them at once)"
+            )
+        return PermanentError(f"{head}; run `relay reload`, then retry the dead deliveries")
 
     def token_expired(self, response: httpx.Response) -> bool:
         """Is this 401 one that a new token fixes? (Not, e.g., a missing OAuth scope.)"""
@@ -118,7 +151,7 @@ class OAuthConnector(CrmConnector):
             self._token = None
             try:
                 token = await self.fetch_token(ctx)
-            except PermanentError as exc:  # revoked or wrong credentials: a human must act
+            except (AuthError, PermanentError) as exc:  # revoked or wrong: a human must act
                 refused = {
                     "at": datetime.now(UTC).isoformat(timespec="seconds"),
                     "reason": exc.message,

@@ -42,3 +42,13 @@ async def wait_state(relay: RunningRelay, delivery_id: int, *states: str) -> Any
         return rows[0] if rows and rows[0].state in states else None
 
     return await relay.wait_until(check, what=f"delivery {delivery_id} to be {states}")
+
+
+async def open_incidents(relay: RunningRelay, kind: str) -> list[Any] | None:
+    """The open incidents of one kind, once there is one."""
+    found = [i for i in await relay.store.incidents(open_only=True) if i.kind == kind]
+    return found or None
+
+
+async def resolved(relay: RunningRelay, incident_id: int) -> bool:
+    return any(i.id == incident_id and not i.open for i in await relay.store.incidents())

@@ -4,10 +4,12 @@ loopback port in the test's event loop, and a `relay worker` process."""
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import msgspec
 import yaml
 from sqlalchemy import select
 
+from relay import logs
 from relay.app import create_app
 from relay.config import Settings, parse_config
 from relay.registry import connector_types
@@ -155,3 +158,22 @@ async def run_relay(settings: Settings, *, dispatch: bool = True) -> AsyncIterat
     app = create_app(settings, dispatch=dispatch)
     async with serve(app) as url, httpx.AsyncClient(timeout=10) as client:
         yield RunningRelay(url, app, client)
+
+
+@contextlib.contextmanager
+def capture_log(name: str = "relay", level: int | None = None) -> Iterator[io.StringIO]:
+    """What relay's JSON log handler would write (unredacted) for logger ``name``; the app
+    replaces the root logger's handlers, so pytest's caplog sees none of it."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logs.JsonLines())
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.addHandler(handler)
+    if level is not None:
+        logger.setLevel(level)
+    try:
+        yield out
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
