@@ -46,7 +46,8 @@ When: {{ started }}{% if duration %}, {{ duration }}{% endif %}\
 
 
 class RateLimit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    """At most ``requests`` per ``per`` seconds (a token bucket per connector and process)."""
+    """At most ``requests`` per ``per`` seconds: a token bucket per connector (or ``rate_group``),
+    in the database for the whole cluster on PostgreSQL, in memory on SQLite."""
 
     requests: int
     per: Duration = Duration(1)
