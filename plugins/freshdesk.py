@@ -169,15 +169,13 @@ class FreshdeskConnector(crm.CrmConnector):
         return None
 
     async def search_people(self, number: str, ctx: ConnectorContext) -> list[crm.Person]:
-        api = self.config.rate_limit
-        # a search counts against the account's limit too, not only the contacts limit
-        await ctx.limiter("api", 1, api.per / api.requests).acquire()
         response = await self.call_api(
             ctx,
             "GET",
             "/api/v2/search/contacts",
             what="contact search",
             bucket="search",
+            also=("api",),  # a search counts against the account's limit too
             params={"query": search_query(number)},
         )
         return [

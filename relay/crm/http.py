@@ -106,6 +106,7 @@ class CrmHttp:
         *,
         what: str,
         bucket: str = "api",
+        also: tuple[str, ...] = (),
         json: Any = None,
         params: Mapping[str, Any] | None = None,
         allow: tuple[int, ...] = (),
@@ -113,15 +114,23 @@ class CrmHttp:
     ) -> httpx.Response:
         """One request to ``path`` (under ``api_root``, or a full URL), rate limited and
         authenticated; non-2xx raises per the outcome contract except the statuses in
-        ``allow``, which the caller handles. ``headers`` are added to the auth headers (e.g.
-        Dataverse's ``If-Match: *``, which stops a PATCH from creating a record)."""
-        limit = self.buckets()[bucket]
+        ``allow``, which the caller handles. ``also``: more buckets the request counts in
+        (Freshdesk's searches count against the account's limit too), their slots taken after
+        ``bucket``'s, just before sending: a slot of the account's is never spent seconds before
+        its request goes while the search limit is awaited.
+        ``headers`` are added to the auth headers (e.g. Dataverse's ``If-Match: *``, which stops
+        a PATCH from creating a record)."""
+        limits = self.buckets()
         refreshed = False
         while True:
             sent = {**(headers or {}), **await self.auth_headers(ctx)}
             url = path if "://" in path else await self.api_root(ctx) + path
             # evenly spaced, no bursts: a CRM's rolling window never sees more than its limit
+            limit = limits[bucket]
             async with ctx.limiter(bucket, 1, limit.per / limit.requests):
+                for extra in also:
+                    more = limits[extra]
+                    await ctx.limiter(extra, 1, more.per / more.requests).acquire()
                 response = await ctx.http.request(
                     method,
                     url,
