@@ -15,7 +15,7 @@ arrives. ``--outage``: the whole day is queued before anything is delivered (the
 down), then drained.
 
     .venv/bin/python -m bench.crm_day [--calls 200] [--seed 7] [--crm hubspot ...]
-        [--paced | --outage] [--create-at end] [--by-path]
+        [--paced | --outage] [--create-at end] [--set KEY=VALUE] [--by-path]
 """
 
 from __future__ import annotations
@@ -265,6 +265,9 @@ async def main(args: argparse.Namespace) -> None:
             connectors[vendor.name] = {**block, "default_region": "GB"}
             if args.create_at:
                 connectors[vendor.name]["create_at"] = args.create_at
+            for option in args.set:
+                key, _, value = option.partition("=")
+                connectors[vendor.name][key] = yaml.safe_load(value)
         day = await run_day(rng, plan, connectors, outage=args.outage, paced=args.paced)
     print_day(args.calls, plan, day)
     for vendor in vendors:
@@ -328,6 +331,13 @@ if __name__ == "__main__":
         "--create-at",
         choices=["start", "end", "record"],
         help="every CRM's create_at (default: each CRM's own; a CRM refuses one it cannot take)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a connector option for every CRM chosen (YAML value), e.g. complete_calls=false",
     )
     parser.add_argument(
         "--by-path",
