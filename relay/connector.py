@@ -21,6 +21,7 @@ from aiolimiter import AsyncLimiter
 
 from relay import templates
 from relay.errors import raise_for_response
+from relay.store.backend import SharedBuckets
 
 if TYPE_CHECKING:
     from relay.store.records import Store
@@ -107,8 +108,10 @@ class SharedLimiter:
     once, as aiolimiter's ``AsyncLimiter(rate, period)`` is in one process.
     """
 
-    def __init__(self, store: Store, connector: str, key: str, rate: float, period: float) -> None:
-        self._take = store.backend.take_token
+    def __init__(
+        self, buckets: SharedBuckets, connector: str, key: str, rate: float, period: float
+    ) -> None:
+        self._take = buckets.take_token
         self.connector, self.key = connector, key
         self.interval = period / rate  # seconds between two tokens
         self.burst = max(int(rate), 1)
@@ -133,7 +136,8 @@ class Limiters:
     store shares them between processes (PostgreSQL), else in this process (SQLite, tests)."""
 
     def __init__(self, store: Store | None = None) -> None:
-        self._store = store if store is not None and store.backend.shared_buckets else None
+        backend = store.backend if store is not None else None
+        self._shared = backend if isinstance(backend, SharedBuckets) else None
         self._buckets: dict[tuple[str, str], Limiter] = {}
 
     def get(self, connector: str, key: str, rate: float, period: float) -> Limiter:
@@ -143,8 +147,8 @@ class Limiters:
         found = self._buckets.get((connector, key))  # the first rate asked for a key holds
         if found is None:
             found = (
-                SharedLimiter(self._store, connector, key, rate, period)
-                if self._store is not None
+                SharedLimiter(self._shared, connector, key, rate, period)
+                if self._shared is not None
                 else AsyncLimiter(rate, period)
             )
             self._buckets[(connector, key)] = found

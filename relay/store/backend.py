@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from sqlalchemy import Table
 from sqlalchemy.engine import Connection
@@ -34,15 +34,20 @@ class IngestShape:
     max_batch: int
 
 
+@runtime_checkable
+class SharedBuckets(Protocol):
+    """A backend that keeps rate limits in the database, for every process of the cluster
+    (PostgreSQL). One without (SQLite: one process) leaves them in memory."""
+
+    async def take_token(self, connector: str, bucket: str, interval: float, burst: int) -> float:
+        """One token of a bucket whose tokens come every ``interval`` seconds, at most ``burst``
+        at once; the seconds the caller waits before using it."""
+        ...
+
+
 class Backend(Protocol):
     dialect: ClassVar[str]  # the SQLAlchemy dialect name this backend serves
     ingest: ClassVar[IngestShape]
-    shared_buckets: ClassVar[bool]  # rate limits kept in the database, for every process
-
-    async def take_token(self, connector: str, bucket: str, interval: float, burst: int) -> float:
-        """Where ``shared_buckets``: one token of a bucket whose tokens come every ``interval``
-        seconds, at most ``burst`` at once; the seconds the caller waits before using it."""
-        ...
 
     @staticmethod
     def insert(table: Table) -> Insert:

@@ -81,7 +81,6 @@ class PgBackend:
     # has read them all (bench/README.md has the measured gain)
     ingest: ClassVar[IngestShape] = IngestShape(concurrency=2, max_batch=16)
     # every `relay serve`/`relay worker` of a cluster takes from the same buckets (rate_buckets)
-    shared_buckets: ClassVar[bool] = True
 
     @staticmethod
     def insert(table: Table) -> Insert:

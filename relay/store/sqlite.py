@@ -118,7 +118,6 @@ class SqliteBackend:
     # arrived
     ingest: ClassVar[IngestShape] = IngestShape(concurrency=1, max_batch=500)
     # one process: its buckets stay in memory (relay.connector.Limiters), never in the database
-    shared_buckets: ClassVar[bool] = False
 
     @staticmethod
     def insert(table: Table) -> Insert:
@@ -199,10 +198,6 @@ class SqliteBackend:
             log.warning("WAL checkpoint failed: %s", exc)
         finally:
             self._checkpointing = False
-
-    async def take_token(self, connector: str, bucket: str, interval: float, burst: int) -> float:
-        """Not kept here: one process needs no database round trip per token."""
-        raise NotImplementedError("SQLite's rate limits are in memory (relay.connector.Limiters)")
 
     async def close(self) -> None:
         self._writer.shutdown(wait=True)
