@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from relay.cli import main
 from relay.config import ConfigError, Settings, parse_config
-from relay.ingest.sqs_consumer import consumes_here, region_of
+from relay.ingest.sqs_client import region_of
+from relay.ingest.sqs_consumer import consumes_here
 from relay.registry import connector_types
 
 QUEUE = "https://sqs.eu-west-1.amazonaws.com/123456789012/wildix"

@@ -93,7 +93,7 @@ def send_test(
 
 
 def _send_sqs(integration_id: str, cfg: SqsConfig | None, body: bytes) -> None:
-    from relay.ingest.sqs_consumer import describe, send
+    from relay.ingest.sqs_client import describe, send
 
     if cfg is None:
         fail(f"integration {integration_id} has no sqs block")
