@@ -260,7 +260,9 @@ async def test_one_probe_slot_for_the_whole_cluster(db_url: str) -> None:
     """However many processes try at once, exactly one sends the probe; none before the
     cool-down is over, and another only once the probe's lease has run out."""
     async with open_store(db_url) as store:
-        policy = CircuitPolicy(failures=1, cool_down=0.2)
+        # long enough that a busy machine cannot let them run out between two checks
+        cool_down, lease = 2.0, 3.0
+        policy = CircuitPolicy(failures=1, cool_down=cool_down)
         await apply(store, "out", failed(policy, "HTTP 503"), worker="w0")
         opened = (await store.circuits())["out"]
         assert opened.state == CircuitState.OPEN and opened.failures == 1
@@ -274,7 +276,7 @@ async def test_one_probe_slot_for_the_whole_cluster(db_url: str) -> None:
 
         assert await everyone(30) == [False] * 8  # still cooling down
         await eventually(lambda: opened.probe_due(utcnow()), "the cool-down to pass")
-        wins = await everyone(0.2)
+        wins = await everyone(lease)
         assert wins.count(True) == 1
         now = (await store.circuits())["out"]
         assert now.state == CircuitState.HALF_OPEN and now.probe_by == f"w{wins.index(True)}"
