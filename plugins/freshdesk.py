@@ -55,10 +55,10 @@ class FreshdeskConfig(crm.CrmConfig, kw_only=True):
     answered_status: int = 4  # Resolved
     tags: list[str] = []
     marker_scan_pages: int = 2  # crash recovery: pages of 100 recent tickets of the requester
-    # Growth: 200 requests a minute per account, less room for network jitter (a request sent on
-    # its slot may arrive next to the following one); contacts endpoints 20 a minute (Pro 100).
+    # Growth: 200 requests a minute per account and 20 to the contacts endpoints (Pro 100), each
+    # less room for network jitter (a request sent on its slot may arrive next to the next one)
     rate_limit: crm.RateLimit = crm.RateLimit(requests=190, per=60)
-    search_rate_limit: crm.RateLimit = crm.RateLimit(requests=20, per=60)
+    search_rate_limit: crm.RateLimit = crm.RateLimit(requests=18, per=60)
     index_lag: crm.Duration = crm.Duration(180)  # new contacts take minutes to be searchable
 
     def __post_init__(self) -> None:
