@@ -24,7 +24,9 @@ from sqlalchemy.exc import IntegrityError
 
 from relay.admin.watcher import AUTH as AUTH_REVOKED
 from relay.admin.watcher import CIRCUIT, DEAD_LETTERS, PAUSED, watch_once
-from relay.config import ConfigError, load_config, parse_config
+from relay.config import CircuitPolicy, ConfigError, load_config, parse_config
+from relay.crm.oauth import AUTH_REFUSED
+from relay.dispatch.circuit_breaker import apply, closed_by_hand, failed
 from relay.ingest.accept import SQS_CONSUMER, STORE_UNAVAILABLE
 from relay.live_config import LiveConfig
 from relay.registry import connector_types
@@ -45,6 +47,7 @@ from tests.support.dashboard import ui_login
 from tests.support.operations import AUTH, TOKEN, api, webhook
 from tests.support.relay import DONE, RunningRelay, call_body, config_dict, run_relay, write_config
 from tests.support.sqs import sqs_settings
+from tests.support.stores import open_store
 
 FAST = {"max_attempts": 2, "schedule": ["0.05s"], "concurrency": 2}
 BREAKER = {"failures": 2, "cool_down": "0.3s", "max": "0.6s"}
@@ -251,6 +254,37 @@ async def test_a_revoked_refresh_token_alerts_slack_until_a_token_is_issued_agai
     titles = _titles(ops, AUTH_REVOKED)
     assert titles[0].startswith("🔴 relay incident") and titles[1].startswith("✅ resolved")
     assert all("crm" in t for t in titles)
+
+
+async def test_refused_credentials_alert_once_not_also_for_the_circuit_they_hold_open(
+    db_url: str,
+) -> None:
+    """A refused OAuth grant also opens its connector's circuit: the operator is told the cause
+    (auth_revoked), not sent a second incident for its consequence. A circuit already open for
+    an outage when the credentials are refused keeps its incident until it closes."""
+    policy = CircuitPolicy(failures=1, cool_down=60)
+    refused = {AUTH_REFUSED: {"at": "2026-12-08T00:00:00+00:00", "reason": "invalid_grant"}}
+
+    async def open_now(store: Store) -> list[tuple[str, str]]:
+        return sorted((i.kind, i.subject) for i in await store.incidents(open_only=True))
+
+    async with Receiver() as target, Receiver() as alert, open_store(db_url) as store:
+        live = LiveConfig(settings(db_url, target, alert))
+        await store.set_state("crm", refused)
+        await apply(store, "crm", failed(policy, "token refused"), worker="w0")
+        await watch_once(store, live)
+        assert await open_now(store) == [(AUTH_REVOKED, "crm")]
+        await store.set_state("crm", {})  # a token is issued; the probe closes the circuit
+        await apply(store, "crm", closed_by_hand("probe answered"), worker=None)
+        await watch_once(store, live)
+        assert await open_now(store) == []
+        assert [i.kind for i in await store.incidents()] == [AUTH_REVOKED]
+
+        await apply(store, "crm", failed(policy, "HTTP 503"), worker="w0")  # an outage first
+        await watch_once(store, live)
+        await store.set_state("crm", refused)
+        await watch_once(store, live)
+        assert await open_now(store) == [(AUTH_REVOKED, "crm"), (CIRCUIT, "crm")]
 
 
 def _titles(channel: Any, kind: str) -> list[str]:

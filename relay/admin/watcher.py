@@ -93,11 +93,13 @@ async def watch_once(store: Store, live: LiveConfig) -> None:
     """One round: open what is wrong, resolve what no longer is."""
     alerts = live.current.alerts
     now = {(c.kind, c.subject): c.summary for c in await conditions(store, alerts.dead_letters)}
-    gone = [
-        (i.kind, i.subject)
-        for i in await store.incidents(open_only=True, limit=1000)
-        if i.kind in WATCHED and (i.kind, i.subject) not in now
-    ]
+    opened = {(i.kind, i.subject) for i in await store.incidents(open_only=True, limit=1000)}
+    for kind, subject in list(now):
+        # refused credentials hold their connector's circuit open: one cause, one alert (a
+        # circuit incident already open for an earlier outage stays open until it closes)
+        if kind == AUTH and (CIRCUIT, subject) in now and (CIRCUIT, subject) not in opened:
+            del now[CIRCUIT, subject]
+    gone = [key for key in opened if key[0] in WATCHED and key not in now]
     for (kind, subject), summary in [*now.items(), *((key, None) for key in gone)]:
         if await store.report_incident(kind, subject, summary, alert_to=alerts.connectors):
             change = "opened" if summary else "resolved"
