@@ -4,6 +4,7 @@ server running; a service started afterwards carries out what they queued."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import signal
@@ -24,6 +25,7 @@ from tests.support.cli import free_port, relay_cli
 from tests.support.operations import admin_settings, wait_state, webhook
 from tests.support.relay import call_body, config_dict, run_relay
 from tests.support.samples import fixture
+from tests.support.waiting import eventually
 
 
 def relay_process(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -152,13 +154,14 @@ async def test_worker_exports_its_counters_and_stops_cleanly(tmp_path: Path) -> 
         try:
             await receiver.wait_for(1, timeout=30)
             async with httpx.AsyncClient() as client:
-                for _ in range(100):
-                    text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
-                    if 'relay_deliveries_total{connector="crm",outcome="succeeded"} 1.0' in text:
-                        break
-                    await asyncio.sleep(0.05)
-                else:
-                    raise AssertionError(f"worker metrics never showed the delivery:\n{text}")
+
+                async def counted() -> bool:
+                    line = 'relay_deliveries_total{connector="crm",outcome="succeeded"} 1.0'
+                    with contextlib.suppress(httpx.HTTPError):
+                        return line in (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+                    return False
+
+                await eventually(counted, "the worker's metrics to show the delivery", timeout=30)
         finally:
             worker.send_signal(signal.SIGTERM)
             _, stderr = await asyncio.wait_for(worker.communicate(), 30)

@@ -16,7 +16,15 @@ from relay.store.records import Store
 from tests.fakes.zendesk import API_USER_ID
 from tests.support.calls import current_inbound_missed, current_outbound, legacy
 from tests.support.connectors import build, config_error
-from tests.support.crm import FR_CALLER, UK_CONTACT, ZENDESK, day, post_all, running
+from tests.support.crm import (
+    FR_CALLER,
+    UK_CONTACT,
+    ZENDESK,
+    day,
+    post_all,
+    running,
+    settled_opening,
+)
 from tests.support.relay import DONE, make_settings, run_relay
 
 
@@ -110,17 +118,20 @@ def test_the_subdomain_names_the_account() -> None:
 
 async def test_the_update_ticket_limit_is_waited_out(db_url: str) -> None:
     """Update Ticket has its own account-wide limit, besides the account's: its 429 is retried
-    after the Retry-After, and every call still has one ticket with one update."""
-    fake = ZENDESK.fake(update_limit=1, interval=0.5)
+    after the Retry-After, and every call still has one ticket with one update. The window is
+    a minute long, so the 429 is certain however slow the machine; its Retry-After still says
+    1 s, and the window opens once the fake has refused (settled_opening), not by the clock."""
+    fake = ZENDESK.fake(update_limit=1, interval=60.0)
+    fake.update.announce = 0.5  # Retry-After: max(1, round(reset_in + 0.5)) = 1 s
     ZENDESK.seed(fake)
     async with running(fake) as url:
         block = ZENDESK.block(fake, url, delivery={"max_attempts": 30})
         async with run_relay(make_settings(db_url, {"crm": block})) as relay:
             calls = day(4)  # the live events first (a ticket each), then the final records at once
             await post_all(relay, [e for e in calls if e[0] != "record"], "q7m2xk")
-            await relay.settled(timeout=90)
+            await settled_opening(relay, fake.update, timeout=90)
             await post_all(relay, [e for e in calls if e[0] == "record"], "q7m2xk")
-            rows = await relay.settled(timeout=90)
+            rows = await settled_opening(relay, fake.update, timeout=90)
             tries = [a for r in rows for a in await relay.attempts(r.id)]
     assert all(r.state in DONE for r in rows)
     assert fake.update.rejected > 0 and fake.update.busiest() <= 1

@@ -83,16 +83,16 @@ async def test_gives_up_after_max_attempts(db_url: str) -> None:
 async def test_a_retrying_start_holds_back_its_own_call_only(db_url: str) -> None:
     async with Receiver() as receiver:
         receiver.respond(500)
-        settings = make_settings(db_url, webhook_to(receiver, delivery={"schedule": ["1500ms"]}))
+        settings = make_settings(db_url, webhook_to(receiver, delivery={"schedule": ["5s"]}))
         async with run_relay(settings) as relay:
             start_a = call_body("call-a", "call_live_progress_start")
             end_a = call_body("call-a", "call_live_completed")
             other = call_body("call-b", "call_completed")
             await relay.post(start_a)
-            await receiver.wait_for(1)  # start of call A failed and waits 1.5 s for its retry
+            await receiver.wait_for(1)  # start of call A failed and waits 5 s for its retry
             await relay.post(end_a)
             await relay.post(other)
-            await relay.settled()
+            await relay.settled(timeout=30)
             order = [r.body for r in receiver.requests]
             assert order == [start_a, other, start_a, end_a]
 
@@ -113,16 +113,18 @@ async def test_killed_worker_claim_is_picked_up_after_the_lease(
             worker.send_signal(signal.SIGKILL)  # ...and dies without a word
             worker.wait()
         receiver.delay(0)
-        # the dead worker's lease (3 s timeout + 1 s margin) must run out before anyone retries
         settings = make_settings(db_url, webhook_to(receiver))
+        async with run_relay(settings, dispatch=False) as relay:  # looked at, not dispatched
+            [claimed] = await relay.deliveries()
+        assert claimed.state == "running" and claimed.leased_by  # still the dead worker's claim
+        # the dead worker's lease (3 s timeout + 1 s margin) must run out before anyone retries
         async with run_relay(settings) as relay:
-            rows = await relay.deliveries()
-            assert rows[0].state == "running"  # still claimed by the dead worker
             [delivery] = await relay.settled(timeout=90)
             assert delivery.state == "succeeded"
             assert delivery.attempts == 2
             tries = await relay.attempts(delivery.id)
             assert [a.outcome for a in tries] == ["succeeded"]  # the dead worker recorded nothing
+            assert tries[0].started_at > claimed.lease_until  # taken over once the lease ran out
         assert len(receiver.requests) == 2
 
 
@@ -155,7 +157,7 @@ async def test_shutdown_finishes_short_work_and_releases_the_rest(db_url: str) -
                 "fast": {"type": "webhook", "url": fast.url},
                 "slow": {"type": "webhook", "url": slow.url, "delivery": {"timeout": "60s"}},
             },
-            extra={"dispatch": {"poll_interval": "0.1s", "shutdown_grace": "1500ms"}},
+            extra={"dispatch": {"poll_interval": "0.1s", "shutdown_grace": "5s"}},
         )
         async with run_relay(settings) as relay:
             await relay.post(fixture("call_completed"))

@@ -182,7 +182,7 @@ async def test_a_daily_quota_pause_alerts_when_it_starts_and_when_the_quota_rese
 ) -> None:
     """HubSpot's daily limit spent: the connector pauses until the configured reset (an
     incident), and resumes then (resolved)."""
-    reset = math.ceil(time.time()) + 6
+    reset = math.ceil(time.time()) + 12  # relay starts, posts the day and spends the quota first
     fake = HUBSPOT.fake(daily_limit=8)  # no renewal of its own until the test sets the reset
     HUBSPOT.seed(fake)
     at = datetime.fromtimestamp(reset, UTC)

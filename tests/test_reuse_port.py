@@ -25,6 +25,25 @@ def config(tmp_path: Path, db_url: str, port: int) -> Path:
     return write(tmp_path / "relay.yaml", data)
 
 
+def listens(pid: int, port: int) -> bool:
+    """Process ``pid`` has a socket of its own listening on TCP ``port`` (Linux: /proc). With
+    SO_REUSEPORT each process listens on a socket of its own, and the kernel hands a new
+    connection to one of the listening ones; a socket bound but not yet listening gets none."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")  # 0A: LISTEN
+    with contextlib.suppress(OSError):  # the process exited, or an fd closed as we looked
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return True
+    return False
+
+
 def start_serve(path: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [*RELAY, "--config", str(path), "serve", "--no-dispatch"],
@@ -53,6 +72,9 @@ async def test_two_serve_processes_share_one_port_and_either_alone_keeps_it(
     async def listening() -> bool:
         for n, proc in enumerate(procs):  # the second bind fails without SO_REUSEPORT
             assert proc.poll() is None, (tmp_path / f"serve{n}.log").read_text()
+        # each one, not just whichever answers first: the other must serve alone below
+        if not all(listens(proc.pid, port) for proc in procs):
+            return False
         with contextlib.suppress(httpx.HTTPError):
             async with httpx.AsyncClient(timeout=1) as client:
                 return (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200

@@ -113,9 +113,13 @@ class FakeHubSpot:
 
     # -- HTTP machinery --------------------------------------------------------------------------
 
+    def _named_interval(self) -> float:
+        """What relay is told to wait after a 429 (HubSpot sends no Retry-After)."""
+        return self.interval if self.burst.announce is None else self.burst.announce
+
     def _rate_headers(self) -> dict[str, str]:
         headers = {
-            "X-HubSpot-RateLimit-Interval-Milliseconds": str(int(self.interval * 1000)),
+            "X-HubSpot-RateLimit-Interval-Milliseconds": str(int(self._named_interval() * 1000)),
             "X-HubSpot-RateLimit-Max": str(self.limit),
             "X-HubSpot-RateLimit-Remaining": str(self.burst.remaining),
         }

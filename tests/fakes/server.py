@@ -29,6 +29,9 @@ class Window:
         self.accepted: list[float] = []  # every accepted request's time, for assertions
         self.rejected = 0
         self._skew = 0.0  # time the test let pass at once (elapse)
+        # the wait a refusal names (Retry-After, reset headers); None: until the window frees. A
+        # test that opens a long window itself (elapse) names a short one, or relay waits it out
+        self.announce: float | None = None
 
     def _now(self) -> float:
         return time.monotonic() + self._skew
@@ -54,6 +57,8 @@ class Window:
         return max(self.limit - len(self._recent), 0)
 
     def reset_in(self) -> float:
+        if self.announce is not None:
+            return self.announce
         if not self._recent:
             return 0.0
         return max(self.interval - (self._now() - self._recent[0]), 0.0)
