@@ -32,8 +32,13 @@ async def pragma(engine: AsyncEngine) -> int:
 
 
 def sync_pragma(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(text("PRAGMA synchronous")).scalar_one())
+    """Read on the engine's raw connection: through SQLAlchemy the inline engine would begin
+    with BEGIN IMMEDIATE, which fails at once (no busy wait) while the running service writes."""
+    conn = engine.raw_connection()
+    try:
+        return int(conn.cursor().execute("PRAGMA synchronous").fetchone()[0])
+    finally:
+        conn.close()
 
 
 @pytest.mark.parametrize(
